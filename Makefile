@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11 + pip:
+#   make run    – create .venv if missing, then run the lifecycle on the bundled sample
+#   make test   – create .venv if missing, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/telco_churn.yaml
+WORKDIR ?= artifacts
+PYTEST_ARGS ?=
+
+export UV_PYTHON_DOWNLOADS := never
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: setup run test lint clean
+
+setup: $(VENV)/.synced
+
+$(UV):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION)
+
+# The environment is rebuilt only when the lock file changes.
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+run: setup
+	$(PY) -m flows.lifecycle --config $(CONFIG) --workdir $(WORKDIR)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(WORKDIR) .pytest_cache

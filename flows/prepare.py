@@ -1,0 +1,76 @@
+"""Phase 1: a raw table → a validated, versioned training snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from pydantic import BaseModel
+
+from flows.naming import named_after_config
+from tasks.data import (
+    SnapshotManifest,
+    check_tolerance_task,
+    clean_task,
+    features_task,
+    fingerprint_task,
+    ingest_task,
+    load_spec_task,
+    quarantine_task,
+    snapshot_task,
+    split_task,
+    validate_task,
+)
+
+
+class PrepareResult(BaseModel):
+    dataset: str
+    data_version: str
+    spec_hash: str
+    rows_in: int
+    rows_kept: int
+    rows_quarantined: int
+    train: int
+    validation: int
+    test: int
+    manifest_path: str
+    quarantine_path: str
+
+    @classmethod
+    def of(cls, manifest: SnapshotManifest, manifest_path: Path) -> PrepareResult:
+        return cls(
+            dataset=manifest.dataset,
+            data_version=manifest.data_version,
+            spec_hash=manifest.spec_hash,
+            **manifest.rows.model_dump(),
+            manifest_path=str(manifest_path),
+            quarantine_path=manifest.quarantine_path,
+        )
+
+
+@flow(name="prepare", flow_run_name=named_after_config("prepare"))
+def prepare(config: Path, source: str | None = None, workdir: Path = Path("artifacts")) -> PrepareResult:
+    """Validate a table against its dataset config and write a training snapshot.
+
+    Args:
+        config: dataset config (YAML) describing the table
+        source: read this file or database URI instead of the config's source
+        workdir: folder for snapshots and quarantine files
+    """
+    spec = load_spec_task(config, source)
+    fingerprint = fingerprint_task(spec)
+    raw = ingest_task(spec, fingerprint)
+    failures = validate_task(raw, spec, fingerprint)
+    kept, report = quarantine_task(raw, failures, spec, fingerprint, workdir)
+    check_tolerance_task(report)
+    cleaned = clean_task(kept, spec, fingerprint)
+    featured = features_task(cleaned, spec, fingerprint)
+    split = split_task(featured, spec, fingerprint)
+    manifest, manifest_path = snapshot_task(split, spec, fingerprint, report, workdir)
+    return PrepareResult.of(manifest, manifest_path)
+
+
+if __name__ == "__main__":
+    from flows.cli import run
+
+    run(prepare)

@@ -1,0 +1,57 @@
+"""What every lifecycle task shares: errors, cheap cache keys and the retry rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE, TASK_SOURCE
+from prefect.utilities.hashing import hash_objects
+
+from tasks.errors import DataError
+
+
+def content_key(task_ctx: Any, inputs: dict[str, Any]) -> str | None:
+    """Cache key from the task's source and the *content tokens* of its inputs.
+
+    Inputs with a `cache_token()` (a source fingerprint, a dataset spec, a snapshot
+    manifest) contribute that token; small scalars contribute themselves; frames
+    are skipped, because in our flows they are derived from a fingerprinted input.
+    A task with no token-bearing input is not cached (returns None).
+    """
+    parts: list[Any] = []
+    has_token = False
+    for name in sorted(inputs):
+        value = inputs[name]
+        token = getattr(value, "cache_token", None)
+        if callable(token):
+            parts.append((name, token()))
+            has_token = True
+        elif value is None or isinstance(value, str | int | float | bool):
+            parts.append((name, value))
+        elif hasattr(value, "__fspath__"):
+            parts.append((name, str(value)))
+    if not has_token:
+        return None
+    return hash_objects(TASK_SOURCE.compute_key(task_ctx, inputs, {}), *parts)
+
+
+def retry_unless_data_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures (I/O, network); never a broken data contract."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, DataError)
+
+
+# Keyword arguments shared by the lifecycle's tasks.
+CACHED = dict(
+    cache_key_fn=content_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=retry_unless_data_error,
+)
+UNCACHED = dict(
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=retry_unless_data_error,
+)

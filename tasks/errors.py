@@ -1,0 +1,13 @@
+"""Errors that mean "the input is wrong": deterministic, so never retried."""
+
+
+class DataError(ValueError):
+    """The data or its config breaks the contract."""
+
+
+class SpecError(DataError):
+    """The dataset config is invalid or does not match the data."""
+
+
+class QuarantineToleranceExceeded(DataError):
+    """More rows failed validation than the dataset config tolerates."""

@@ -1,0 +1,68 @@
+"""Feature transforms in pure Polars — the one copy used by training and serving.
+
+Every transform is row-wise and driven by the `DatasetSpec`: no fitted state, so
+the same function gives the same features for a training table and for one
+request record.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from tasks.spec import DatasetSpec, DerivedFeature
+
+
+def _derived_expr(d: DerivedFeature) -> pl.Expr:
+    cols = [pl.col(c).cast(pl.Float64) for c in d.inputs]
+    if d.op == "ratio":
+        num, den = cols
+        expr = pl.when(den != 0).then(num / den).otherwise(None)
+    elif d.op == "difference":
+        expr = cols[0] - cols[1]
+    elif d.op == "product":
+        expr = cols[0] * cols[1]
+    else:  # log1p
+        expr = pl.when(cols[0] > -1).then(cols[0].log1p()).otherwise(None)
+    return expr.alias(d.name)
+
+
+def add_features(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Append the spec's derived features to a typed frame (a new frame; the input is untouched)."""
+    if not spec.derived_features:
+        return frame
+    return frame.with_columns(_derived_expr(d) for d in spec.derived_features)
+
+
+def category_enum(spec: DatasetSpec, column: str) -> pl.Enum:
+    """The fixed category order of a column: its codes mean the same in training and serving."""
+    return pl.Enum([str(c) for c in spec.columns[column].categories or []])
+
+
+def encode_features(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Model-ready numeric frame in `spec.feature_names` order.
+
+    Categories become their code in the spec's category list (null stays null);
+    numbers and booleans become Float64. Input needs the base feature columns.
+    """
+    missing = [d for d in spec.derived_features if d.name not in frame.columns]
+    if missing:
+        frame = frame.with_columns(_derived_expr(d) for d in missing)
+    exprs = []
+    for name in spec.feature_names:
+        if name in spec.categorical_features:
+            expr = pl.col(name).cast(pl.String).cast(category_enum(spec, name)).to_physical()
+        else:
+            expr = pl.col(name)
+        exprs.append(expr.cast(pl.Float64).alias(name))
+    return frame.select(exprs)
+
+
+def feature_matrix(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """`encode_features` as a float64 matrix with NaN for missing values."""
+    return encode_features(frame, spec).fill_null(float("nan")).to_numpy()
+
+
+def encode_target(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """1 for the positive label, 0 otherwise."""
+    return (frame.get_column(spec.target.column) == spec.target.positive).cast(pl.Int8).to_numpy()

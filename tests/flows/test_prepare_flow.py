@@ -1,0 +1,139 @@
+"""The prepare flow under a real Prefect API: caching, versions, quarantine, other datasets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.prepare import prepare
+from tasks.errors import QuarantineToleranceExceeded
+from tests.conftest import CONFIGS, FIXTURES, ROOT
+from tests.corruption import corrupt_telco
+from tests.flows.helpers import artifacts_of, task_states
+
+TELCO = CONFIGS / "telco_churn.yaml"
+CACHED_TASKS = ["ingest", "validate", "clean", "features", "split"]
+
+
+def _run(**params):
+    state = prepare(**params, return_state=True)
+    return state.result(), state.state_details.flow_run_id
+
+
+def _telco_copy(tmp_path, telco_raw):
+    path = tmp_path / "telco.csv"
+    telco_raw.write_csv(path)
+    return path
+
+
+def test_second_run_on_unchanged_data_hits_the_cache(tmp_path, telco_raw):
+    source = _telco_copy(tmp_path, telco_raw)
+    first, first_id = _run(config=TELCO, source=str(source), workdir=tmp_path / "wd")
+    second, second_id = _run(config=TELCO, source=str(source), workdir=tmp_path / "wd")
+
+    assert second.data_version == first.data_version
+    assert first.rows_in == first.rows_kept + first.rows_quarantined == 7043
+    states_1, states_2 = task_states(first_id), task_states(second_id)
+    assert all(states_1[t] == "Completed" for t in CACHED_TASKS), states_1
+    assert all(states_2[t] == "Cached" for t in CACHED_TASKS), states_2
+
+    # one changed cell: new content hash, so nothing is served from the cache
+    changed = telco_raw.with_columns(
+        pl.when(pl.int_range(pl.len()) == 5)
+        .then(pl.lit("99.5"))
+        .otherwise(pl.col("monthly_charges"))
+        .alias("monthly_charges")
+    )
+    changed.write_csv(source)
+    third, third_id = _run(config=TELCO, source=str(source), workdir=tmp_path / "wd")
+    assert third.data_version != first.data_version
+    assert task_states(third_id)["ingest"] == "Completed"
+
+
+def test_snapshot_files_match_the_manifest(tmp_path):
+    result, run_id = _run(config=TELCO, workdir=tmp_path)
+    manifest = json.loads(Path(result.manifest_path).read_text())
+    folder = Path(result.manifest_path).parent
+    sizes = {s: pl.read_parquet(folder / f).height for s, f in manifest["files"].items()}
+    assert sizes == {"train": result.train, "validation": result.validation, "test": result.test}
+    assert sum(sizes.values()) == result.rows_kept
+    assert manifest["spec_hash"] == result.spec_hash and manifest["source"]["sha256"]
+    assert set(manifest["feature_names"]) <= set(pl.read_parquet_schema(folder / "train.parquet"))
+    arts = artifacts_of(run_id)
+    assert {"telco-churn-rows", "telco-churn-quarantine", "telco-churn-snapshot"} <= set(arts)
+
+
+def test_corrupted_file_within_tolerance_quarantines_exactly_the_bad_rows(tmp_path, telco_raw):
+    corruption = corrupt_telco(telco_raw)
+    # the id column turns duplicated ids into failures: declare it in a config of its own
+    config = tmp_path / "telco_with_id.yaml"
+    config.write_text(TELCO.read_text().replace("id_column: null", "id_column: customer_id"))
+    source = corruption.write(tmp_path / "corrupted.csv")
+
+    result, run_id = _run(config=config, source=str(source), workdir=tmp_path / "wd")
+    assert result.rows_quarantined == len(corruption.broken)
+    assert result.rows_in == result.rows_kept + result.rows_quarantined
+    quarantined = pl.read_parquet(result.quarantine_path)
+    assert sorted(quarantined.get_column("source_row")) == sorted(corruption.broken)
+    assert quarantined.get_column("reason").is_not_null().all()
+    table = artifacts_of(run_id)["telco-churn-quarantine"].data
+    assert "field_uniqueness" in str(table) and "not_nullable" in str(table)
+
+
+def test_too_many_bad_rows_fail_the_flow_but_keep_the_quarantine_file(tmp_path, telco_raw):
+    bad = telco_raw.with_columns(
+        pl.when(pl.int_range(pl.len()) < 500).then(pl.lit("-1")).otherwise(pl.col("tenure")).alias("tenure")
+    )
+    source = tmp_path / "bad.csv"
+    bad.write_csv(source)
+    with pytest.raises(QuarantineToleranceExceeded, match=r"500 of 7043 rows.*tenure in_range"):
+        prepare(config=TELCO, source=str(source), workdir=tmp_path / "wd")
+    files = list((tmp_path / "wd" / "quarantine").rglob("*.parquet"))
+    assert len(files) == 1 and pl.read_parquet(files[0]).height == 500
+
+
+@pytest.mark.parametrize("config", [CONFIGS / "credit_data.yaml", FIXTURES / "orders.yaml"])
+def test_other_datasets_run_through_prepare_unchanged(tmp_path, config):
+    result, _ = _run(config=config, workdir=tmp_path)
+    assert result.rows_kept > 0 and result.rows_in == result.rows_kept + result.rows_quarantined
+    assert result.train + result.validation + result.test == result.rows_kept
+
+
+def test_cli_help_lists_the_parameters():
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.prepare", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    for option in ("--config", "--source", "--workdir"):
+        assert option in out
+
+
+def test_cli_prints_a_json_summary_as_its_last_line(tmp_path, cli_env):
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.prepare", "--config", str(FIXTURES / "orders.yaml"), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=cli_env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary["dataset"] == "orders"
+    assert summary["rows_in"] == summary["rows_kept"] + summary["rows_quarantined"] == 240
+
+
+def test_cli_failure_is_a_json_line_and_a_nonzero_exit(tmp_path, cli_env):
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.prepare", "--config", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=cli_env,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not summary["ok"] and "not found" in summary["error"]

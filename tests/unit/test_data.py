@@ -1,0 +1,153 @@
+"""Pure data functions on tiny in-memory frames (no Prefect)."""
+
+import polars as pl
+import pytest
+
+from tasks import data
+from tasks.errors import QuarantineToleranceExceeded, SpecError
+
+
+def _orders(orders_spec, **cols) -> pl.DataFrame:
+    base = {
+        "order_id": ["a", "b", "c"],
+        "ordered_at": ["2025-01-01T00:00:00", "2025-01-02T00:00:00", "2025-01-03T00:00:00"],
+        "amount_eur": ["10.5", "20", "30"],
+        "items": ["1", "2", "3"],
+        "channel": ["web", "app", "store"],
+        "express": ["true", "false", "1"],
+        "coupon": [None, "VIP", "NONE"],
+        "note": ["", None, "x"],
+        "outcome": ["kept", "returned", "kept"],
+    }
+    base.update(cols)
+    return pl.DataFrame(base, schema={k: pl.String for k in base})
+
+
+def test_clean_rows_pass_and_are_typed(orders_spec):
+    raw = _orders(orders_spec)
+    assert data.find_failures(raw, orders_spec).height == 0
+    typed = data.clean(raw, orders_spec)
+    assert typed.schema["items"] == pl.Int64
+    assert typed.schema["express"] == pl.Boolean
+    assert typed.schema["ordered_at"] == pl.Datetime("us")
+    assert typed.get_column("express").to_list() == [True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "check"),
+    [
+        ("items", "2.5", "dtype(int)"),
+        ("items", "two", "dtype(int)"),
+        ("amount_eur", "1,5", "dtype(float)"),
+        ("express", "perhaps", "dtype(bool)"),
+        ("ordered_at", "yesterday", "dtype(datetime)"),
+        ("items", "0", "in_range(1.0, 50.0)"),
+        ("amount_eur", "-1", "in_range(0.0, 5000.0)"),
+        ("channel", "fax", "isin(['web', 'app', 'store'])"),
+        ("channel", None, "not_nullable"),
+        ("outcome", "lost", "isin(['kept', 'returned'])"),
+        ("order_id", "a", "field_uniqueness"),
+    ],
+)
+def test_each_kind_of_bad_value_gets_one_reason_on_its_row(orders_spec, column, value, check):
+    raw = (
+        _orders(orders_spec)
+        .with_row_index()
+        .with_columns(pl.when(pl.col("index") == 1).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
+        .drop("index")
+    )
+    failures = data.find_failures(raw, orders_spec)
+    assert failures.select("row", "column", "check").rows() == [(1, column, check)]
+    kept, quarantined = data.split_quarantine(raw, failures)
+    assert kept.height == 2 and quarantined.height == 1
+    row = quarantined.row(0, named=True)
+    assert row["source_row"] == 1 and row["failed_column"] == column and row["failed_check"] == check
+    assert row["reason"].startswith(f"{column}: {check} (value=")
+
+
+def test_a_type_error_is_not_reported_again_as_a_null(orders_spec):
+    raw = _orders(orders_spec, items=["1", "x", "3"])
+    failures = data.find_failures(raw, orders_spec)
+    assert failures.rows() == [(1, "items", "dtype(int)", "x")]
+
+
+def test_a_row_with_several_problems_is_quarantined_once_with_all_reasons(orders_spec):
+    raw = _orders(orders_spec, items=["1", "x", "3"], channel=["web", "fax", "app"])
+    kept, quarantined = data.split_quarantine(raw, data.find_failures(raw, orders_spec))
+    assert (kept.height, quarantined.height) == (2, 1)
+    assert len(quarantined.get_column("all_reasons")[0]) == 2
+
+
+def test_missing_columns_are_a_spec_error(tmp_path, orders_spec):
+    path = tmp_path / "o.csv"
+    _orders(orders_spec).drop("channel").write_csv(path)
+    with pytest.raises(SpecError, match="channel"):
+        data.read_source(orders_spec.with_source(path))
+
+
+def test_database_source_reads_through_sqlalchemy(tmp_path, orders_spec):
+    import sqlite3
+
+    db = tmp_path / "orders.db"
+    raw = _orders(orders_spec)
+    with sqlite3.connect(db) as con:
+        con.execute(f"create table orders ({', '.join(c + ' text' for c in raw.columns)})")
+        con.executemany(f"insert into orders values ({', '.join('?' * raw.width)})", raw.rows())
+    spec = orders_spec.model_copy(
+        update={
+            "source": orders_spec.source.model_copy(
+                update={"path": None, "uri": f"sqlite:///{db}", "query": "select * from orders"}
+            )
+        }
+    )
+    assert data.read_source(spec).equals(raw)
+    assert data.fingerprint_source(spec).sha256 == data.frame_digest(raw)
+
+
+def test_uri_password_is_redacted():
+    assert "secret" not in data._redact_uri("postgresql://me:secret@db/x")
+
+
+def test_stratified_split_keeps_class_shares_and_is_reproducible(telco_spec, telco_raw):
+    typed = data.clean(telco_raw, telco_spec)
+    a = data.assign_splits(typed, telco_spec)
+    assert a.equals(data.assign_splits(typed, telco_spec))
+    shares = a.group_by(data.SPLIT_COLUMN).agg((pl.col("churn") == "Yes").mean().alias("pos"), pl.len())
+    overall = (typed.get_column("churn") == "Yes").mean()
+    for row in shares.iter_rows(named=True):
+        assert abs(row["pos"] - overall) < 0.01
+    sizes = dict(shares.select(data.SPLIT_COLUMN, "len").rows())
+    assert abs(sizes["test"] / typed.height - telco_spec.split.test) < 0.005
+    assert abs(sizes["validation"] / typed.height - telco_spec.split.validation) < 0.005
+
+
+def test_time_split_puts_the_latest_rows_in_test(orders_spec):
+    typed = data.clean(data.read_source(orders_spec), orders_spec)
+    split = data.assign_splits(typed, orders_spec)
+    by = {s: split.filter(pl.col(data.SPLIT_COLUMN) == s).get_column("ordered_at") for s in data.SPLITS}
+    assert by["train"].max() <= by["validation"].min()
+    assert by["validation"].max() <= by["test"].min()
+
+
+def test_frame_digest_changes_with_one_cell(orders_spec):
+    raw = _orders(orders_spec)
+    changed = raw.with_columns(
+        pl.when(pl.int_range(pl.len()) == 2).then(pl.lit("31")).otherwise(pl.col("amount_eur")).alias("amount_eur")
+    )
+    assert data.frame_digest(raw) == data.frame_digest(raw.clone())
+    assert data.frame_digest(raw) != data.frame_digest(changed)
+
+
+def test_tolerance_names_the_top_failing_checks():
+    report = data.QuarantineReport(
+        path="q.parquet",
+        rows_in=100,
+        rows_quarantined=10,
+        max_fraction=0.05,
+        top_checks=[data.FailingCheck(column="age", check="in_range(0, 120)", rows=8, example="-3")],
+    )
+    with pytest.raises(
+        QuarantineToleranceExceeded, match=r"10 of 100 rows \(10.0%\).*age in_range\(0, 120\): 8 rows.*q.parquet"
+    ):
+        data.check_tolerance(report)
+    data.check_tolerance(report.model_copy(update={"max_fraction": 0.1}))

@@ -1,0 +1,95 @@
+import pytest
+import yaml
+
+from tasks.errors import SpecError
+from tasks.spec import DatasetSpec, build_schema, load_spec
+from tests.conftest import CONFIGS
+
+
+def _write(tmp_path, body: dict):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def _minimal(**over):
+    body = {
+        "name": "t",
+        "source": {"path": "t.csv"},
+        "target": {"column": "y", "labels": ["n", "y"], "positive": "y"},
+        "columns": {"x": {"type": "float", "min": 0, "max": 1}},
+    }
+    body.update(over)
+    return body
+
+
+def test_bundled_configs_load_and_build_schemas():
+    for path in CONFIGS.glob("*.yaml"):
+        spec = load_spec(path)
+        schema = build_schema(spec)
+        assert set(schema.columns) == set(spec.input_columns)
+        assert spec.resolve(spec.source.path).is_file()
+
+
+def test_relative_source_starts_from_the_config_folder(tmp_path):
+    spec = load_spec(_write(tmp_path, _minimal()))
+    assert spec.resolve(spec.source.path) == (tmp_path / "t.csv").resolve()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colums": {}}, "colums"),  # a typo is an error, not silently ignored
+        ({"columns": {"x": {"type": "category"}}}, "needs `categories`"),
+        ({"columns": {"x": {"type": "string"}}}, "cannot be a model feature"),
+        ({"columns": {"x": {"type": "category", "categories": ["a"], "min": 1}}}, "min/max"),
+        ({"target": {"column": "y", "labels": ["n", "y"], "positive": "maybe"}}, "positive label"),
+        ({"derived_features": [{"name": "d", "op": "ratio", "inputs": ["x", "z"]}]}, "unknown columns"),
+        ({"derived_features": [{"name": "d", "op": "log1p", "inputs": ["x", "x"]}]}, "takes 1 input"),
+        ({"split": {"strategy": "time"}}, "event_time_column"),
+        ({"source": {"path": "a.csv", "uri": "sqlite://"}}, "exactly one"),
+        ({"columns": {"y": {"type": "float"}}}, "do not list it"),
+    ],
+)
+def test_invalid_configs_fail_with_a_clear_message(tmp_path, change, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(_write(tmp_path, _minimal(**change)))
+
+
+def test_missing_config_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_spec_hash_ignores_where_data_is_read_but_not_what_shapes_it(telco_spec):
+    moved = telco_spec.with_source("/elsewhere/file.csv")
+    assert moved.spec_hash == telco_spec.spec_hash
+    assert moved.source.path == "/elsewhere/file.csv"
+    reseeded = DatasetSpec.model_validate(
+        telco_spec.model_dump() | {"split": telco_spec.split.model_dump() | {"seed": 1}}
+    )
+    assert reseeded.spec_hash != telco_spec.spec_hash
+
+
+def test_database_uri_override_keeps_the_query(telco_spec):
+    with pytest.raises(SpecError, match="needs a `query`"):
+        telco_spec.with_source("sqlite:///x.db")
+    with_query = telco_spec.model_copy(
+        update={"source": telco_spec.source.model_copy(update={"path": None, "uri": "sqlite://", "query": "select 1"})}
+    )
+    spec = with_query.with_source("postgresql://db/x")
+    assert (spec.source.uri, spec.source.query, spec.source.path) == ("postgresql://db/x", "select 1", None)
+
+
+def test_feature_names_follow_the_config(orders_spec):
+    assert orders_spec.feature_names == [
+        "amount_eur",
+        "items",
+        "channel",
+        "express",
+        "coupon",
+        "amount_per_item",
+        "log_amount",
+    ]
+    assert orders_spec.categorical_features == ["channel", "coupon"]
+    assert orders_spec.input_columns[0] == "order_id"
