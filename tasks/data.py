@@ -18,12 +18,11 @@ from pydantic import BaseModel
 
 from tasks import features
 from tasks.common import CACHED, UNCACHED
-from tasks.errors import DataError, QuarantineToleranceExceeded, SpecError
-from tasks.spec import DatasetSpec, build_schema, load_spec, polars_dtype
+from tasks.errors import QuarantineToleranceExceeded, SpecError
+from tasks.spec import FAILURE_SCHEMA, DatasetSpec, build_schema, cast_to_spec, clean, load_spec
 
 SPLITS = ("train", "validation", "test")
 SPLIT_COLUMN = "_split"
-FAILURE_SCHEMA = {"row": pl.Int64, "column": pl.String, "check": pl.String, "value": pl.String}
 _CHUNK_ROWS = 200_000
 
 
@@ -149,64 +148,6 @@ def frame_digest(frame: pl.DataFrame) -> str:
 
 
 # -- validate -----------------------------------------------------------------------------
-def _cast_expr(name: str, kind: str, source_dtype: pl.DataType) -> pl.Expr:
-    col = pl.col(name)
-    if kind in ("category", "string"):
-        return col.cast(pl.String).str.strip_chars()
-    if kind == "float":
-        return _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
-    if kind == "int":
-        as_float = _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
-        return pl.when(as_float == as_float.floor()).then(as_float).otherwise(None).cast(pl.Int64, strict=False)
-    if kind == "bool":
-        if source_dtype == pl.Boolean:
-            return col
-        text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
-        return text.replace_strict(
-            {"true": True, "1": True, "1.0": True, "yes": True, "false": False, "0": False, "0.0": False, "no": False},
-            default=None,
-            return_dtype=pl.Boolean,
-        )
-    if kind == "datetime":
-        if source_dtype.is_temporal():
-            return col.cast(pl.Datetime("us"), strict=False)
-        return col.cast(pl.String).str.strip_chars().str.to_datetime(time_unit="us", strict=False)
-    raise SpecError(f"unknown column type {kind!r}")
-
-
-def _as_text_if_string(col: pl.Expr, source_dtype: pl.DataType) -> pl.Expr:
-    return col.str.strip_chars() if source_dtype == pl.String else col
-
-
-def _column_kinds(spec: DatasetSpec) -> dict[str, str]:
-    kinds = {name: c.type for name, c in spec.columns.items()}
-    if spec.id_column:
-        kinds[spec.id_column] = "string"
-    if spec.event_time_column:
-        kinds[spec.event_time_column] = "datetime"
-    kinds[spec.target.column] = "string"
-    return kinds
-
-
-def cast_to_spec(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Cast every column to its declared type; a value that does not parse becomes null
-    and one failure row (row, column, check `dtype(<type>)`, value)."""
-    kinds = _column_kinds(spec)
-    typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in spec.input_columns)
-    lost = [
-        raw.with_row_index("row")
-        .filter(pl.col(name).is_not_null() & typed.get_column(name).is_null())
-        .select(
-            pl.col("row").cast(pl.Int64),
-            pl.lit(name).alias("column"),
-            pl.lit(f"dtype({kinds[name]})").alias("check"),
-            pl.col(name).cast(pl.String).alias("value"),
-        )
-        for name in spec.input_columns
-    ]
-    return typed, pl.concat(lost).cast(FAILURE_SCHEMA)
-
-
 def schema_failures(typed: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """Every row-level failure Pandera finds (lazy: all checks, all rows)."""
     import pandera.polars as pa
@@ -297,14 +238,6 @@ def check_tolerance(report: QuarantineReport) -> None:
 
 
 # -- clean, split, snapshot ---------------------------------------------------------------
-def clean(kept: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
-    """Cast validated rows to their declared types (strictly: they passed validation)."""
-    typed, failures = cast_to_spec(kept, spec)
-    if failures.height:
-        raise DataError(f"{failures.height} values failed to cast after validation: {failures.head(3).rows()}")
-    return typed.cast({name: polars_dtype(kind) for name, kind in _column_kinds(spec).items()})
-
-
 def assign_splits(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """Add the split column: stratified on the target (seeded), or by event time (latest rows last)."""
     val, test = spec.split.validation, spec.split.test

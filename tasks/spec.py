@@ -15,8 +15,9 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.errors import SpecError
+from tasks.errors import DataError, SpecError
 
+FAILURE_SCHEMA = {"row": pl.Int64, "column": pl.String, "check": pl.String, "value": pl.String}
 ColumnType = Literal["int", "float", "bool", "category", "string", "datetime"]
 FEATURE_TYPES = {"int", "float", "bool", "category"}
 
@@ -114,6 +115,84 @@ class QuarantineSpec(_Strict):
     )
 
 
+class SearchParam(_Strict):
+    """One dimension of the Optuna search space."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchParam:
+        if self.low > self.high:
+            raise ValueError(f"search range low {self.low} > high {self.high}")
+        return self
+
+
+DEFAULT_SEARCH_SPACE = {
+    "learning_rate": SearchParam(low=0.01, high=0.3, log=True),
+    "num_leaves": SearchParam(low=4, high=64, log=True, integer=True),
+    "min_child_samples": SearchParam(low=5, high=200, log=True, integer=True),
+    "feature_fraction": SearchParam(low=0.4, high=1.0),
+    "bagging_fraction": SearchParam(low=0.5, high=1.0),
+    "lambda_l1": SearchParam(low=1e-8, high=10.0, log=True),
+    "lambda_l2": SearchParam(low=1e-8, high=10.0, log=True),
+}
+
+
+class TrainingSpec(_Strict):
+    """How the LightGBM candidate is tuned: budget, seed and search space."""
+
+    n_trials: int = Field(default=30, ge=1)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    seed: int = 42
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    max_boost_rounds: int = Field(default=2000, ge=1)
+    num_threads: int = Field(default=0, ge=0, description="0: one per core")
+    pruner_warmup_steps: int = Field(default=20, ge=0)
+    search_space: dict[str, SearchParam] = DEFAULT_SEARCH_SPACE
+
+
+HIGHER_IS_BETTER = {"roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "cv_roc_auc_mean"}
+LOWER_IS_BETTER = {"log_loss", "brier", "latency_ms_per_row", "cv_roc_auc_std"}
+COMPARATORS = ("champion", "logistic_regression", "majority_class")
+
+
+class EvaluationSpec(_Strict):
+    threshold: Literal["f1", "youden"] | float = Field(
+        default="f1", description="decision threshold, chosen on the validation split"
+    )
+    slices: list[str] = Field(default=[], description="category columns to report metrics per value")
+    cv_folds: int = Field(default=5, ge=2)
+    latency_rows: int = Field(default=1000, ge=1)
+
+
+class GateRule(_Strict):
+    """One promotion rule: a bound (`min`/`max`) or a comparison (`vs` with `max_drop`)."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    vs: Literal["champion", "logistic_regression", "majority_class"] | None = None
+    max_drop: float = Field(default=0.0, ge=0, description="how much worse than `vs` is still a pass")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GateRule:
+        if self.metric not in HIGHER_IS_BETTER | LOWER_IS_BETTER:
+            raise ValueError(f"unknown gate metric {self.metric!r}")
+        if (self.vs is None) == (self.min is None and self.max is None):
+            raise ValueError("a gate rule needs either min/max or vs")
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric in HIGHER_IS_BETTER
+
+
+DEFAULT_GATE = [GateRule(metric="roc_auc", vs="champion"), GateRule(metric="roc_auc", vs="logistic_regression")]
+
+
 class DatasetSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -125,6 +204,10 @@ class DatasetSpec(_Strict):
     derived_features: list[DerivedFeature] = []
     split: SplitSpec = SplitSpec()
     quarantine: QuarantineSpec = QuarantineSpec()
+    training: TrainingSpec = TrainingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    gate: list[GateRule] = DEFAULT_GATE
+    model_name: str | None = Field(default=None, description="registered model name (default: the dataset name)")
     base_dir: Path = Field(default=Path("."), exclude=True, description="folder relative paths start from")
 
     @model_validator(mode="after")
@@ -147,6 +230,9 @@ class DatasetSpec(_Strict):
             raise ValueError("split.strategy 'time' needs event_time_column")
         if not known:
             raise ValueError("no feature columns")
+        bad_slices = [c for c in self.evaluation.slices if c not in self.categorical_features]
+        if bad_slices:
+            raise ValueError(f"evaluation.slices must be category feature columns: {bad_slices}")
         return self
 
     # -- derived views -------------------------------------------------------------
@@ -169,10 +255,22 @@ class DatasetSpec(_Strict):
         return [*self.base_features, *(d.name for d in self.derived_features)]
 
     @property
+    def registered_model_name(self) -> str:
+        return self.model_name or self.name
+
+    @property
     def spec_hash(self) -> str:
-        """Hash of everything that shapes the prepared data, except where it is read from."""
-        body = self.model_dump(mode="json", exclude={"source", "description", "base_dir"})
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of everything that shapes the prepared data (not where it is read from, not training)."""
+        return self._hash(exclude={"source", "description", "base_dir", "training", "evaluation", "gate", "model_name"})
+
+    @property
+    def training_hash(self) -> str:
+        """Hash of what shapes the trained model: the data contract plus the training section."""
+        return self._hash(include={"training"}, extra=self.spec_hash)
+
+    def _hash(self, include: set[str] | None = None, exclude: set[str] | None = None, extra: str = "") -> str:
+        body = self.model_dump(mode="json", include=include, exclude=exclude)
+        return hashlib.sha256((json.dumps(body, sort_keys=True) + extra).encode()).hexdigest()[:16]
 
     def cache_token(self) -> str:
         return self.spec_hash
@@ -255,3 +353,70 @@ def _typed_categories(col: ColumnSpec) -> list:
     if col.type == "bool":
         return [bool(c) for c in cats]
     return [str(c) for c in cats]
+
+
+# -- applying the spec's types (shared by training and serving) -------------------------
+def _cast_expr(name: str, kind: str, source_dtype: pl.DataType) -> pl.Expr:
+    col = pl.col(name)
+    if kind in ("category", "string"):
+        return col.cast(pl.String).str.strip_chars()
+    if kind == "float":
+        return _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
+    if kind == "int":
+        as_float = _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
+        return pl.when(as_float == as_float.floor()).then(as_float).otherwise(None).cast(pl.Int64, strict=False)
+    if kind == "bool":
+        if source_dtype == pl.Boolean:
+            return col
+        text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
+        return text.replace_strict(
+            {"true": True, "1": True, "1.0": True, "yes": True, "false": False, "0": False, "0.0": False, "no": False},
+            default=None,
+            return_dtype=pl.Boolean,
+        )
+    if kind == "datetime":
+        if source_dtype.is_temporal():
+            return col.cast(pl.Datetime("us"), strict=False)
+        return col.cast(pl.String).str.strip_chars().str.to_datetime(time_unit="us", strict=False)
+    raise SpecError(f"unknown column type {kind!r}")
+
+
+def _as_text_if_string(col: pl.Expr, source_dtype: pl.DataType) -> pl.Expr:
+    return col.str.strip_chars() if source_dtype == pl.String else col
+
+
+def _column_kinds(spec: DatasetSpec) -> dict[str, str]:
+    kinds = {name: c.type for name, c in spec.columns.items()}
+    if spec.id_column:
+        kinds[spec.id_column] = "string"
+    if spec.event_time_column:
+        kinds[spec.event_time_column] = "datetime"
+    kinds[spec.target.column] = "string"
+    return kinds
+
+
+def cast_to_spec(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Cast every column to its declared type; a value that does not parse becomes null
+    and one failure row (row, column, check `dtype(<type>)`, value)."""
+    kinds = _column_kinds(spec)
+    typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in spec.input_columns)
+    lost = [
+        raw.with_row_index("row")
+        .filter(pl.col(name).is_not_null() & typed.get_column(name).is_null())
+        .select(
+            pl.col("row").cast(pl.Int64),
+            pl.lit(name).alias("column"),
+            pl.lit(f"dtype({kinds[name]})").alias("check"),
+            pl.col(name).cast(pl.String).alias("value"),
+        )
+        for name in spec.input_columns
+    ]
+    return typed, pl.concat(lost).cast(FAILURE_SCHEMA)
+
+
+def clean(kept: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Cast validated rows to their declared types (strictly: they passed validation)."""
+    typed, failures = cast_to_spec(kept, spec)
+    if failures.height:
+        raise DataError(f"{failures.height} values failed to cast after validation: {failures.head(3).rows()}")
+    return typed.cast({name: polars_dtype(kind) for name, kind in _column_kinds(spec).items()})

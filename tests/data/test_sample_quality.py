@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from tasks import data
-from tasks.spec import DatasetSpec
+from tasks.spec import DatasetSpec, clean
 from tests.corruption import corrupt_telco
 
 SHA256 = {
@@ -25,7 +25,7 @@ def test_bundled_file_is_the_documented_one(request, spec_name):
 def test_telco_sample_passes_its_contract(telco_spec, telco_raw):
     assert telco_raw.shape == (7043, 20)
     assert data.find_failures(telco_raw, telco_spec).height == 0
-    typed = data.clean(telco_raw, telco_spec)
+    typed = clean(telco_raw, telco_spec)
     assert (typed.get_column("churn") == "Yes").mean() == pytest.approx(0.265, abs=0.001)
     # the table's one real quirk: empty total_charges, only for brand-new customers
     missing = typed.filter(pl.col("total_charges").is_null())
@@ -35,7 +35,7 @@ def test_telco_sample_passes_its_contract(telco_spec, telco_raw):
 def test_credit_sample_keeps_its_missing_values(credit_spec):
     raw = data.read_source(credit_spec)
     assert data.find_failures(raw, credit_spec).height == 0
-    typed = data.clean(raw, credit_spec)
+    typed = clean(raw, credit_spec)
     assert typed.select(pl.col("Income", "Assets", "Debt").null_count()).row(0) == (381, 47, 18)
 
 
@@ -61,5 +61,7 @@ def test_corrupted_file_every_bad_row_quarantined_with_its_reason(tmp_path, telc
         assert row["failed_check"].startswith(check), row["reason"]
         assert row["reason"]
     # the rows that were not touched are kept, unchanged
-    assert kept.select(telco_raw.columns).equals(telco_raw.filter(~pl.int_range(pl.len()).is_in(list(corruption.broken))))
-    data.clean(kept, spec)  # what is kept always casts cleanly
+    assert kept.select(telco_raw.columns).equals(
+        telco_raw.filter(~pl.int_range(pl.len()).is_in(list(corruption.broken)))
+    )
+    clean(kept, spec)  # what is kept always casts cleanly

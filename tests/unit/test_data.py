@@ -5,6 +5,7 @@ import pytest
 
 from tasks import data
 from tasks.errors import QuarantineToleranceExceeded, SpecError
+from tasks.spec import clean
 
 
 def _orders(orders_spec, **cols) -> pl.DataFrame:
@@ -26,7 +27,7 @@ def _orders(orders_spec, **cols) -> pl.DataFrame:
 def test_clean_rows_pass_and_are_typed(orders_spec):
     raw = _orders(orders_spec)
     assert data.find_failures(raw, orders_spec).height == 0
-    typed = data.clean(raw, orders_spec)
+    typed = clean(raw, orders_spec)
     assert typed.schema["items"] == pl.Int64
     assert typed.schema["express"] == pl.Boolean
     assert typed.schema["ordered_at"] == pl.Datetime("us")
@@ -109,7 +110,7 @@ def test_uri_password_is_redacted():
 
 
 def test_stratified_split_keeps_class_shares_and_is_reproducible(telco_spec, telco_raw):
-    typed = data.clean(telco_raw, telco_spec)
+    typed = clean(telco_raw, telco_spec)
     a = data.assign_splits(typed, telco_spec)
     assert a.equals(data.assign_splits(typed, telco_spec))
     shares = a.group_by(data.SPLIT_COLUMN).agg((pl.col("churn") == "Yes").mean().alias("pos"), pl.len())
@@ -122,7 +123,7 @@ def test_stratified_split_keeps_class_shares_and_is_reproducible(telco_spec, tel
 
 
 def test_time_split_puts_the_latest_rows_in_test(orders_spec):
-    typed = data.clean(data.read_source(orders_spec), orders_spec)
+    typed = clean(data.read_source(orders_spec), orders_spec)
     split = data.assign_splits(typed, orders_spec)
     by = {s: split.filter(pl.col(data.SPLIT_COLUMN) == s).get_column("ordered_at") for s in data.SPLITS}
     assert by["train"].max() <= by["validation"].min()
