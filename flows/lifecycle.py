@@ -7,25 +7,50 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel
 
+from flows.evaluate import evaluate
 from flows.naming import named_after_config
 from flows.prepare import PrepareResult, prepare
+from flows.register import register
+from flows.train import train
+from tasks.evaluate import EvaluationResult
+from tasks.registry import RegisterResult, TrainResult
 
 
 class LifecycleResult(BaseModel):
     prepare: PrepareResult
+    train: TrainResult
+    evaluate: EvaluationResult
+    register: RegisterResult
 
 
 @flow(name="lifecycle", flow_run_name=named_after_config("lifecycle"))
-def lifecycle(config: Path, source: str | None = None, workdir: Path = Path("artifacts")) -> LifecycleResult:
-    """Take a table through the ML lifecycle: prepare → train → evaluate → register → package → roll out.
+def lifecycle(
+    config: Path,
+    source: str | None = None,
+    workdir: Path = Path("artifacts"),
+    tracking_uri: str | None = None,
+    n_trials: int | None = None,
+) -> LifecycleResult:
+    """Take a table through the ML lifecycle: prepare → train → evaluate → register.
 
     Args:
         config: dataset config (YAML) describing the table
         source: read this file or database URI instead of the config's source
-        workdir: folder for snapshots, quarantine files and reports
+        workdir: folder for snapshots, quarantine files, the MLflow database and reports
+        tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
+        n_trials: override the config's Optuna trial budget
     """
     prepared = prepare(config=config, source=source, workdir=workdir)
-    return LifecycleResult(prepare=prepared)
+    trained = train(
+        config=config,
+        manifest_path=Path(prepared.manifest_path),
+        workdir=workdir,
+        tracking_uri=tracking_uri,
+        n_trials=n_trials,
+    )
+    evaluated = evaluate(config=config, run_id=trained.run_id, workdir=workdir, tracking_uri=tracking_uri)
+    registered = register(config=config, run_id=trained.run_id, workdir=workdir, tracking_uri=tracking_uri)
+    return LifecycleResult(prepare=prepared, train=trained, evaluate=evaluated, register=registered)
 
 
 if __name__ == "__main__":

@@ -433,6 +433,16 @@ def snapshot_task(
     return manifest, path
 
 
+@task(name="load-manifest", **UNCACHED)
+def load_manifest_task(path: Path) -> SnapshotManifest:
+    return load_manifest(path)
+
+
+@task(name="read-split", **UNCACHED)
+def read_split_task(manifest_path: Path, split: str) -> pl.DataFrame:
+    return read_split(manifest_path, split)
+
+
 def _artifact_key(name: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower())

@@ -294,8 +294,10 @@ class DatasetSpec(_Strict):
         return self.model_copy(update={"source": new})
 
 
-def load_spec(path: str | Path, source: str | Path | None = None) -> DatasetSpec:
-    """Read a dataset config; relative paths inside it start from the config's folder."""
+def load_spec(path: str | Path, source: str | Path | None = None, n_trials: int | None = None) -> DatasetSpec:
+    """Read a dataset config; relative paths inside it start from the config's folder.
+
+    `source` reads another file or database; `n_trials` overrides the tuning budget."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -307,6 +309,8 @@ def load_spec(path: str | Path, source: str | Path | None = None) -> DatasetSpec
         spec = DatasetSpec.model_validate({**raw, "base_dir": path.resolve().parent})
     except ValueError as exc:
         raise SpecError(f"{path}: {exc}") from exc
+    if n_trials is not None:
+        spec = spec.model_copy(update={"training": spec.training.model_copy(update={"n_trials": int(n_trials)})})
     return spec.with_source(source)
 
 
@@ -395,11 +399,14 @@ def _column_kinds(spec: DatasetSpec) -> dict[str, str]:
     return kinds
 
 
-def cast_to_spec(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Cast every column to its declared type; a value that does not parse becomes null
-    and one failure row (row, column, check `dtype(<type>)`, value)."""
+def cast_to_spec(
+    raw: pl.DataFrame, spec: DatasetSpec, columns: list[str] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Cast columns (default: all input columns) to their declared types; a value that does
+    not parse becomes null and one failure row (row, column, check `dtype(<type>)`, value)."""
     kinds = _column_kinds(spec)
-    typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in spec.input_columns)
+    columns = spec.input_columns if columns is None else columns
+    typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in columns)
     lost = [
         raw.with_row_index("row")
         .filter(pl.col(name).is_not_null() & typed.get_column(name).is_null())
@@ -409,7 +416,7 @@ def cast_to_spec(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, pl
             pl.lit(f"dtype({kinds[name]})").alias("check"),
             pl.col(name).cast(pl.String).alias("value"),
         )
-        for name in spec.input_columns
+        for name in columns
     ]
     return typed, pl.concat(lost).cast(FAILURE_SCHEMA)
 

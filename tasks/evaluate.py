@@ -1,0 +1,502 @@
+"""Evaluation: test metrics, threshold, slices, cross-validation, explanations, plots,
+the promotion gate and the model card. Pure functions (no Prefect, no MLflow)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel
+
+from tasks.common import CACHED, UNCACHED
+from tasks.data import SnapshotManifest
+from tasks.registry import TrackingConfig, TrainResult
+from tasks.spec import DatasetSpec, GateRule
+
+Metrics = dict[str, float]
+
+
+# -- metrics --------------------------------------------------------------------------------
+def binary_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> Metrics:
+    """Ranking and probability metrics, plus the confusion matrix at `threshold`."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    proba = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
+    pred = (proba >= threshold).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    both_classes = 0 < y.sum() < len(y)
+    return {
+        "roc_auc": float(roc_auc_score(y, proba)) if both_classes else float("nan"),
+        "pr_auc": float(average_precision_score(y, proba)) if both_classes else float("nan"),
+        "log_loss": float(log_loss(y, proba, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, proba)),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "accuracy": (tp + tn) / len(y),
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def choose_threshold(y: np.ndarray, proba: np.ndarray, rule: str | float) -> float:
+    """The decision threshold, chosen on validation rows: best F1, best Youden J, or fixed."""
+    if isinstance(rule, int | float):
+        return float(rule)
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    if rule == "youden":
+        fpr, tpr, thresholds = roc_curve(y, proba)
+        return float(np.clip(thresholds[np.argmax(tpr - fpr)], 0.0, 1.0))
+    precision, recall, thresholds = precision_recall_curve(y, proba)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    return float(thresholds[np.argmax(f1[:-1])])
+
+
+def slice_metrics(frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: float, columns: list[str]):
+    """Metrics per value of each named category column (rows, positives, ROC AUC, F1)."""
+    rows = []
+    for column in columns:
+        values = frame.get_column(column).cast(pl.String).fill_null("<null>").to_numpy()
+        for value in sorted(set(values)):
+            mask = values == value
+            m = binary_metrics(y[mask], proba[mask], threshold)
+            rows.append(
+                {
+                    "column": column,
+                    "value": value,
+                    "rows": int(mask.sum()),
+                    "positives": int(y[mask].sum()),
+                    "roc_auc": m["roc_auc"],
+                    "f1": m["f1"],
+                }
+            )
+    return rows
+
+
+def latency(predict, rows: pl.DataFrame, repeats: int = 50) -> Metrics:
+    """Prediction latency through the full model (types, features, booster).
+
+    `latency_ms_per_row`: a batch of `rows` divided by its size (best of 3);
+    `latency_ms_single_row`: median of single-row calls."""
+    predict(rows.head(10))  # warm up
+    batch = min(_timed(predict, rows) for _ in range(3))
+    single = [_timed(predict, rows.slice(i % rows.height, 1)) for i in range(repeats)]
+    return {
+        "latency_ms_per_row": 1000.0 * batch / rows.height,
+        "latency_ms_single_row": 1000.0 * float(np.median(single)),
+    }
+
+
+def _timed(fn, arg) -> float:
+    started = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - started
+
+
+def cross_validate(
+    x: np.ndarray, y: np.ndarray, params: dict, rounds: int, folds: int, categorical: list[int], seed: int
+) -> Metrics:
+    """k-fold ROC AUC of the chosen configuration on the training split."""
+    import lightgbm as lgb
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    scores = []
+    for fit_idx, hold_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        data = lgb.Dataset(x[fit_idx], y[fit_idx], categorical_feature=categorical, params={"verbosity": -1})
+        booster = lgb.train(params, data, num_boost_round=rounds)
+        scores.append(roc_auc_score(y[hold_idx], booster.predict(x[hold_idx])))
+    return {"cv_roc_auc_mean": float(np.mean(scores)), "cv_roc_auc_std": float(np.std(scores))}
+
+
+def shap_values(booster, x: np.ndarray) -> np.ndarray:
+    """Per-row SHAP contributions from LightGBM's own `pred_contrib` (last column, the bias, dropped)."""
+    return booster.predict(x, pred_contrib=True)[:, :-1]
+
+
+def global_importance(booster, contributions: np.ndarray, names: list[str]) -> list[dict]:
+    gain = booster.feature_importance(importance_type="gain")
+    mean_abs = np.abs(contributions).mean(axis=0)
+    order = np.argsort(-mean_abs)
+    return [{"feature": names[i], "mean_abs_shap": float(mean_abs[i]), "gain": float(gain[i])} for i in order]
+
+
+# -- plots ---------------------------------------------------------------------------------
+def save_plots(folder: Path, y, proba, threshold, importance: list[dict], contributions, x, names) -> list[Path]:
+    """ROC, PR, calibration, confusion matrix, feature importance and SHAP summary (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    def save(name: str, draw) -> None:
+        fig, ax = plt.subplots(figsize=(6, 5))
+        draw(ax)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+
+    save("roc_curve", lambda ax: RocCurveDisplay.from_predictions(y, proba, ax=ax))
+    save("pr_curve", lambda ax: PrecisionRecallDisplay.from_predictions(y, proba, ax=ax))
+    save("calibration", lambda ax: CalibrationDisplay.from_predictions(y, proba, n_bins=10, ax=ax))
+    save(
+        "confusion_matrix",
+        lambda ax: ConfusionMatrixDisplay.from_predictions(y, (proba >= threshold).astype(int), ax=ax),
+    )
+    top = importance[:15][::-1]
+
+    def bars(ax):
+        ax.barh([r["feature"] for r in top], [r["mean_abs_shap"] for r in top])
+        ax.set_xlabel("mean |SHAP| (log-odds)")
+
+    save("feature_importance", bars)
+
+    def beeswarm(ax):
+        rng = np.random.default_rng(0)
+        for row, r in enumerate(top):
+            i = names.index(r["feature"])
+            col = x[:, i]
+            finite = np.isfinite(col)
+            scaled = np.full(col.shape, 0.5)
+            if finite.any() and np.ptp(col[finite]) > 0:
+                scaled[finite] = (col[finite] - col[finite].min()) / np.ptp(col[finite])
+            jitter = rng.uniform(-0.3, 0.3, len(col))
+            ax.scatter(contributions[:, i], row + jitter, c=scaled, cmap="coolwarm", s=4, alpha=0.6)
+        ax.set_yticks(range(len(top)), [r["feature"] for r in top])
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel("SHAP value (log-odds); colour: feature value low → high")
+
+    save("shap_summary", beeswarm)
+    return paths
+
+
+# -- the gate -----------------------------------------------------------------------------
+class GateCheck(BaseModel):
+    rule: str
+    passed: bool
+    detail: str
+
+
+class GateDecision(BaseModel):
+    passed: bool
+    checks: list[GateCheck]
+
+    @property
+    def reasons(self) -> str:
+        failed = [c for c in self.checks if not c.passed]
+        return "; ".join(f"{c.rule}: {c.detail}" for c in (failed or self.checks))
+
+
+def _describe(rule: GateRule) -> str:
+    if rule.vs:
+        return f"{rule.metric} vs {rule.vs} (max drop {rule.max_drop:g})"
+    bounds = [f">= {rule.min:g}" if rule.min is not None else "", f"<= {rule.max:g}" if rule.max is not None else ""]
+    return f"{rule.metric} {' and '.join(b for b in bounds if b)}"
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def apply_gate(rules: list[GateRule], candidate: Metrics, others: dict[str, Metrics | None]) -> GateDecision:
+    """Check every rule; fails closed: a missing candidate metric is a failure.
+
+    `others` maps a comparator name to its metrics on the same test rows; a comparator
+    that does not exist (no champion yet) passes its rule with that said."""
+    checks = []
+    for rule in rules:
+        name = _describe(rule)
+        value = candidate.get(rule.metric)
+        if not _present(value):
+            checks.append(GateCheck(rule=name, passed=False, detail=f"candidate has no {rule.metric}"))
+            continue
+        if rule.vs is None:
+            ok = (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
+            checks.append(GateCheck(rule=name, passed=ok, detail=f"candidate {rule.metric}={value:.4f}"))
+            continue
+        if rule.vs not in others:
+            checks.append(GateCheck(rule=name, passed=False, detail=f"no {rule.vs} metrics to compare with"))
+            continue
+        other = others[rule.vs]
+        if other is None:
+            checks.append(GateCheck(rule=name, passed=True, detail=f"no {rule.vs} yet"))
+            continue
+        reference = other.get(rule.metric)
+        if not _present(reference):
+            checks.append(GateCheck(rule=name, passed=False, detail=f"{rule.vs} has no {rule.metric}"))
+            continue
+        drop = (reference - value) if rule.higher_is_better else (value - reference)
+        ok = drop <= rule.max_drop + 1e-12
+        checks.append(
+            GateCheck(
+                rule=name,
+                passed=ok,
+                detail=f"candidate {value:.4f} vs {rule.vs} {reference:.4f} (worse by {max(drop, 0):.4f})",
+            )
+        )
+    return GateDecision(passed=all(c.passed for c in checks), checks=checks)
+
+
+# -- model card ------------------------------------------------------------------------------
+def model_card(
+    spec: DatasetSpec,
+    data_version: str,
+    params: dict,
+    candidate: Metrics,
+    comparators: dict[str, Metrics | None],
+    slices: list[dict],
+    importance: list[dict],
+    decision: GateDecision,
+    champion_version: str | None,
+) -> str:
+    keys = ["roc_auc", "pr_auc", "log_loss", "brier", "f1", "precision", "recall"]
+    header = "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
+
+    def row(name: str, m: Metrics | None) -> str:
+        if m is None:
+            return f"| {name} | " + " | ".join("–" for _ in keys) + " |\n"
+        return f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in keys) + " |\n"
+
+    table = header + row("**candidate**", candidate)
+    for name, m in comparators.items():
+        label = f"champion (v{champion_version})" if name == "champion" and champion_version else name
+        table += row(label, m)
+    slice_rows = "".join(
+        f"| {s['column']} | {s['value']} | {s['rows']} | {s['positives']} | {s['roc_auc']:.4f} | {s['f1']:.4f} |\n"
+        for s in slices
+    )
+    gate_rows = "".join(f"| {'✅' if c.passed else '❌'} | {c.rule} | {c.detail} |\n" for c in decision.checks)
+    top = ", ".join(r["feature"] for r in importance[:5])
+    return f"""# Model card: {spec.registered_model_name}
+
+**Task:** predict `{spec.target.column} == {spec.target.positive!r}` — {spec.description or spec.name}
+**Data version:** `{data_version}` · **spec hash:** `{spec.spec_hash}` · **training hash:** `{spec.training_hash}`
+**Decision threshold:** {candidate["threshold"]:.4f} (chosen on validation by `{spec.evaluation.threshold}`)
+
+## Test metrics (untouched test split, same rows for every model)
+{table}
+Cross-validation on the training split: ROC AUC {candidate.get("cv_roc_auc_mean", float("nan")):.4f} ± \
+{candidate.get("cv_roc_auc_std", float("nan")):.4f}.
+Latency: {candidate.get("latency_ms_per_row", float("nan")):.4f} ms/row in batch, \
+{candidate.get("latency_ms_single_row", float("nan")):.3f} ms for one row.
+
+## Promotion gate: {"PASSED" if decision.passed else "FAILED"}
+| | rule | detail |
+|---|---|---|
+{gate_rows}
+## Slices
+| column | value | rows | positives | ROC AUC | F1 |
+|---|---|---|---|---|---|
+{slice_rows}
+## Parameters
+```
+{params}
+```
+
+## Explanations
+Largest mean |SHAP| (LightGBM `pred_contrib`): {top}.
+
+## Known limits
+- Trained on {spec.name} rows as validated by its config; rows outside the declared ranges and
+  categories are rejected, not scored.
+- Metrics are from one held-out split; see the cross-validation spread for their stability.
+- Slices with few rows have noisy metrics.
+"""
+
+
+# -- Prefect tasks ---------------------------------------------------------------------------
+class EvaluationResult(BaseModel):
+    dataset: str
+    data_version: str
+    run_id: str
+    threshold: float
+    candidate: Metrics
+    baselines: dict[str, Metrics]
+    champion: Metrics | None
+    champion_version: str | None
+    candidate_is_champion: bool
+    gate: GateDecision
+
+
+@dataclass
+class Scores:
+    candidate: Metrics
+    baselines: dict[str, Metrics]
+    champion: Metrics | None
+    champion_version: str | None
+    candidate_is_champion: bool
+    slices: list[dict]
+
+
+@task(name="score-models", **UNCACHED)
+def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> Scores:
+    """Candidate, baselines and the current champion, all on the same untouched test rows."""
+    from tasks import registry
+    from tasks.data import read_split
+    from tasks.features import encode_target, feature_matrix
+
+    logger = get_run_logger()
+    test = read_split(trained.manifest_path, "test")
+    validation = read_split(trained.manifest_path, "validation")
+    y = encode_target(test, spec)
+    candidate = registry.load_model(cfg, trained.model_uri)
+    proba = candidate.predict_proba(test)
+    metrics = binary_metrics(y, proba, candidate.threshold) | latency(
+        candidate.predict_frame, test.head(spec.evaluation.latency_rows)
+    )
+    x_test, x_val, y_val = feature_matrix(test, spec), feature_matrix(validation, spec), encode_target(validation, spec)
+    baselines = {}
+    for name in ("majority_class", "logistic_regression"):
+        model = registry.load_object(cfg, trained.run_id, f"{name}.joblib")
+        threshold = choose_threshold(y_val, model.predict_proba(x_val)[:, 1], spec.evaluation.threshold)
+        baselines[name] = binary_metrics(y, model.predict_proba(x_test)[:, 1], threshold)
+    champion = registry.version_by_alias(cfg, registry.CHAMPION)
+    champion_metrics, same = None, False
+    if champion is not None:
+        same = champion.run_id == trained.run_id
+        if same:
+            champion_metrics = {k: v for k, v in metrics.items()}
+        else:
+            try:
+                current = registry.load_model(cfg, f"models:/{cfg.model_name}@{registry.CHAMPION}")
+                champion_metrics = binary_metrics(y, current.predict_proba(test), current.threshold)
+            except Exception as exc:  # a champion that cannot score these rows cannot be compared
+                logger.warning("champion v%s could not score the test rows: %s", champion.version, exc)
+                champion_metrics = {}
+    slices = slice_metrics(test, y, proba, candidate.threshold, spec.evaluation.slices)
+    return Scores(metrics, baselines, champion_metrics, champion.version if champion else None, same, slices)
+
+
+@task(name="cross-validate", **CACHED)
+def cross_validate_task(spec: DatasetSpec, manifest: SnapshotManifest, manifest_path: Path, trained: TrainResult):
+    import lightgbm as lgb
+
+    from tasks.data import read_split
+    from tasks.features import encode_target, feature_matrix
+    from tasks.train import base_params
+
+    train = read_split(manifest_path, "train")
+    rounds = lgb.Booster(model_str=_booster_text(trained)).current_iteration()
+    categorical = [spec.feature_names.index(c) for c in spec.categorical_features]
+    return cross_validate(
+        feature_matrix(train, spec),
+        encode_target(train, spec),
+        base_params(spec) | trained.best_params,
+        rounds,
+        spec.evaluation.cv_folds,
+        categorical,
+        spec.training.seed,
+    )
+
+
+def _booster_text(trained: TrainResult) -> str:
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(trained.model_uri).unwrap_python_model().booster_text
+
+
+@task(name="explain", **UNCACHED)
+def explain_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, folder: Path):
+    """SHAP values from LightGBM's pred_contrib, global importance and every plot."""
+    from tasks import registry
+    from tasks.data import read_split
+    from tasks.features import encode_target, feature_matrix
+
+    model = registry.load_model(cfg, trained.model_uri)
+    test = read_split(trained.manifest_path, "test")
+    x, y = feature_matrix(test, spec), encode_target(test, spec)
+    proba = model.booster.predict(x)
+    contributions = shap_values(model.booster, x)
+    importance = global_importance(model.booster, contributions, spec.feature_names)
+    plots = save_plots(folder, y, proba, model.threshold, importance, contributions, x, spec.feature_names)
+    return importance, plots
+
+
+@task(name="gate", **UNCACHED)
+def gate_task(spec: DatasetSpec, scores: Scores, cv: Metrics) -> GateDecision:
+    others: dict[str, Metrics | None] = dict(scores.baselines)
+    others["champion"] = scores.champion
+    return apply_gate(spec.gate, scores.candidate | cv, others)
+
+
+@task(name="log-evaluation", **UNCACHED)
+def log_evaluation_task(
+    cfg: TrackingConfig,
+    spec: DatasetSpec,
+    trained: TrainResult,
+    scores: Scores,
+    cv: Metrics,
+    importance: list[dict],
+    plots: list[Path],
+    decision: GateDecision,
+) -> EvaluationResult:
+    """Metrics, plots, model card and the gate decision: to the MLflow run and as Prefect artifacts."""
+    from tasks import registry
+
+    scores.candidate = scores.candidate | cv
+
+    registry.log_metrics(cfg, trained.run_id, scores.candidate, prefix="test_")
+    for name, metrics in scores.baselines.items():
+        registry.log_metrics(cfg, trained.run_id, metrics, prefix=f"test_{name}_")
+    if scores.champion and not scores.candidate_is_champion:
+        registry.log_metrics(cfg, trained.run_id, scores.champion, prefix="test_champion_")
+    registry.log_artifact_files(cfg, trained.run_id, plots, "plots")
+    registry.log_json(cfg, trained.run_id, scores.slices, "evaluation/slices.json")
+    registry.log_json(cfg, trained.run_id, importance, "evaluation/importance.json")
+    comparators = dict(scores.baselines) | {"champion": None if scores.candidate_is_champion else scores.champion}
+    card = model_card(
+        spec,
+        trained.data_version,
+        trained.best_params,
+        scores.candidate,
+        comparators,
+        scores.slices,
+        importance,
+        decision,
+        scores.champion_version,
+    )
+    registry.log_text(cfg, trained.run_id, card, "model_card.md")
+    registry.set_tags(cfg, trained.run_id, {"gate_passed": decision.passed, "gate_reasons": decision.reasons[:5000]})
+    key = "".join(ch if ch.isalnum() else "-" for ch in spec.name.lower())
+    create_markdown_artifact(key=f"{key}-model-card", markdown=card, description=f"Model card of run {trained.run_id}")
+    rows = [{"model": "candidate", **_headline(scores.candidate)}]
+    rows += [{"model": name, **_headline(m)} for name, m in comparators.items() if m]
+    create_table_artifact(key=f"{key}-test-metrics", table=rows, description="Test metrics on the same rows")
+    return EvaluationResult(
+        dataset=spec.name,
+        data_version=trained.data_version,
+        run_id=trained.run_id,
+        threshold=scores.candidate["threshold"],
+        candidate=scores.candidate,
+        baselines=scores.baselines,
+        champion=scores.champion,
+        champion_version=scores.champion_version,
+        candidate_is_champion=scores.candidate_is_champion,
+        gate=decision,
+    )
+
+
+def _headline(m: Metrics) -> dict:
+    return {k: round(float(m[k]), 4) for k in ("roc_auc", "pr_auc", "log_loss", "brier", "f1") if k in m}

@@ -1,0 +1,363 @@
+"""MLflow: tracking runs, the model registry and its aliases (no stages).
+
+Aliases: `challenger` is the newest candidate, `champion` what serves, `previous`
+the champion before it (for roll-back). Every write is idempotent: a retried or
+repeated step finds what it already wrote instead of writing it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from tasks.common import UNCACHED
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+TAG_PREFIX = "lifecycle."
+
+
+class TrackingConfig(BaseModel):
+    """Where runs and models go. Any MLflow tracking URI works (sqlite file, server, …)."""
+
+    tracking_uri: str
+    registry_uri: str | None = None
+    experiment: str
+    model_name: str
+    artifact_location: str | None = None
+
+    def cache_token(self) -> str:
+        return f"{self.tracking_uri}|{self.registry_uri}|{self.experiment}|{self.model_name}"
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri or self.tracking_uri)
+
+    def activate(self) -> str:
+        """Point the mlflow module at this store; returns the experiment id (created if missing)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri or self.tracking_uri)
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+
+
+def default_tracking(workdir: Path, experiment: str, model_name: str, tracking_uri: str | None = None):
+    """SQLite tracking and registry under the workdir unless a URI is given (or MLFLOW_TRACKING_URI)."""
+    import os
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    artifacts = None
+    if not uri:
+        workdir = Path(workdir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        artifacts = (workdir / "mlartifacts").as_uri()
+    return TrackingConfig(tracking_uri=uri, experiment=experiment, model_name=model_name, artifact_location=artifacts)
+
+
+# -- runs -------------------------------------------------------------------------------------
+def find_run(cfg: TrackingConfig, key: str) -> str | None:
+    """A finished run that was logged with this training key, if any."""
+    experiment_id = cfg.activate()
+    runs = cfg.client().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_PREFIX}training_key` = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_trials(cfg: TrackingConfig, experiment_id: str, parent_run_id: str, trials: list[Any]) -> None:
+    """One nested run per Optuna trial, with its params, value and real start/end times."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = cfg.client()
+    for trial in trials:
+        started = int(trial.started_at.timestamp() * 1000)
+        run = client.create_run(
+            experiment_id,
+            start_time=started,
+            tags={"mlflow.parentRunId": parent_run_id, "mlflow.runName": f"trial-{trial.number:03d}"},
+        )
+        metrics = [Metric("validation_auc", trial.value, started, 0)] if trial.value is not None else []
+        if trial.best_iteration is not None:
+            metrics.append(Metric("best_iteration", trial.best_iteration, started, 0))
+        client.log_batch(
+            run.info.run_id,
+            metrics=metrics,
+            params=[Param(k, str(v)) for k, v in trial.params.items()],
+            tags=[RunTag(f"{TAG_PREFIX}trial_state", trial.state)],
+        )
+        status = "FINISHED" if trial.state == "COMPLETE" else "KILLED"
+        client.set_terminated(run.info.run_id, status=status, end_time=int(trial.finished_at.timestamp() * 1000))
+
+
+def log_artifact_files(cfg: TrackingConfig, run_id: str, files: list[Path], folder: str) -> None:
+    client = cfg.client()
+    for path in files:
+        client.log_artifact(run_id, str(path), folder)
+
+
+def log_text(cfg: TrackingConfig, run_id: str, text: str, name: str) -> None:
+    cfg.client().log_text(run_id, text, name)
+
+
+def log_json(cfg: TrackingConfig, run_id: str, payload: Any, name: str) -> None:
+    cfg.client().log_text(run_id, json.dumps(payload, indent=2, default=str), name)
+
+
+def save_object(cfg: TrackingConfig, run_id: str, obj: Any, name: str) -> None:
+    import joblib
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        joblib.dump(obj, path)
+        cfg.client().log_artifact(run_id, str(path), "baselines")
+
+
+def load_object(cfg: TrackingConfig, run_id: str, name: str) -> Any:
+    import joblib
+    import mlflow
+
+    cfg.activate()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"baselines/{name}", dst_path=tmp)
+        return joblib.load(path)
+
+
+def run_tags(cfg: TrackingConfig, run_id: str) -> dict[str, str]:
+    tags = cfg.client().get_run(run_id).data.tags
+    return {k.removeprefix(TAG_PREFIX): v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+
+
+def set_tags(cfg: TrackingConfig, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    cfg.client().log_batch(run_id, tags=[RunTag(f"{TAG_PREFIX}{k}", str(v)) for k, v in tags.items()])
+
+
+def log_metrics(cfg: TrackingConfig, run_id: str, metrics: dict[str, float], prefix: str = "") -> None:
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(f"{prefix}{k}", float(v), now, 0)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and math.isfinite(v)
+    ]
+    cfg.client().log_batch(run_id, metrics=batch)
+
+
+# -- registry ----------------------------------------------------------------------------------
+class VersionInfo(BaseModel):
+    version: str
+    run_id: str | None
+    aliases: list[str]
+    tags: dict[str, str]
+
+
+def _info(mv) -> VersionInfo:
+    return VersionInfo(version=str(mv.version), run_id=mv.run_id, aliases=list(mv.aliases or []), tags=dict(mv.tags))
+
+
+def version_by_alias(cfg: TrackingConfig, alias: str) -> VersionInfo | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _info(cfg.client().get_model_version_by_alias(cfg.model_name, alias))
+    except MlflowException:
+        return None
+
+
+def versions(cfg: TrackingConfig) -> list[VersionInfo]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = cfg.client().search_model_versions(f"name = '{cfg.model_name}'")
+    except MlflowException:
+        return []
+    return sorted((_info(v) for v in found), key=lambda v: int(v.version))
+
+
+def register_version(
+    cfg: TrackingConfig, run_id: str, model_uri: str, tags: dict[str, str]
+) -> tuple[VersionInfo, bool]:
+    """The registry version of this run's model: found if it exists, else created. (info, created)"""
+    from mlflow.exceptions import MlflowException
+
+    client = cfg.client()
+    cfg.activate()
+    existing = [v for v in versions(cfg) if v.run_id == run_id]
+    if existing:
+        return existing[0], False
+    with contextlib.suppress(MlflowException):  # it may exist already
+        client.create_registered_model(cfg.model_name)
+    mv = client.create_model_version(cfg.model_name, model_uri, run_id=run_id, tags=tags)
+    return _info(mv), True
+
+
+def set_alias(cfg: TrackingConfig, alias: str, version: str) -> None:
+    cfg.client().set_registered_model_alias(cfg.model_name, alias, version)
+
+
+def set_version_tags(cfg: TrackingConfig, version: str, tags: dict[str, Any]) -> None:
+    client = cfg.client()
+    for k, v in tags.items():
+        client.set_model_version_tag(cfg.model_name, version, k, str(v))
+
+
+def promote(cfg: TrackingConfig, version: str) -> str | None:
+    """Move `champion` to `version`; the old champion keeps `previous`. Returns the old champion."""
+    old = version_by_alias(cfg, CHAMPION)
+    if old is not None and old.version == version:
+        return old.version
+    if old is not None:
+        set_alias(cfg, PREVIOUS, old.version)
+        set_version_tags(cfg, version, {"previous_champion": old.version})
+    set_alias(cfg, CHAMPION, version)
+    return old.version if old else None
+
+
+def rollback(cfg: TrackingConfig) -> tuple[str, str]:
+    """Move `champion` back to `previous`. Returns (from version, to version)."""
+    current = version_by_alias(cfg, CHAMPION)
+    previous = version_by_alias(cfg, PREVIOUS)
+    if current is None or previous is None:
+        raise LookupError(f"{cfg.model_name}: nothing to roll back to (champion={current}, previous={previous})")
+    set_alias(cfg, CHAMPION, previous.version)
+    set_version_tags(cfg, current.version, {"rolled_back": "true"})
+    older = previous.tags.get("previous_champion")
+    client = cfg.client()
+    if older:
+        set_alias(cfg, PREVIOUS, older)
+    else:
+        client.delete_registered_model_alias(cfg.model_name, PREVIOUS)
+    return current.version, previous.version
+
+
+def load_model(cfg: TrackingConfig, uri: str):
+    """The `TabularModel` behind a pyfunc URI (models:/name@champion, runs:/…, models:/m-…)."""
+    import mlflow.pyfunc
+
+    cfg.activate()
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+
+
+# -- results passed between phases ----------------------------------------------------------------
+class TrainResult(BaseModel):
+    dataset: str
+    data_version: str
+    run_id: str
+    model_uri: str
+    manifest_path: str
+    threshold: float
+    best_params: dict[str, float | int]
+    validation_auc: float
+    baselines_validation_auc: dict[str, float]
+    n_trials: int
+    n_pruned: int
+    reused_run: bool
+
+
+TRAIN_RESULT = "train_result.json"
+
+
+def training_key(data_version: str, training_hash: str) -> str:
+    return f"{data_version}-{training_hash}"
+
+
+def train_result(cfg: TrackingConfig, run_id: str) -> TrainResult:
+    """What the train phase returned for this run (stored with the run)."""
+    import mlflow
+
+    cfg.activate()
+    return TrainResult.model_validate(mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAIN_RESULT}"))
+
+
+@task(name="load-train-result", **UNCACHED)
+def train_result_task(cfg: TrackingConfig, run_id: str) -> TrainResult:
+    return train_result(cfg, run_id)
+
+
+class RegisterResult(BaseModel):
+    model_name: str
+    version: str
+    created: bool
+    promoted: bool
+    champion_version: str | None
+    previous_version: str | None
+    reason: str
+
+
+@task(name="register", **UNCACHED)
+def register_task(cfg: TrackingConfig, run_id: str) -> RegisterResult:
+    """Register the run's model as `challenger`; move `champion` to it only if its gate passed.
+
+    The gate decision is read from the run's tags (written by evaluate). A run with no
+    decision is not promoted: the gate fails closed."""
+    tags = run_tags(cfg, run_id)
+    passed = tags.get("gate_passed") == "True"
+    reason = tags.get("gate_reasons", "no gate decision recorded for this run")
+    info, created = register_version(
+        cfg,
+        run_id,
+        tags["model_uri"],
+        {f"{TAG_PREFIX}{k}": tags.get(k, "") for k in ("data_version", "spec_hash", "training_hash")},
+    )
+    set_version_tags(cfg, info.version, {"gate_passed": passed, "gate_reasons": reason[:5000]})
+    current = version_by_alias(cfg, CHAMPION)
+    set_alias(cfg, CHALLENGER, info.version)
+    logger = get_run_logger()
+    if current is not None and current.version == info.version:
+        decision, promoted, previous = f"v{info.version} is already the champion", False, None
+    elif passed:
+        previous = promote(cfg, info.version)
+        was = f"previous champion: v{previous}" if previous else "first champion"
+        decision, promoted = f"promoted v{info.version} to champion ({was})", True
+    else:
+        previous = None
+        keeps = f"v{current.version} stays champion" if current else "no champion yet"
+        decision, promoted = f"gate failed, {keeps}: {reason}", False
+    logger.info(decision)
+    champion = version_by_alias(cfg, CHAMPION)
+    create_markdown_artifact(
+        key="".join(ch if ch.isalnum() else "-" for ch in cfg.model_name.lower()) + "-registry",
+        markdown=f"### {cfg.model_name} v{info.version}\n\n{decision}\n\nGate: {reason}\n",
+    )
+    return RegisterResult(
+        model_name=cfg.model_name,
+        version=info.version,
+        created=created,
+        promoted=promoted,
+        champion_version=champion.version if champion else None,
+        previous_version=previous,
+        reason=decision,
+    )
+
+
+@task(name="rollback", **UNCACHED)
+def rollback_task(cfg: TrackingConfig) -> tuple[str, str]:
+    return rollback(cfg)
+
+
+@task(name="tracking", **UNCACHED)
+def tracking_task(workdir: Path, experiment: str, model_name: str, tracking_uri: str | None) -> TrackingConfig:
+    cfg = default_tracking(workdir, experiment, model_name, tracking_uri)
+    cfg.activate()
+    return cfg
