@@ -20,7 +20,7 @@ class LifecycleResult(BaseModel):
     prepare: PrepareResult
     train: TrainResult
     evaluate: EvaluationResult
-    register: RegisterResult
+    registry: RegisterResult
 
 
 @flow(name="lifecycle", flow_run_name=named_after_config("lifecycle"))
@@ -50,7 +50,7 @@ def lifecycle(
     )
     evaluated = evaluate(config=config, run_id=trained.run_id, workdir=workdir, tracking_uri=tracking_uri)
     registered = register(config=config, run_id=trained.run_id, workdir=workdir, tracking_uri=tracking_uri)
-    return LifecycleResult(prepare=prepared, train=trained, evaluate=evaluated, register=registered)
+    return LifecycleResult(prepare=prepared, train=trained, evaluate=evaluated, registry=registered)
 
 
 if __name__ == "__main__":

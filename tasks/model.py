@@ -93,10 +93,13 @@ def signature(spec: DatasetSpec):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    kinds = {"int": "double", "float": "double", "bool": "boolean", "category": "string"}
-    inputs = Schema(
-        [ColSpec(kinds[spec.columns[c].type], c, required=not spec.columns[c].nullable) for c in spec.base_features]
-    )
+    def mlflow_type(column: str) -> str:
+        col = spec.columns[column]
+        if col.type == "int":  # pandas holds a nullable int column as float (NaN for null)
+            return "double" if col.nullable else "long"
+        return {"float": "double", "bool": "boolean", "category": "string"}[col.type]
+
+    inputs = Schema([ColSpec(mlflow_type(c), c, required=not spec.columns[c].nullable) for c in spec.base_features])
     outputs = Schema([ColSpec("double", PROBABILITY), ColSpec("string", LABEL)])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

@@ -145,15 +145,16 @@ def base_params(spec: DatasetSpec) -> dict:
 def _datasets(m: Matrices):
     import lightgbm as lgb
 
+    params = {"feature_pre_filter": False, "verbosity": -1}
     train = lgb.Dataset(
         m.x_train,
         m.y_train,
         feature_name=m.feature_names,
         categorical_feature=m.categorical,
-        params={"feature_pre_filter": False, "verbosity": -1},
+        params=params,
         free_raw_data=False,
     )
-    return train, lgb.Dataset(m.x_val, m.y_val, reference=train)
+    return train, lgb.Dataset(m.x_val, m.y_val, reference=train, params=params)
 
 
 def tune(
@@ -385,6 +386,7 @@ def log_training_task(
             code_paths=[str(Path(__file__).parent)],
             pip_requirements=pip_requirements(),
             signature=signature(spec),
+            input_example=train_frame.select(spec.base_features).head(3).to_pandas(),
             metadata=model.metadata | {"dataset": spec.name, "threshold": str(threshold)},
         )
         registry.set_tags(cfg, run_id, {"model_uri": info.model_uri})

@@ -24,8 +24,14 @@ def _run(**params):
 
 
 def _telco_copy(tmp_path, telco_raw):
+    """A copy with one valid cell of its own, so no other test has warmed its cache."""
     path = tmp_path / "telco.csv"
-    telco_raw.write_csv(path)
+    telco_raw.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3)
+        .then(pl.lit("71.11"))
+        .otherwise(pl.col("monthly_charges"))
+        .alias("monthly_charges")
+    ).write_csv(path)
     return path
 
 

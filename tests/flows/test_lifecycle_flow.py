@@ -1,0 +1,152 @@
+"""prepare → train → evaluate → register on the real sample, MLflow on a real SQLite file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow.pyfunc
+import numpy as np
+import polars as pl
+import pytest
+
+from flows.lifecycle import lifecycle
+from flows.rollback import rollback
+from tasks import registry
+from tasks.data import read_split
+from tasks.spec import load_spec
+from tests.conftest import CONFIGS, ROOT
+from tests.flows.helpers import child_flow_runs, task_states
+
+TELCO = CONFIGS / "telco_churn.yaml"
+
+
+def _run(**params):
+    state = lifecycle(config=TELCO, **params, return_state=True)
+    return state.result(), state.state_details.flow_run_id
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("lifecycle")
+
+
+@pytest.fixture(scope="module")
+def tracking(workdir):
+    spec = load_spec(TELCO)
+    return registry.default_tracking(workdir, spec.name, spec.registered_model_name)
+
+
+@pytest.fixture(scope="module")
+def first(workdir):
+    """The real config's budget, as `make run` uses it."""
+    return _run(workdir=workdir)
+
+
+@pytest.fixture(scope="module")
+def second(first, workdir):
+    return _run(workdir=workdir)
+
+
+@pytest.fixture(scope="module")
+def bad(second, workdir, tmp_path_factory, telco_raw):
+    """A candidate trained on shuffled labels: it must not be promoted."""
+    rng = np.random.default_rng(0)
+    labels = telco_raw.get_column("churn").to_numpy().copy()
+    rng.shuffle(labels)
+    path = tmp_path_factory.mktemp("bad") / "shuffled_labels.csv"
+    telco_raw.with_columns(pl.Series("churn", labels)).write_csv(path)
+    return _run(workdir=workdir, source=str(path), n_trials=5)
+
+
+def test_first_run_registers_a_champion_that_beats_the_bar(first, tracking):
+    result, _ = first
+    ev = result.evaluate
+    assert ev.candidate["roc_auc"] >= 0.84
+    assert ev.baselines["majority_class"]["roc_auc"] == 0.5
+    assert ev.baselines["logistic_regression"]["roc_auc"] > 0.8
+    assert {"cv_roc_auc_mean", "cv_roc_auc_std", "latency_ms_per_row", "brier", "log_loss"} <= set(ev.candidate)
+    assert ev.gate.passed and result.registry.promoted
+    assert result.registry.champion_version == result.registry.version == "1"
+    champion = registry.version_by_alias(tracking, registry.CHAMPION)
+    assert champion.run_id == result.train.run_id and "challenger" in champion.aliases
+
+
+def test_run_is_fully_tracked(first, tracking):
+    result, _ = first
+    run = tracking.client().get_run(result.train.run_id)
+    tags = run.data.tags
+    assert tags["lifecycle.data_version"] == result.prepare.data_version
+    assert tags["lifecycle.spec_hash"] == result.prepare.spec_hash
+    assert run.inputs.dataset_inputs[0].dataset.digest == result.prepare.data_version
+    names = {a.path for a in tracking.client().list_artifacts(result.train.run_id, "plots")}
+    assert {f"plots/{p}.png" for p in ("roc_curve", "pr_curve", "calibration", "confusion_matrix")} <= names
+    assert {"plots/feature_importance.png", "plots/shap_summary.png"} <= names
+    card = mlflow.artifacts.load_text(f"runs:/{result.train.run_id}/model_card.md")
+    assert result.prepare.data_version in card and "Promotion gate: PASSED" in card
+    trials = tracking.client().search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.train.run_id}'", max_results=500
+    )
+    assert len(trials) == result.train.n_trials == 50
+
+
+def test_the_model_carries_its_preprocessing_and_spec(first, tracking):
+    result, _ = first
+    tracking.activate()
+    model = mlflow.pyfunc.load_model(f"models:/{tracking.model_name}@champion")
+    test = read_split(result.prepare.manifest_path, "test")
+    spec = load_spec(TELCO)
+    raw = test.select(spec.base_features).head(100).to_pandas()  # raw input columns, no features
+    out = model.predict(raw)
+    inner = model.unwrap_python_model()
+    assert np.allclose(out["probability"].to_numpy(), inner.predict_proba(test.head(100)))
+    assert set(out["label"]) <= {"Yes", "No"}
+    assert inner.metadata["data_version"] == result.prepare.data_version
+    assert inner.spec.feature_names == spec.feature_names
+
+
+def test_second_run_is_cached_through_training_and_explains_the_decision(second):
+    result, run_id = second
+    runs = {r.name.split("-")[0]: r.id for r in child_flow_runs(run_id)}
+    prepare_states, train_states = task_states(runs["prepare"]), task_states(runs["train"])
+    assert all(prepare_states[t] == "Cached" for t in ("ingest", "validate", "clean", "features", "split"))
+    assert all(train_states[t] == "Cached" for t in ("fit-baselines", "tune", "fit-final")), train_states
+    assert result.train.reused_run
+    assert not result.registry.created and not result.registry.promoted
+    assert "already the champion" in result.registry.reason
+
+
+def test_a_bad_candidate_is_not_promoted_and_the_champion_still_loads(bad, first, tracking):
+    result, _ = bad
+    good, _ = first
+    assert result.evaluate.candidate["roc_auc"] < 0.6
+    assert not result.evaluate.gate.passed and not result.registry.promoted
+    assert "gate failed, v1 stays champion" in result.registry.reason
+    assert result.registry.version == "2" and result.registry.champion_version == "1"
+    tracking.activate()
+    champion = mlflow.pyfunc.load_model(f"models:/{tracking.model_name}@champion").unwrap_python_model()
+    assert champion.metadata["data_version"] == good.prepare.data_version
+    assert registry.version_by_alias(tracking, registry.CHALLENGER).version == "2"
+    tags = registry.version_by_alias(tracking, registry.CHALLENGER).tags
+    assert tags["gate_passed"] == "False" and "roc_auc >= 0.84" in tags["gate_reasons"]
+
+
+def test_alias_moves_and_roll_back(bad, tracking, workdir):
+    registry.promote(tracking, "2")  # by hand, to have something to roll back
+    assert registry.version_by_alias(tracking, registry.CHAMPION).version == "2"
+    assert registry.version_by_alias(tracking, registry.PREVIOUS).version == "1"
+    result = rollback(config=TELCO, workdir=workdir)
+    assert (result.from_version, result.to_version) == ("2", "1")
+    assert registry.version_by_alias(tracking, registry.CHAMPION).version == "1"
+    assert registry.version_by_alias(tracking, registry.PREVIOUS) is None
+    with pytest.raises(LookupError, match="nothing to roll back"):
+        registry.rollback(tracking)
+    assert len(registry.versions(tracking)) == 2  # no duplicates after all these runs
+
+
+@pytest.mark.parametrize("phase", ["lifecycle", "train", "evaluate", "register", "rollback"])
+def test_every_phase_has_a_cli(phase):
+    out = subprocess.run(
+        [sys.executable, "-m", f"flows.{phase}", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert "--config" in out and "--workdir" in out
