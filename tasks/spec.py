@@ -273,7 +273,8 @@ class DatasetSpec(_Strict):
         return hashlib.sha256((json.dumps(body, sort_keys=True) + extra).encode()).hexdigest()[:16]
 
     def cache_token(self) -> str:
-        return self.spec_hash
+        """Everything in the config but where the data is read from: any change refreshes the cache."""
+        return self._hash(exclude={"source", "description", "base_dir"})
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path).expanduser()

@@ -44,3 +44,15 @@ def test_data_errors_are_not_retried_but_io_errors_are():
 
     assert not retry_unless_data_error(None, None, state(QuarantineToleranceExceeded("bad rows")))
     assert retry_unless_data_error(None, None, state(OSError("disk busy")))
+
+
+def test_a_training_override_changes_the_key_of_a_task_taking_the_spec(telco_spec):
+    from tasks.spec import load_spec
+    from tests.conftest import CONFIGS
+
+    fewer = load_spec(CONFIGS / "telco_churn.yaml", n_trials=3)
+    assert fewer.spec_hash == telco_spec.spec_hash  # same prepared data ...
+    fp = _fp("aa")
+    assert content_key(_ctx(), {"spec": telco_spec, "fingerprint": fp}) != content_key(
+        _ctx(), {"spec": fewer, "fingerprint": fp}
+    )  # ... but not the same training
