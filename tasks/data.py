@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from tasks import features
 from tasks.common import CACHED, UNCACHED
 from tasks.errors import QuarantineToleranceExceeded, SpecError
-from tasks.spec import FAILURE_SCHEMA, DatasetSpec, build_schema, cast_to_spec, clean, load_spec
+from tasks.spec import DatasetSpec, clean, find_failures, load_spec
 
 SPLITS = ("train", "validation", "test")
 SPLIT_COLUMN = "_split"
@@ -148,39 +148,6 @@ def frame_digest(frame: pl.DataFrame) -> str:
 
 
 # -- validate -----------------------------------------------------------------------------
-def schema_failures(typed: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
-    """Every row-level failure Pandera finds (lazy: all checks, all rows)."""
-    import pandera.polars as pa
-
-    try:
-        build_schema(spec).validate(typed, lazy=True)
-    except pa.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-    else:
-        return pl.DataFrame(schema=FAILURE_SCHEMA)
-    frame_level = cases.filter(pl.col("index").is_null())
-    if frame_level.height:
-        problems = "; ".join(f"{r['column']}: {r['check']}" for r in frame_level.iter_rows(named=True))
-        raise SpecError(f"the data does not fit the schema of {spec.name!r} as a whole: {problems}")
-    rows = cases.select(
-        pl.col("index").cast(pl.Int64).alias("row"),
-        pl.col("column").cast(pl.String),
-        pl.col("check").cast(pl.String),
-        pl.col("failure_case").cast(pl.String).alias("value"),
-    )
-    # A duplicated id keeps its first occurrence; the later ones are the failures.
-    is_dup = pl.col("check") == "field_uniqueness"
-    first_seen = pl.col("row") == pl.col("row").min().over("column", "value")
-    return rows.filter(~(is_dup & first_seen))
-
-
-def find_failures(raw: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
-    """All failures, type errors first; a null caused by a type error is not reported twice."""
-    typed, type_failures = cast_to_spec(raw, spec)
-    checks = schema_failures(typed, spec).join(type_failures.select("row", "column"), on=["row", "column"], how="anti")
-    return pl.concat([type_failures, checks]).sort("row", maintain_order=True)
-
-
 # -- quarantine ---------------------------------------------------------------------------
 def reasons_by_row(failures: pl.DataFrame) -> pl.DataFrame:
     """One row per failing input row: its first reason, and all of them."""

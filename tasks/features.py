@@ -7,10 +7,12 @@ request record.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
-from tasks.spec import DatasetSpec, DerivedFeature
+from tasks.spec import DatasetSpec, DerivedFeature, memo
 
 
 def _derived_expr(d: DerivedFeature) -> pl.Expr:
@@ -27,11 +29,33 @@ def _derived_expr(d: DerivedFeature) -> pl.Expr:
     return expr.alias(d.name)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Polars expressions compiled once per spec (building them costs more than running them
+    on a few rows, which matters when serving one record at a time)."""
+
+    derived: list[pl.Expr]
+    encode: list[pl.Expr]
+
+
+def _plan(spec: DatasetSpec) -> _Plan:
+    def build() -> _Plan:
+        encode = []
+        for name in spec.feature_names:
+            expr = pl.col(name)
+            if name in spec.categorical_features:
+                expr = expr.cast(pl.String).cast(category_enum(spec, name)).to_physical()
+            encode.append(expr.cast(pl.Float64).alias(name))
+        return _Plan(derived=[_derived_expr(d) for d in spec.derived_features], encode=encode)
+
+    return memo(spec, "feature_plan", build)
+
+
 def add_features(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """Append the spec's derived features to a typed frame (a new frame; the input is untouched)."""
     if not spec.derived_features:
         return frame
-    return frame.with_columns(_derived_expr(d) for d in spec.derived_features)
+    return frame.with_columns(_plan(spec).derived)
 
 
 def category_enum(spec: DatasetSpec, column: str) -> pl.Enum:
@@ -45,22 +69,14 @@ def encode_features(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     Categories become their code in the spec's category list (null stays null);
     numbers and booleans become Float64. Input needs the base feature columns.
     """
-    missing = [d for d in spec.derived_features if d.name not in frame.columns]
-    if missing:
-        frame = frame.with_columns(_derived_expr(d) for d in missing)
-    exprs = []
-    for name in spec.feature_names:
-        if name in spec.categorical_features:
-            expr = pl.col(name).cast(pl.String).cast(category_enum(spec, name)).to_physical()
-        else:
-            expr = pl.col(name)
-        exprs.append(expr.cast(pl.Float64).alias(name))
-    return frame.select(exprs)
+    if any(d.name not in frame.columns for d in spec.derived_features):
+        frame = add_features(frame, spec)
+    return frame.select(_plan(spec).encode)
 
 
 def feature_matrix(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """`encode_features` as a float64 matrix with NaN for missing values."""
-    return encode_features(frame, spec).fill_null(float("nan")).to_numpy()
+    return encode_features(frame, spec).to_numpy().astype(np.float64, copy=False)
 
 
 def encode_target(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:

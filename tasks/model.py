@@ -19,7 +19,7 @@ import polars as pl
 
 from tasks import features
 from tasks.errors import DataError
-from tasks.spec import DatasetSpec, cast_to_spec
+from tasks.spec import DatasetSpec, cast_to_spec, polars_dtype
 
 PROBABILITY = "probability"
 LABEL = "label"
@@ -61,7 +61,11 @@ class TabularModel(mlflow.pyfunc.PythonModel):
         missing = [c for c in spec.base_features if c not in rows.columns]
         if missing:
             raise DataError(f"missing input columns: {missing}")
-        typed, failures = cast_to_spec(rows.select(spec.base_features), spec, spec.base_features)
+        typed = rows.select(spec.base_features)
+        declared = {c: polars_dtype(spec.columns[c].type) for c in spec.base_features}
+        if typed.schema == declared:  # already typed (e.g. validated requests): nothing to parse
+            return features.feature_matrix(typed, spec)
+        typed, failures = cast_to_spec(typed, spec, spec.base_features)
         if failures.height:
             first = failures.row(0, named=True)
             raise DataError(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import weakref
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -327,15 +329,15 @@ def polars_dtype(kind: ColumnType) -> pl.DataType:
     }[kind]
 
 
-def build_schema(spec: DatasetSpec):
-    """The `pandera.polars` schema of a typed frame with the spec's input columns."""
+def build_schema(spec: DatasetSpec, columns: list[str] | None = None):
+    """The `pandera.polars` schema of a typed frame with the spec's input columns (or a subset)."""
     import pandera.polars as pa
 
-    columns: dict[str, pa.Column] = {}
+    schema: dict[str, pa.Column] = {}
     if spec.id_column:
-        columns[spec.id_column] = pa.Column(pl.String, nullable=False, unique=True)
+        schema[spec.id_column] = pa.Column(pl.String, nullable=False, unique=True)
     if spec.event_time_column:
-        columns[spec.event_time_column] = pa.Column(polars_dtype("datetime"), nullable=False)
+        schema[spec.event_time_column] = pa.Column(polars_dtype("datetime"), nullable=False)
     for name, col in spec.columns.items():
         checks = []
         if col.min is not None or col.max is not None:
@@ -344,9 +346,11 @@ def build_schema(spec: DatasetSpec):
             checks.append(pa.Check.in_range(lo, hi))
         if col.categories is not None:
             checks.append(pa.Check.isin(_typed_categories(col)))
-        columns[name] = pa.Column(polars_dtype(col.type), checks=checks, nullable=col.nullable)
-    columns[spec.target.column] = pa.Column(pl.String, checks=[pa.Check.isin(spec.target.labels)], nullable=False)
-    return pa.DataFrameSchema(columns, strict=True, ordered=False, name=spec.name)
+        schema[name] = pa.Column(polars_dtype(col.type), checks=checks, nullable=col.nullable)
+    schema[spec.target.column] = pa.Column(pl.String, checks=[pa.Check.isin(spec.target.labels)], nullable=False)
+    if columns is not None:
+        schema = {name: schema[name] for name in columns}
+    return pa.DataFrameSchema(schema, strict=True, ordered=False, name=spec.name)
 
 
 def _typed_categories(col: ColumnSpec) -> list:
@@ -428,3 +432,114 @@ def clean(kept: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     if failures.height:
         raise DataError(f"{failures.height} values failed to cast after validation: {failures.head(3).rows()}")
     return typed.cast({name: polars_dtype(kind) for name, kind in _column_kinds(spec).items()})
+
+
+def schema_failures(typed: pl.DataFrame, spec: DatasetSpec, columns: list[str] | None = None) -> pl.DataFrame:
+    """Every row-level failure Pandera finds (lazy: all checks, all rows)."""
+    import pandera.polars as pa
+
+    try:
+        build_schema(spec, columns).validate(typed, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    else:
+        return pl.DataFrame(schema=FAILURE_SCHEMA)
+    frame_level = cases.filter(pl.col("index").is_null())
+    if frame_level.height:
+        problems = "; ".join(f"{r['column']}: {r['check']}" for r in frame_level.iter_rows(named=True))
+        raise SpecError(f"the data does not fit the schema of {spec.name!r} as a whole: {problems}")
+    rows = cases.select(
+        pl.col("index").cast(pl.Int64).alias("row"),
+        pl.col("column").cast(pl.String),
+        pl.col("check").cast(pl.String),
+        pl.col("failure_case").cast(pl.String).alias("value"),
+    )
+    # A duplicated id keeps its first occurrence; the later ones are the failures.
+    is_dup = pl.col("check") == "field_uniqueness"
+    first_seen = pl.col("row") == pl.col("row").min().over("column", "value")
+    return rows.filter(~(is_dup & first_seen))
+
+
+def find_failures(raw: pl.DataFrame, spec: DatasetSpec, columns: list[str] | None = None) -> pl.DataFrame:
+    """All failures, type errors first; a null caused by a type error is not reported twice."""
+    typed, type_failures = cast_to_spec(raw, spec, columns)
+    checks = schema_failures(typed, spec, columns).join(
+        type_failures.select("row", "column"), on=["row", "column"], how="anti"
+    )
+    return pl.concat([type_failures, checks]).sort("row", maintain_order=True)
+
+
+_MEMO: dict[tuple[int, str], object] = {}
+
+
+def memo(spec: DatasetSpec, key: str, build):
+    """A value derived from one (immutable) spec object, built once and dropped with it:
+    compiled expressions, generated request models."""
+    slot = (id(spec), key)
+    if slot not in _MEMO:
+        _MEMO[slot] = build()
+        weakref.finalize(spec, _MEMO.pop, slot, None)
+    return _MEMO[slot]
+
+
+# -- the request schema of the served model -------------------------------------------------
+def record_model(spec: DatasetSpec) -> type[BaseModel]:
+    """A pydantic model of one input record, generated from the spec: types (strict), ranges,
+    categories, nullability; unknown fields are rejected. Serving validates requests with it."""
+    from datetime import datetime
+    from typing import Annotated, Literal
+
+    from pydantic import create_model
+
+    def annotation(col: ColumnSpec):
+        if col.categories is not None:
+            return Literal[tuple(_typed_categories(col))]
+        bounds = {"ge": col.min, "le": col.max}
+        if col.type == "int":
+            return Annotated[int, Field(strict=True, **bounds)]
+        if col.type == "float":
+            return Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)]
+        if col.type == "bool":
+            return Annotated[bool, Field(strict=True)]
+        if col.type == "datetime":
+            return datetime
+        return Annotated[str, Field(max_length=10_000)]
+
+    def build() -> type[BaseModel]:
+        fields: dict = {}
+        if spec.id_column:
+            fields[spec.id_column] = (str | None, Field(default=None, max_length=256))
+        for name, col in spec.columns.items():
+            kind = annotation(col)
+            required = col.feature and not col.nullable
+            fields[name] = (kind, Field(description=col.description)) if required else (kind | None, None)
+        title = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", spec.name)) + "Record"
+        return create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
+
+    return memo(spec, "record_model", build)
+
+
+def records_frame(records: list[dict], spec: DatasetSpec) -> pl.DataFrame:
+    """Validated records → a frame typed as the spec declares (no parsing needed)."""
+    kinds = _column_kinds(spec)
+    columns = [c for c in (spec.id_column, *spec.columns) if c]
+    schema = {c: polars_dtype(kinds[c]) for c in columns}
+    return pl.DataFrame(records, schema=schema, orient="row") if records else pl.DataFrame(schema=schema)
+
+
+def example_record(spec: DatasetSpec) -> dict:
+    """A valid record built from the spec alone (mid-range numbers, first categories)."""
+    record: dict = {}
+    for name, col in spec.columns.items():
+        if not col.feature:
+            continue
+        if col.categories is not None:
+            record[name] = _typed_categories(col)[0]
+        elif col.type in ("int", "float"):
+            lo = col.min if col.min is not None else 0.0
+            hi = col.max if col.max is not None else lo + 2.0
+            mid = (lo + hi) / 2
+            record[name] = int(mid) if col.type == "int" else float(mid)
+        elif col.type == "bool":
+            record[name] = False
+    return record

@@ -1,0 +1,63 @@
+"""Append-only prediction log: buffered in memory, flushed to Parquet off the request path.
+
+Files land in `<root>/<dataset>/date=YYYY-MM-DD/part-<time>-<pid>-<seq>.parquet`; the
+monitoring phase reads them all with one glob. Sensitive columns never reach this module.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+
+class PredictionLog:
+    def __init__(self, root: Path, dataset: str, flush_rows: int = 5000, flush_seconds: float = 2.0):
+        self.folder = Path(root) / dataset
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._frames: list[pl.DataFrame] = []
+        self._rows = 0
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def append(self, frame: pl.DataFrame) -> None:
+        """Queue rows; the caller never waits for disk unless the buffer is full."""
+        with self._lock:
+            self._frames.append(frame)
+            self._rows += frame.height
+            full = self._rows >= self.flush_rows
+        if full:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        with self._lock:
+            frames, self._frames, self._rows = self._frames, [], 0
+            self._seq += 1
+            seq = self._seq
+        if not frames:
+            return None
+        batch = pl.concat(frames, how="diagonal_relaxed")
+        now = datetime.now(UTC)
+        folder = self.folder / f"date={now:%Y-%m-%d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"part-{now:%H%M%S%f}-{os.getpid()}-{seq:06d}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        batch.write_parquet(tmp)
+        tmp.replace(path)
+        return path
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()

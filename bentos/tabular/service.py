@@ -1,0 +1,269 @@
+"""The served model: a BentoML service generated from the dataset spec.
+
+`bundle.json` beside this file (written by the package phase) names the BentoML
+model and carries the dataset spec; the request model is generated from that spec,
+so it must be read when this module is imported — the one file read at import.
+Preprocessing is the shared `tasks.features` code, through the model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+import polars as pl
+from bentoml.exceptions import BentoMLException, InvalidArgument
+from pydantic import BaseModel, Field
+
+from prediction_log import PredictionLog
+from tasks.spec import DatasetSpec, example_record, find_failures, record_model, records_frame
+
+BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
+SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
+Record = record_model(SPEC)
+MODEL_VERSION = str(BUNDLE["model_version"])
+
+MAX_ROWS = int(os.environ.get("LIFECYCLE_MAX_ROWS", "1000"))
+MAX_REQUEST_BYTES = int(os.environ.get("LIFECYCLE_MAX_REQUEST_BYTES", str(4 * 1024 * 1024)))
+MAX_FILE_BYTES = int(os.environ.get("LIFECYCLE_MAX_FILE_BYTES", str(256 * 1024 * 1024)))
+MAX_FILE_ROWS = int(os.environ.get("LIFECYCLE_MAX_FILE_ROWS", "2000000"))
+BATCH_MAX_SIZE = int(os.environ.get("LIFECYCLE_BATCH_MAX_SIZE", "64"))
+BATCH_MAX_LATENCY_MS = int(os.environ.get("LIFECYCLE_BATCH_MAX_LATENCY_MS", "1000"))
+LOGGED_COLUMNS = [
+    c for c in (SPEC.id_column, *SPEC.columns) if c and not (c in SPEC.columns and SPEC.columns[c].sensitive)
+]
+
+PREDICTIONS = bentoml.metrics.Counter(
+    name="lifecycle_predictions", documentation="Predictions served", labelnames=["label", "model_version", "endpoint"]
+)
+REJECTED = bentoml.metrics.Counter(
+    name="lifecycle_rejected_rows", documentation="Rows of bulk files that failed validation", labelnames=["check"]
+)
+LATENCY = bentoml.metrics.Histogram(
+    name="lifecycle_model_seconds",
+    documentation="Time in features + model per call",
+    labelnames=["endpoint"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+
+
+class PayloadTooLarge(BentoMLException):
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Prediction(BaseModel):
+    probability: float
+    label: str
+    model_version: str
+
+
+class Predictions(BaseModel):
+    request_id: str
+    model_version: str
+    predictions: list[Prediction]
+
+
+class Contribution(BaseModel):
+    feature: str
+    contribution: float
+
+
+class Explanation(BaseModel):
+    probability: float
+    label: str
+    base_value: float
+    top: list[Contribution]
+
+
+class ModelInfo(BaseModel):
+    dataset: str
+    model_name: str
+    model_version: str
+    data_version: str
+    threshold: float
+    features: list[str]
+    max_rows: int
+
+
+class RequestSizeLimit:
+    """ASGI middleware: a body larger than the limit gets 413 before it is read."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            limit = MAX_FILE_BYTES if scope.get("path", "").endswith("/score_file") else self.max_bytes
+            if length is not None and int(length) > limit:
+                body = json.dumps({"error": f"request body of {int(length)} bytes is over the {limit}-byte limit"})
+                await send(
+                    {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+                )
+                await send({"type": "http.response.body", "body": body.encode()})
+                return
+        await self.app(scope, receive, send)
+
+
+Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_ROWS)]
+
+
+@bentoml.service(
+    name=f"{SPEC.name.lower()}-service",
+    workers=int(os.environ.get("LIFECYCLE_WORKERS", "1")),
+    traffic={"timeout": 120},
+    labels={"dataset": SPEC.name, "model_version": MODEL_VERSION},
+)
+class TabularService:
+    bento_model = bentoml.models.BentoModel(BUNDLE["model_tag"])
+
+    def __init__(self) -> None:
+        self.model = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model()
+        self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
+        self.negative = next(label for label in SPEC.target.labels if label != SPEC.target.positive)
+        log_root = Path(os.environ.get("LIFECYCLE_PREDICTION_LOG_DIR", "artifacts/predictions"))
+        self.log = PredictionLog(log_root, SPEC.name)
+
+    # -- scoring -------------------------------------------------------------------------
+    def _score(self, frame: pl.DataFrame, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
+        started = time.perf_counter()
+        proba = self.model.predict_proba(frame)
+        LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        labels = np.where(proba >= self.model.threshold, SPEC.target.positive, self.negative)
+        return proba, labels
+
+    def _log(self, frame: pl.DataFrame, proba, labels, request_id: str | list[str], endpoint: str) -> None:
+        ids = [request_id] * frame.height if isinstance(request_id, str) else request_id
+        self.log.append(
+            frame.select([c for c in LOGGED_COLUMNS if c in frame.columns]).with_columns(
+                pl.Series("request_id", ids, dtype=pl.String),
+                pl.lit(time.time()).alias("logged_at").cast(pl.Float64),
+                pl.lit(MODEL_VERSION).alias("model_version"),
+                pl.lit(BUNDLE["data_version"]).alias("data_version"),
+                pl.lit(endpoint).alias("endpoint"),
+                pl.Series("probability", proba, dtype=pl.Float64),
+                pl.Series("label", labels, dtype=pl.String),
+            )
+        )
+        for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
+            PREDICTIONS.labels(label=str(label), model_version=MODEL_VERSION, endpoint=endpoint).inc(int(count))
+
+    @staticmethod
+    def _request_id(ctx: bentoml.Context) -> str:
+        return ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
+
+    @bentoml.api
+    def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:
+        """Score one or many records: probability, label at the model's threshold, model version."""
+        request_id = self._request_id(ctx)
+        frame = records_frame([r.model_dump() for r in records], SPEC)
+        proba, labels = self._score(frame, "predict")
+        self._log(frame, proba, labels, request_id, "predict")
+        ctx.response.headers["x-request-id"] = request_id
+        return Predictions(
+            request_id=request_id,
+            model_version=MODEL_VERSION,
+            predictions=[
+                Prediction(probability=float(p), label=str(y), model_version=MODEL_VERSION)
+                for p, y in zip(proba, labels, strict=True)
+            ],
+        )
+
+    @bentoml.api(batchable=True, max_batch_size=BATCH_MAX_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
+    def predict_batched(self, records: list[Record]) -> list[Prediction]:
+        """Like `predict`, but concurrent requests are merged into one model call (adaptive batching)."""
+        frame = records_frame([r.model_dump() for r in records], SPEC)
+        proba, labels = self._score(frame, "predict_batched")
+        self._log(frame, proba, labels, [uuid.uuid4().hex for _ in range(frame.height)], "predict_batched")
+        return [
+            Prediction(probability=float(p), label=str(y), model_version=MODEL_VERSION)
+            for p, y in zip(proba, labels, strict=True)
+        ]
+
+    @bentoml.api
+    def explain(self, records: Records, top_k: Annotated[int, Field(ge=1, le=50)] = 5) -> list[Explanation]:
+        """Each record's largest feature contributions (LightGBM `pred_contrib`, log-odds)."""
+        frame = records_frame([r.model_dump() for r in records], SPEC)
+        proba, labels = self._score(frame, "explain")
+        contrib = self.model.booster.predict(self.model.matrix(frame), pred_contrib=True)
+        names = SPEC.feature_names
+        out = []
+        for row, p, y in zip(contrib, proba, labels, strict=True):
+            order = np.argsort(-np.abs(row[:-1]))[:top_k]
+            top = [Contribution(feature=names[i], contribution=float(row[i])) for i in order]
+            out.append(Explanation(probability=float(p), label=str(y), base_value=float(row[-1]), top=top))
+        return out
+
+    @bentoml.api
+    def score_file(self, file: Path, ctx: bentoml.Context) -> Path:
+        """Bulk scoring: upload Parquet or CSV; get Parquet back with `probability`, `label` and,
+        for rows that fail validation, `reason` (those rows are not scored)."""
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise PayloadTooLarge(f"file is over the {MAX_FILE_BYTES}-byte limit")
+        with file.open("rb") as fh:
+            is_parquet = fh.read(4) == b"PAR1"
+        try:
+            raw = pl.read_parquet(file) if is_parquet else pl.read_csv(file, infer_schema=False)
+        except Exception as exc:
+            raise InvalidArgument(f"could not read the file as Parquet or CSV: {exc}") from exc
+        if raw.height > MAX_FILE_ROWS:
+            raise PayloadTooLarge(f"{raw.height} rows is over the {MAX_FILE_ROWS}-row limit")
+        missing = [c for c in SPEC.base_features if c not in raw.columns]
+        if missing:
+            raise InvalidArgument(f"missing columns: {missing}")
+        failures = find_failures(raw, SPEC, SPEC.base_features)
+        reasons = failures.group_by("row", maintain_order=True).agg(
+            pl.format("{}: {} (value={})", "column", "check", pl.col("value").fill_null("null")).first().alias("reason")
+        )
+        for check, count in failures.group_by("check").len().iter_rows():
+            REJECTED.labels(check=check).inc(count)
+        indexed = raw.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+        good = indexed.join(reasons, on="row", how="anti")
+        proba, labels = self._score(good, "score_file") if good.height else (np.array([]), np.array([]))
+        request_id = self._request_id(ctx)
+        if good.height:
+            self._log(good.drop("row"), proba, labels, request_id, "score_file")
+        scored = good.select("row").with_columns(
+            pl.Series("probability", proba, dtype=pl.Float64), pl.Series("label", labels, dtype=pl.String)
+        )
+        keep = [c for c in (SPEC.id_column,) if c and c in raw.columns]
+        result = (
+            indexed.select("row", *keep)
+            .join(scored, on="row", how="left")
+            .join(reasons, on="row", how="left")
+            .with_columns(pl.lit(MODEL_VERSION).alias("model_version"))
+            .sort("row")
+        )
+        out = file.with_name(f"scored-{request_id}.parquet")
+        result.write_parquet(out)
+        ctx.response.headers["x-request-id"] = request_id
+        ctx.response.headers["x-rows-scored"] = str(good.height)
+        ctx.response.headers["x-rows-rejected"] = str(raw.height - good.height)
+        return out
+
+    @bentoml.api
+    def model_info(self) -> ModelInfo:
+        """Which model answers: name, registry version, data version, threshold, features."""
+        return ModelInfo(
+            dataset=SPEC.name,
+            model_name=BUNDLE["model_name"],
+            model_version=MODEL_VERSION,
+            data_version=BUNDLE["data_version"],
+            threshold=self.model.threshold,
+            features=SPEC.feature_names,
+            max_rows=MAX_ROWS,
+        )
+
+    @bentoml.on_shutdown
+    def flush_log(self) -> None:
+        self.log.close()
+
+
+TabularService.add_asgi_middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES)

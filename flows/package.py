@@ -1,0 +1,49 @@
+"""Phase 5: the registry's champion → the BentoML model store → a bento."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows.naming import named_after_config
+from tasks.bento import PackageResult, build_bento_task, import_model_task, resolve_alias_task
+from tasks.data import load_spec_task
+from tasks.registry import tracking_task
+
+
+@flow(name="package", flow_run_name=named_after_config("package"))
+def package(
+    config: Path,
+    workdir: Path = Path("artifacts"),
+    tracking_uri: str | None = None,
+    alias: str = "champion",
+) -> PackageResult:
+    """Import the model behind a registry alias into BentoML and build its service bento.
+
+    Args:
+        config: dataset config (YAML)
+        workdir: folder of the default MLflow database and the bento build staging
+        tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
+        alias: registry alias to package (champion, challenger, previous)
+    """
+    spec = load_spec_task(config)
+    tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
+    version = resolve_alias_task(tracking, alias)
+    model_tag, imported = import_model_task(tracking, spec, version)
+    bento_tag, built = build_bento_task(spec, model_tag, workdir)
+    return PackageResult(
+        model_name=spec.registered_model_name,
+        model_version=version.version,
+        data_version=version.tags.get("lifecycle.data_version", ""),
+        bento_model_tag=model_tag,
+        bento_tag=bento_tag,
+        imported_model=imported,
+        built_bento=built,
+    )
+
+
+if __name__ == "__main__":
+    from flows.cli import run
+
+    run(package)

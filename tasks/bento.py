@@ -1,0 +1,162 @@
+"""Packaging: the champion from the MLflow registry → the BentoML model store → a bento.
+
+The bento is built from a staging folder holding the service (`bentos/tabular/`), the
+shared modules it needs from `tasks/`, and `bundle.json` (model tag, versions, spec).
+Its tag records the model version and a hash of the serving code, so packaging the
+same model with the same code again finds the bento instead of building a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from tasks.common import UNCACHED
+from tasks.registry import TrackingConfig, VersionInfo, load_model, version_by_alias
+from tasks.spec import DatasetSpec
+
+PROJECT = Path(__file__).resolve().parents[1]
+SERVICE_DIR = PROJECT / "bentos" / "tabular"
+SHARED_MODULES = ("__init__.py", "errors.py", "spec.py", "features.py", "model.py")
+SERVICE_PACKAGES = (
+    "bentoml",
+    "mlflow",
+    "lightgbm",
+    "polars",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "pydantic",
+    "pyyaml",
+    "pandera",
+    "scikit-learn",
+)
+
+
+class PackageResult(BaseModel):
+    model_name: str
+    model_version: str
+    data_version: str
+    bento_model_tag: str
+    bento_tag: str
+    imported_model: bool
+    built_bento: bool
+
+
+def bento_name(spec: DatasetSpec) -> str:
+    return f"{spec.name.lower()}-service"
+
+
+def store_name(spec: DatasetSpec) -> str:
+    """BentoML model names: lowercase letters, digits, `-`, `_`, `.`."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in spec.registered_model_name.lower())
+
+
+def code_hash() -> str:
+    """Hash of everything the bento runs: the service folder and the shared modules."""
+    digest = hashlib.sha256()
+    files = sorted(SERVICE_DIR.glob("*.py")) + [PROJECT / "tasks" / m for m in SHARED_MODULES]
+    for path in files:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def import_model(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tuple[str, bool]:
+    """Import a registry version into the BentoML store once. Returns (tag, imported now)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tag = f"{store_name(spec)}:v{mv.version}"
+    try:
+        return str(bentoml.models.get(tag).tag), False
+    except NotFound:
+        pass
+    cfg.activate()
+    model = load_model(cfg, f"models:/{cfg.model_name}/{mv.version}")
+    bento_model = bentoml.mlflow.import_model(
+        tag,
+        f"models:/{cfg.model_name}/{mv.version}",
+        labels={"dataset": spec.name, "model_version": mv.version, "data_version": model.metadata["data_version"]},
+        metadata={
+            "registered_model": cfg.model_name,
+            "model_version": mv.version,
+            "run_id": mv.run_id or "",
+            "data_version": model.metadata["data_version"],
+            "spec_hash": model.metadata["spec_hash"],
+            "threshold": model.threshold,
+            "spec_json": model.spec_json,
+        },
+    )
+    return str(bento_model.tag), True
+
+
+def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path) -> tuple[str, bool]:
+    """Build the service around a BentoML model once per (model version, serving code)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    info = bentoml.models.get(model_tag).info
+    tag = f"{bento_name(spec)}:{model_tag.split(':')[1]}-{code_hash()}"
+    try:
+        return str(bentoml.get(tag).tag), False
+    except NotFound:
+        pass
+    staging = Path(workdir).resolve() / "bento-build" / tag.replace(":", "-")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "tasks").mkdir(parents=True)
+    for path in SERVICE_DIR.glob("*.py"):
+        shutil.copy2(path, staging / path.name)
+    for module in SHARED_MODULES:
+        shutil.copy2(PROJECT / "tasks" / module, staging / "tasks" / module)
+    meta = info.metadata
+    bundle = {
+        "model_tag": model_tag,
+        "model_name": meta["registered_model"],
+        "model_version": meta["model_version"],
+        "data_version": meta["data_version"],
+        "spec": json.loads(meta["spec_json"]),
+    }
+    (staging / "bundle.json").write_text(json.dumps(bundle, indent=2))
+    bento = bentoml.bentos.build(
+        "service:TabularService",
+        name=bento_name(spec),
+        version=tag.split(":")[1],
+        build_ctx=str(staging),
+        include=["*.py", "tasks/*.py", "bundle.json"],
+        labels={"dataset": spec.name, "model_version": str(meta["model_version"])},
+        description=f"{spec.name} model v{meta['model_version']} (data {meta['data_version']})",
+        python={"packages": [f"{p}=={version(p)}" for p in SERVICE_PACKAGES], "lock_packages": False},
+    )
+    return str(bento.tag), True
+
+
+# -- Prefect tasks -----------------------------------------------------------------------------
+@task(name="resolve-alias", **UNCACHED)
+def resolve_alias_task(cfg: TrackingConfig, alias: str) -> VersionInfo:
+    mv = version_by_alias(cfg, alias)
+    if mv is None:
+        raise LookupError(f"{cfg.model_name} has no version with alias {alias!r}: run train/register first")
+    return mv
+
+
+@task(name="import-model", **UNCACHED)
+def import_model_task(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tuple[str, bool]:
+    return import_model(cfg, spec, mv)
+
+
+@task(name="build-bento", **UNCACHED)
+def build_bento_task(spec: DatasetSpec, model_tag: str, workdir: Path) -> tuple[str, bool]:
+    tag, built = build_bento(spec, model_tag, workdir)
+    get_run_logger().info("%s bento %s", "built" if built else "found", tag)
+    create_markdown_artifact(
+        key=f"{bento_name(spec).replace('_', '-')}-bento",
+        markdown=f"### Bento `{tag}`\n\nModel `{model_tag}`. Serve it: `bentoml serve {tag}`\n",
+    )
+    return tag, built
