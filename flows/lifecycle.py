@@ -9,9 +9,11 @@ from pydantic import BaseModel
 
 from flows.evaluate import evaluate
 from flows.naming import named_after_config
+from flows.package import package
 from flows.prepare import PrepareResult, prepare
 from flows.register import register
 from flows.train import train
+from tasks.bento import PackageResult
 from tasks.evaluate import EvaluationResult
 from tasks.registry import RegisterResult, TrainResult
 
@@ -21,6 +23,7 @@ class LifecycleResult(BaseModel):
     train: TrainResult
     evaluate: EvaluationResult
     registry: RegisterResult
+    package: PackageResult
 
 
 @flow(name="lifecycle", flow_run_name=named_after_config("lifecycle"))
@@ -31,7 +34,7 @@ def lifecycle(
     tracking_uri: str | None = None,
     n_trials: int | None = None,
 ) -> LifecycleResult:
-    """Take a table through the ML lifecycle: prepare → train → evaluate → register.
+    """Take a table through the ML lifecycle: prepare → train → evaluate → register → package.
 
     Args:
         config: dataset config (YAML) describing the table
@@ -50,7 +53,8 @@ def lifecycle(
     )
     evaluated = evaluate(config=config, run_id=trained.run_id, workdir=workdir, tracking_uri=tracking_uri)
     registered = register(config=config, run_id=trained.run_id, workdir=workdir, tracking_uri=tracking_uri)
-    return LifecycleResult(prepare=prepared, train=trained, evaluate=evaluated, registry=registered)
+    packaged = package(config=config, workdir=workdir, tracking_uri=tracking_uri)
+    return LifecycleResult(prepare=prepared, train=trained, evaluate=evaluated, registry=registered, package=packaged)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
@@ -62,7 +65,8 @@ def store_name(spec: DatasetSpec) -> str:
 def code_hash() -> str:
     """Hash of everything the bento runs: the service folder and the shared modules."""
     digest = hashlib.sha256()
-    files = sorted(SERVICE_DIR.glob("*.py")) + [PROJECT / "tasks" / m for m in SHARED_MODULES]
+    files = sorted(SERVICE_DIR.glob("*.py")) + [SERVICE_DIR / "bentofile.yaml"]
+    files += [PROJECT / "tasks" / m for m in SHARED_MODULES]
     for path in files:
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:10]
@@ -112,7 +116,7 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path) -> tuple[str, 
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "tasks").mkdir(parents=True)
     for path in SERVICE_DIR.glob("*.py"):
-        shutil.copy2(path, staging / path.name)
+        shutil.copy2(path, staging / path.name)  # the recipe is written below
     for module in SHARED_MODULES:
         shutil.copy2(PROJECT / "tasks" / module, staging / "tasks" / module)
     meta = info.metadata
@@ -124,16 +128,21 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path) -> tuple[str, 
         "spec": json.loads(meta["spec_json"]),
     }
     (staging / "bundle.json").write_text(json.dumps(bundle, indent=2))
-    bento = bentoml.bentos.build(
-        "service:TabularService",
-        name=bento_name(spec),
-        version=tag.split(":")[1],
-        build_ctx=str(staging),
-        include=["*.py", "tasks/*.py", "bundle.json"],
-        labels={"dataset": spec.name, "model_version": str(meta["model_version"])},
-        description=f"{spec.name} model v{meta['model_version']} (data {meta['data_version']})",
-        python={"packages": [f"{p}=={version(p)}" for p in SERVICE_PACKAGES], "lock_packages": False},
-    )
+    recipe = yaml.safe_load((SERVICE_DIR / "bentofile.yaml").read_text())
+    recipe["labels"] = {"dataset": spec.name, "model_version": str(meta["model_version"])}
+    recipe["description"] = f"{spec.name} model v{meta['model_version']} (data {meta['data_version']})"
+    recipe["python"]["packages"] = [f"{p}=={version(p)}" for p in SERVICE_PACKAGES]
+    (staging / "bentofile.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    # A separate process: building imports `service`, and one process must not reuse another
+    # dataset's already-imported service module.
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", str(staging), "--name", bento_name(spec),
+         "--version", tag.split(":")[1], "--output", "tag"],
+        capture_output=True, text=True, cwd=staging,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"bentoml build failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    bento = bentoml.get(tag)
     return str(bento.tag), True
 
 

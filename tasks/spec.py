@@ -411,6 +411,7 @@ def cast_to_spec(
     not parse becomes null and one failure row (row, column, check `dtype(<type>)`, value)."""
     kinds = _column_kinds(spec)
     columns = spec.input_columns if columns is None else columns
+    raw = raw.select(columns)
     typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in columns)
     lost = [
         raw.with_row_index("row")

@@ -8,22 +8,24 @@ Preprocessing is the shared `tasks.features` code, through the model itself.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import time
 import uuid
-from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
 import numpy as np
 import polars as pl
-from bentoml.exceptions import BentoMLException, InvalidArgument
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from prediction_log import PredictionLog
-from tasks.spec import DatasetSpec, example_record, find_failures, record_model, records_frame
+from tasks.spec import DatasetSpec, cast_to_spec, example_record, find_failures, record_model, records_frame
 
 BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
 SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
@@ -52,10 +54,6 @@ LATENCY = bentoml.metrics.Histogram(
     labelnames=["endpoint"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
-
-
-class PayloadTooLarge(BentoMLException):
-    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 class Prediction(BaseModel):
@@ -92,29 +90,41 @@ class ModelInfo(BaseModel):
     max_rows: int
 
 
-class RequestSizeLimit:
-    """ASGI middleware: a body larger than the limit gets 413 before it is read."""
+class RequestGuard:
+    """ASGI middleware that turns requests BentoML would choke on into clear 4xx answers:
+    a body over the size limit (413), a media type the endpoint does not take (415)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, json_paths: set[str]):
+        self.app, self.max_bytes, self.json_paths = app, max_bytes, json_paths
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            limit = MAX_FILE_BYTES if scope.get("path", "").endswith("/score_file") else self.max_bytes
-            if length is not None and int(length) > limit:
-                body = json.dumps({"error": f"request body of {int(length)} bytes is over the {limit}-byte limit"})
-                await send(
-                    {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
-                )
-                await send({"type": "http.response.body", "body": body.encode()})
-                return
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            headers = dict(scope.get("headers") or [])
+            path = scope.get("path", "")
+            limit = MAX_FILE_BYTES if path.startswith("/v1/") else self.max_bytes
+            length = headers.get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > limit:
+                return await _reject(send, 413, f"request body over the {limit}-byte limit (or no valid length)")
+            media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+            if path in self.json_paths and media != b"application/json":
+                return await _reject(send, 415, f"{path} takes application/json, not {media.decode(errors='replace')}")
         await self.app(scope, receive, send)
+
+
+async def _reject(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+bulk = FastAPI(title="bulk scoring")
 
 
 Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_ROWS)]
 
 
+@bentoml.asgi_app(bulk, path="/v1")
 @bentoml.service(
     name=f"{SPEC.name.lower()}-service",
     workers=int(os.environ.get("LIFECYCLE_WORKERS", "1")),
@@ -201,39 +211,51 @@ class TabularService:
             out.append(Explanation(probability=float(p), label=str(y), base_value=float(row[-1]), top=top))
         return out
 
-    @bentoml.api
-    def score_file(self, file: Path, ctx: bentoml.Context) -> Path:
-        """Bulk scoring: upload Parquet or CSV; get Parquet back with `probability`, `label` and,
-        for rows that fail validation, `reason` (those rows are not scored)."""
-        if file.stat().st_size > MAX_FILE_BYTES:
-            raise PayloadTooLarge(f"file is over the {MAX_FILE_BYTES}-byte limit")
-        with file.open("rb") as fh:
-            is_parquet = fh.read(4) == b"PAR1"
+    @bulk.post("/score_file")
+    async def score_file(self, request: Request) -> Response:
+        """Bulk scoring: POST a Parquet or CSV body; get Parquet back with `probability`, `label`
+        and, for rows that fail validation, `reason` (those rows are not scored)."""
+        body = await request.body()
+        if len(body) > MAX_FILE_BYTES:
+            return JSONResponse({"error": f"file is over the {MAX_FILE_BYTES}-byte limit"}, status_code=413)
         try:
-            raw = pl.read_parquet(file) if is_parquet else pl.read_csv(file, infer_schema=False)
+            raw = pl.read_parquet(io.BytesIO(body)) if body[:4] == b"PAR1" else pl.read_csv(body, infer_schema=False)
         except Exception as exc:
-            raise InvalidArgument(f"could not read the file as Parquet or CSV: {exc}") from exc
+            return JSONResponse({"error": f"could not read the body as Parquet or CSV: {exc}"}, status_code=400)
         if raw.height > MAX_FILE_ROWS:
-            raise PayloadTooLarge(f"{raw.height} rows is over the {MAX_FILE_ROWS}-row limit")
+            return JSONResponse({"error": f"{raw.height} rows is over the {MAX_FILE_ROWS}-row limit"}, status_code=413)
         missing = [c for c in SPEC.base_features if c not in raw.columns]
-        if missing:
-            raise InvalidArgument(f"missing columns: {missing}")
+        if missing or raw.height == 0:
+            return JSONResponse({"error": f"no rows, or missing columns: {missing}"}, status_code=400)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        result, scored = await asyncio.to_thread(self._score_table, raw, request_id)
+        out = io.BytesIO()
+        result.write_parquet(out)
+        headers = {
+            "x-request-id": request_id,
+            "x-rows-scored": str(scored),
+            "x-rows-rejected": str(raw.height - scored),
+        }
+        return Response(out.getvalue(), media_type="application/vnd.apache.parquet", headers=headers)
+
+    def _score_table(self, raw: pl.DataFrame, request_id: str) -> tuple[pl.DataFrame, int]:
+        keep = [c for c in (SPEC.id_column,) if c and c in raw.columns]
+        raw = raw.select(*keep, *SPEC.base_features)  # other columns are ignored
         failures = find_failures(raw, SPEC, SPEC.base_features)
-        reasons = failures.group_by("row", maintain_order=True).agg(
-            pl.format("{}: {} (value={})", "column", "check", pl.col("value").fill_null("null")).first().alias("reason")
-        )
+        reason = pl.format("{}: {} (value={})", "column", "check", pl.col("value").fill_null("null"))
+        reasons = failures.group_by("row", maintain_order=True).agg(reason.first().alias("reason"))
         for check, count in failures.group_by("check").len().iter_rows():
             REJECTED.labels(check=check).inc(count)
         indexed = raw.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
         good = indexed.join(reasons, on="row", how="anti")
-        proba, labels = self._score(good, "score_file") if good.height else (np.array([]), np.array([]))
-        request_id = self._request_id(ctx)
+        scored = good.select("row")
         if good.height:
-            self._log(good.drop("row"), proba, labels, request_id, "score_file")
-        scored = good.select("row").with_columns(
-            pl.Series("probability", proba, dtype=pl.Float64), pl.Series("label", labels, dtype=pl.String)
-        )
-        keep = [c for c in (SPEC.id_column,) if c and c in raw.columns]
+            typed = cast_to_spec(good, SPEC, SPEC.base_features)[0]
+            proba, labels = self._score(typed, "score_file")
+            self._log(typed.hstack(good.select(keep)), proba, labels, request_id, "score_file")
+            scored = scored.with_columns(
+                pl.Series("probability", proba, dtype=pl.Float64), pl.Series("label", labels, dtype=pl.String)
+            )
         result = (
             indexed.select("row", *keep)
             .join(scored, on="row", how="left")
@@ -241,12 +263,7 @@ class TabularService:
             .with_columns(pl.lit(MODEL_VERSION).alias("model_version"))
             .sort("row")
         )
-        out = file.with_name(f"scored-{request_id}.parquet")
-        result.write_parquet(out)
-        ctx.response.headers["x-request-id"] = request_id
-        ctx.response.headers["x-rows-scored"] = str(good.height)
-        ctx.response.headers["x-rows-rejected"] = str(raw.height - good.height)
-        return out
+        return result, good.height
 
     @bentoml.api
     def model_info(self) -> ModelInfo:
@@ -266,4 +283,8 @@ class TabularService:
         self.log.close()
 
 
-TabularService.add_asgi_middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES)
+TabularService.add_asgi_middleware(
+    RequestGuard,
+    max_bytes=MAX_REQUEST_BYTES,
+    json_paths={f"/{name}" for name in ("predict", "predict_batched", "explain", "model_info")},
+)

@@ -5,18 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_api(tmp_path_factory):
-    results = tmp_path_factory.mktemp("prefect-results")
-    with (
-        temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(results)}),
-        prefect_test_harness(server_startup_timeout=120),
-    ):
-        yield {"api_url": PREFECT_API_URL.value(), "results": results}
+def _prefect(prefect_api):
+    return prefect_api
 
 
 @pytest.fixture

@@ -1,0 +1,50 @@
+"""A trained, registered and packaged model per dataset, served by a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CONFIGS, FIXTURES
+from tests.serving.server import bento_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prefect(prefect_api):
+    return prefect_api
+
+
+def _lifecycle(config, workdir):
+    from flows.lifecycle import lifecycle
+
+    return lifecycle(config=config, workdir=workdir, n_trials=5)
+
+
+@pytest.fixture(scope="session")
+def telco_lifecycle(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("serve-telco")
+    return _lifecycle(CONFIGS / "telco_churn.yaml", workdir), workdir
+
+
+@pytest.fixture(scope="session")
+def orders_lifecycle(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("serve-orders")
+    return _lifecycle(FIXTURES / "orders.yaml", workdir), workdir
+
+
+@pytest.fixture(scope="session")
+def telco_server(telco_lifecycle, tmp_path_factory):
+    result, workdir = telco_lifecycle
+    logs = tmp_path_factory.mktemp("predictions-telco")
+    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(logs), "LIFECYCLE_MAX_ROWS": "1000"}
+    with bento_server(result.package.bento_tag, workdir / "serve.log", env) as url:
+        yield {"url": url, "logs": logs, "result": result, "workdir": workdir}
+
+
+@pytest.fixture(scope="session")
+def orders_server(orders_lifecycle, tmp_path_factory):
+    result, workdir = orders_lifecycle
+    logs = tmp_path_factory.mktemp("predictions-orders")
+    with bento_server(
+        result.package.bento_tag, workdir / "serve.log", {"LIFECYCLE_PREDICTION_LOG_DIR": str(logs)}
+    ) as url:
+        yield {"url": url, "logs": logs, "result": result, "workdir": workdir}
