@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean serve bench-serve
 
 setup: $(VENV)/.synced
 
@@ -40,3 +40,14 @@ lint: setup
 
 clean:
 	rm -rf $(WORKDIR) .pytest_cache
+
+PORT ?= 3000
+BENCH_ARGS ?=
+
+# Serve the latest bento of CONFIG's dataset (built by `make run`).
+serve: setup
+	$(VENV)/bin/bentoml serve $$($(PY) -c "from tasks.spec import load_spec; from tasks.bento import bento_name; print(bento_name(load_spec('$(CONFIG)')))"):latest --host 127.0.0.1 --port $(PORT)
+
+bench-serve: setup
+	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; apt-get install -y -qq hey; }
+	$(PY) -m benchmarks.serve --config $(CONFIG) $(BENCH_ARGS)

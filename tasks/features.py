@@ -40,13 +40,16 @@ class _Plan:
 
 def _plan(spec: DatasetSpec) -> _Plan:
     def build() -> _Plan:
+        derived = [_derived_expr(d) for d in spec.derived_features]
         encode = []
-        for name in spec.feature_names:
+        for name in spec.base_features:
             expr = pl.col(name)
             if name in spec.categorical_features:
                 expr = expr.cast(pl.String).cast(category_enum(spec, name)).to_physical()
             encode.append(expr.cast(pl.Float64).alias(name))
-        return _Plan(derived=[_derived_expr(d) for d in spec.derived_features], encode=encode)
+        # derived features are computed from the base columns in the same select: one pass
+        encode += [expr.cast(pl.Float64) for expr in derived]
+        return _Plan(derived=derived, encode=encode)
 
     return memo(spec, "feature_plan", build)
 
@@ -67,10 +70,9 @@ def encode_features(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """Model-ready numeric frame in `spec.feature_names` order.
 
     Categories become their code in the spec's category list (null stays null);
-    numbers and booleans become Float64. Input needs the base feature columns.
+    numbers and booleans become Float64; derived features are computed from the base
+    columns. Input needs the base feature columns (other columns are ignored).
     """
-    if any(d.name not in frame.columns for d in spec.derived_features):
-        frame = add_features(frame, spec)
     return frame.select(_plan(spec).encode)
 
 

@@ -19,8 +19,9 @@ import polars as pl
 
 from tasks import features
 from tasks.errors import DataError
-from tasks.spec import DatasetSpec, cast_to_spec, polars_dtype
+from tasks.spec import DatasetSpec, cast_to_spec, memo, polars_dtype
 
+SMALL_BATCH = 2048
 PROBABILITY = "probability"
 LABEL = "label"
 
@@ -61,11 +62,12 @@ class TabularModel(mlflow.pyfunc.PythonModel):
         missing = [c for c in spec.base_features if c not in rows.columns]
         if missing:
             raise DataError(f"missing input columns: {missing}")
-        typed = rows.select(spec.base_features)
-        declared = {c: polars_dtype(spec.columns[c].type) for c in spec.base_features}
-        if typed.schema == declared:  # already typed (e.g. validated requests): nothing to parse
-            return features.feature_matrix(typed, spec)
-        typed, failures = cast_to_spec(typed, spec, spec.base_features)
+        declared = memo(
+            spec, "base_dtypes", lambda: {c: polars_dtype(spec.columns[c].type) for c in spec.base_features}
+        )
+        if all(rows.schema[c] == dtype for c, dtype in declared.items()):
+            return features.feature_matrix(rows, spec)  # already typed (validated requests): nothing to parse
+        typed, failures = cast_to_spec(rows, spec, spec.base_features)
         if failures.height:
             first = failures.row(0, named=True)
             raise DataError(
@@ -75,7 +77,11 @@ class TabularModel(mlflow.pyfunc.PythonModel):
         return features.feature_matrix(typed, spec)
 
     def predict_proba(self, rows: pl.DataFrame) -> np.ndarray:
-        return self.booster.predict(self.matrix(rows))
+        matrix = self.matrix(rows)
+        # one thread for small inputs: OpenMP start-up and contention between concurrent
+        # requests cost far more than a few rows take to predict
+        threads = 1 if len(matrix) < SMALL_BATCH else 0
+        return self.booster.predict(matrix, num_threads=threads)
 
     def predict_frame(self, rows: pl.DataFrame) -> pl.DataFrame:
         proba = self.predict_proba(rows)

@@ -2,6 +2,7 @@
 
 Files land in `<root>/<dataset>/date=YYYY-MM-DD/part-<time>-<pid>-<seq>.parquet`; the
 monitoring phase reads them all with one glob. Sensitive columns never reach this module.
+A request only appends Python objects to a list; frames are built by the flusher thread.
 """
 
 from __future__ import annotations
@@ -15,35 +16,51 @@ import polars as pl
 
 
 class PredictionLog:
-    def __init__(self, root: Path, dataset: str, flush_rows: int = 5000, flush_seconds: float = 2.0):
+    def __init__(self, root: Path, dataset: str, schema: dict, flush_rows: int = 5000, flush_seconds: float = 2.0):
         self.folder = Path(root) / dataset
+        self.schema = schema
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        self._rows: list[dict] = []
         self._frames: list[pl.DataFrame] = []
-        self._rows = 0
+        self._count = 0
         self._seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def append(self, frame: pl.DataFrame) -> None:
-        """Queue rows; the caller never waits for disk unless the buffer is full."""
+    def append_rows(self, rows: list[dict]) -> None:
+        """Queue logged rows (dicts with the schema's keys); never waits for disk."""
+        with self._lock:
+            self._rows.extend(rows)
+            self._count += len(rows)
+            full = self._count >= self.flush_rows
+        if full:
+            self._wake()
+
+    def append_frame(self, frame: pl.DataFrame) -> None:
         with self._lock:
             self._frames.append(frame)
-            self._rows += frame.height
-            full = self._rows >= self.flush_rows
+            self._count += frame.height
+            full = self._count >= self.flush_rows
         if full:
-            self.flush()
+            self._wake()
+
+    def _wake(self) -> None:
+        threading.Thread(target=self.flush, daemon=True).start()
 
     def flush(self) -> Path | None:
         with self._lock:
-            frames, self._frames, self._rows = self._frames, [], 0
+            rows, frames = self._rows, self._frames
+            self._rows, self._frames, self._count = [], [], 0
             self._seq += 1
             seq = self._seq
+        if rows:
+            frames = [pl.DataFrame(rows, schema=self.schema, orient="row"), *frames]
         if not frames:
             return None
-        batch = pl.concat(frames, how="diagonal_relaxed")
+        batch = pl.concat([f.select(self.schema) if f.schema != self.schema else f for f in frames], how="vertical")
         now = datetime.now(UTC)
         folder = self.folder / f"date={now:%Y-%m-%d}"
         folder.mkdir(parents=True, exist_ok=True)

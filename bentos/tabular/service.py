@@ -38,9 +38,19 @@ MAX_FILE_BYTES = int(os.environ.get("LIFECYCLE_MAX_FILE_BYTES", str(256 * 1024 *
 MAX_FILE_ROWS = int(os.environ.get("LIFECYCLE_MAX_FILE_ROWS", "2000000"))
 BATCH_MAX_SIZE = int(os.environ.get("LIFECYCLE_BATCH_MAX_SIZE", "64"))
 BATCH_MAX_LATENCY_MS = int(os.environ.get("LIFECYCLE_BATCH_MAX_LATENCY_MS", "1000"))
+DATA_VERSION = str(BUNDLE["data_version"])
 LOGGED_COLUMNS = [
     c for c in (SPEC.id_column, *SPEC.columns) if c and not (c in SPEC.columns and SPEC.columns[c].sensitive)
 ]
+LOG_SCHEMA = {name: dtype for name, dtype in records_frame([], SPEC).schema.items() if name in LOGGED_COLUMNS} | {
+    "request_id": pl.String,
+    "logged_at": pl.Float64,
+    "model_version": pl.String,
+    "data_version": pl.String,
+    "endpoint": pl.String,
+    "probability": pl.Float64,
+    "label": pl.String,
+}
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="lifecycle_predictions", documentation="Predictions served", labelnames=["label", "model_version", "endpoint"]
@@ -129,6 +139,8 @@ Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_ROWS)]
     name=f"{SPEC.name.lower()}-service",
     workers=int(os.environ.get("LIFECYCLE_WORKERS", "1")),
     traffic={"timeout": 120},
+    # per-request access lines cost more than the model; the prediction log and /metrics cover it
+    logging={"access": {"enabled": os.environ.get("LIFECYCLE_ACCESS_LOG", "false").lower() == "true"}},
     labels={"dataset": SPEC.name, "model_version": MODEL_VERSION},
 )
 class TabularService:
@@ -139,7 +151,7 @@ class TabularService:
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
         self.negative = next(label for label in SPEC.target.labels if label != SPEC.target.positive)
         log_root = Path(os.environ.get("LIFECYCLE_PREDICTION_LOG_DIR", "artifacts/predictions"))
-        self.log = PredictionLog(log_root, SPEC.name)
+        self.log = PredictionLog(log_root, SPEC.name, LOG_SCHEMA)
 
     # -- scoring -------------------------------------------------------------------------
     def _score(self, frame: pl.DataFrame, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
@@ -149,19 +161,26 @@ class TabularService:
         labels = np.where(proba >= self.model.threshold, SPEC.target.positive, self.negative)
         return proba, labels
 
-    def _log(self, frame: pl.DataFrame, proba, labels, request_id: str | list[str], endpoint: str) -> None:
-        ids = [request_id] * frame.height if isinstance(request_id, str) else request_id
-        self.log.append(
-            frame.select([c for c in LOGGED_COLUMNS if c in frame.columns]).with_columns(
-                pl.Series("request_id", ids, dtype=pl.String),
-                pl.lit(time.time()).alias("logged_at").cast(pl.Float64),
-                pl.lit(MODEL_VERSION).alias("model_version"),
-                pl.lit(BUNDLE["data_version"]).alias("data_version"),
-                pl.lit(endpoint).alias("endpoint"),
-                pl.Series("probability", proba, dtype=pl.Float64),
-                pl.Series("label", labels, dtype=pl.String),
-            )
+    def _log(self, records: list[dict], proba, labels, request_ids: list[str], endpoint: str) -> None:
+        now = time.time()
+        self.log.append_rows(
+            [
+                {c: r.get(c) for c in LOGGED_COLUMNS}
+                | {
+                    "request_id": rid,
+                    "logged_at": now,
+                    "model_version": MODEL_VERSION,
+                    "data_version": DATA_VERSION,
+                    "endpoint": endpoint,
+                    "probability": float(p),
+                    "label": str(y),
+                }
+                for r, rid, p, y in zip(records, request_ids, proba, labels, strict=True)
+            ]
         )
+        self._count(labels, endpoint)
+
+    def _count(self, labels, endpoint: str) -> None:
         for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
             PREDICTIONS.labels(label=str(label), model_version=MODEL_VERSION, endpoint=endpoint).inc(int(count))
 
@@ -170,12 +189,12 @@ class TabularService:
         return ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
 
     @bentoml.api
-    def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:
+    async def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:
         """Score one or many records: probability, label at the model's threshold, model version."""
         request_id = self._request_id(ctx)
-        frame = records_frame([r.model_dump() for r in records], SPEC)
-        proba, labels = self._score(frame, "predict")
-        self._log(frame, proba, labels, request_id, "predict")
+        rows = [r.model_dump() for r in records]
+        proba, labels = self._score(records_frame(rows, SPEC), "predict")
+        self._log(rows, proba, labels, [request_id] * len(rows), "predict")
         ctx.response.headers["x-request-id"] = request_id
         return Predictions(
             request_id=request_id,
@@ -187,11 +206,11 @@ class TabularService:
         )
 
     @bentoml.api(batchable=True, max_batch_size=BATCH_MAX_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
-    def predict_batched(self, records: list[Record]) -> list[Prediction]:
+    async def predict_batched(self, records: list[Record]) -> list[Prediction]:
         """Like `predict`, but concurrent requests are merged into one model call (adaptive batching)."""
-        frame = records_frame([r.model_dump() for r in records], SPEC)
-        proba, labels = self._score(frame, "predict_batched")
-        self._log(frame, proba, labels, [uuid.uuid4().hex for _ in range(frame.height)], "predict_batched")
+        rows = [r.model_dump() for r in records]
+        proba, labels = self._score(records_frame(rows, SPEC), "predict_batched")
+        self._log(rows, proba, labels, [uuid.uuid4().hex for _ in rows], "predict_batched")
         return [
             Prediction(probability=float(p), label=str(y), model_version=MODEL_VERSION)
             for p, y in zip(proba, labels, strict=True)
@@ -252,7 +271,17 @@ class TabularService:
         if good.height:
             typed = cast_to_spec(good, SPEC, SPEC.base_features)[0]
             proba, labels = self._score(typed, "score_file")
-            self._log(typed.hstack(good.select(keep)), proba, labels, request_id, "score_file")
+            logged = typed.hstack(good.select(keep)).with_columns(
+                pl.lit(request_id).alias("request_id"),
+                pl.lit(time.time()).alias("logged_at"),
+                pl.lit(MODEL_VERSION).alias("model_version"),
+                pl.lit(DATA_VERSION).alias("data_version"),
+                pl.lit("score_file").alias("endpoint"),
+                pl.Series("probability", proba, dtype=pl.Float64),
+                pl.Series("label", labels, dtype=pl.String),
+            )
+            self.log.append_frame(logged.select([c for c in LOG_SCHEMA if c in logged.columns]))
+            self._count(labels, "score_file")
             scored = scored.with_columns(
                 pl.Series("probability", proba, dtype=pl.Float64), pl.Series("label", labels, dtype=pl.String)
             )

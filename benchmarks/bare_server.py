@@ -1,0 +1,70 @@
+"""The bare baseline for the serving benchmark: the same LightGBM booster behind a minimal
+Starlette endpoint — orjson in, dict lookups for categories, `Booster.predict`, orjson out.
+No validation, no logging, no metrics: what the hardware allows.
+
+    BARE_MODEL_DIR=<exported model folder> uvicorn benchmarks.bare_server:app --workers 2
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import orjson
+import polars as pl
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+FOLDER = Path(os.environ["BARE_MODEL_DIR"])
+BOOSTER = lgb.Booster(model_file=str(FOLDER / "model.txt"))
+META = json.loads((FOLDER / "meta.json").read_text())
+FEATURES: list[str] = META["base_features"]
+CODES: dict[str, dict[str, float]] = {
+    c: {v: float(i) for i, v in enumerate(cats)} for c, cats in META["categories"].items()
+}
+RATIOS: list[tuple[str, str]] = [tuple(pair) for pair in META["ratios"]]
+THRESHOLD = META["threshold"]
+
+
+def _row(record: dict) -> list[float]:
+    values = [
+        CODES[f].get(record[f], np.nan) if f in CODES else (np.nan if record.get(f) is None else float(record[f]))
+        for f in FEATURES
+    ]
+    for num, den in RATIOS:
+        a, b = record.get(num), record.get(den)
+        values.append(a / b if a is not None and b else np.nan)
+    return values
+
+
+async def predict(request: Request) -> Response:
+    records = orjson.loads(await request.body())["records"]
+    proba = BOOSTER.predict(np.array([_row(r) for r in records], dtype=np.float64), num_threads=1)
+    out = [{"probability": float(p), "label": bool(p >= THRESHOLD)} for p in proba]
+    return Response(orjson.dumps({"predictions": out}), media_type="application/json")
+
+
+async def score(request: Request) -> Response:
+    frame = pl.read_parquet(io.BytesIO(await request.body()))
+    matrix = np.column_stack(
+        [
+            frame.get_column(f).replace_strict(CODES[f], default=None, return_dtype=pl.Float64).to_numpy()
+            if f in CODES
+            else frame.get_column(f).cast(pl.Float64).to_numpy()
+            for f in FEATURES
+        ]
+        + [(frame.get_column(a) / frame.get_column(b)).cast(pl.Float64).to_numpy() for a, b in RATIOS]
+    )
+    proba = BOOSTER.predict(matrix)
+    out = io.BytesIO()
+    pl.DataFrame({"probability": proba}).write_parquet(out)
+    return Response(out.getvalue(), media_type="application/vnd.apache.parquet")
+
+
+app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/score", score, methods=["POST"])])

@@ -1,0 +1,237 @@
+"""Serving benchmark: the packaged bento vs a bare ASGI endpoint with the same booster.
+
+    python -m benchmarks.serve --config configs/telco_churn.yaml      (or: make bench-serve)
+
+Both servers run on loopback, side by side in the same run, driven by `hey`
+(Debian package `hey`) with the same body: single-row requests at 1, 8 and 32
+clients, then bulk scoring of 1k and 100k rows (also against in-process
+`Booster.predict`). Prints req/s, p50/p95/p99, errors and the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(cmd: list[str], ready_url: str, env: dict, log: Path, timeout: float = 180):
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=os.environ | env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{cmd[0]} exited: {log.read_text()[-2000:]}")
+                try:
+                    if httpx.get(ready_url, timeout=2).status_code in (200, 405):
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(log.read_text()[-2000:])
+                time.sleep(0.5)
+            yield
+        finally:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+
+def hey(url: str, body: Path, clients: int, seconds: float) -> dict:
+    out = subprocess.run(
+        ["hey", "-z", f"{seconds}s", "-c", str(clients), "-m", "POST", "-T", "application/json", "-D", str(body), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = {p: float(s) * 1000 for p, s in re.findall(r"\s(\d+)%+ in ([\d.]+) secs", out)}
+    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    errors = sum(n for c, n in codes.items() if c != 200)
+    if "Error distribution:" in out:  # connection errors, timeouts
+        errors += sum(int(n) for n in re.findall(r"\[(\d+)\]\s", out.split("Error distribution:")[1]))
+    return {"rps": rps, "p50": pct.get("50"), "p95": pct.get("95"), "p99": pct.get("99"), "errors": errors}
+
+
+def export_bare_model(model, spec, folder: Path) -> None:
+    """What the bare server needs: the booster and plain lookup tables for the categories."""
+    ratios = [d.inputs for d in spec.derived_features if d.op == "ratio"]
+    if len(ratios) != len(spec.derived_features):
+        raise SystemExit("the bare baseline supports ratio features only")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.txt").write_text(model.booster_text)
+    meta = {
+        "base_features": spec.base_features,
+        "categories": {c: [str(v) for v in spec.columns[c].categories] for c in spec.categorical_features},
+        "ratios": ratios,
+        "threshold": model.threshold,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def median_rate(fn, rows: int, repeats: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return rows / statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import bentoml
+
+    from tasks.bento import bento_name
+    from tasks.data import read_source
+    from tasks.features import feature_matrix
+    from tasks.spec import clean, load_spec
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/telco_churn.yaml")
+    parser.add_argument("--bento", help="bento tag (default: the latest of the config's service)")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--bulk", type=int, nargs="+", default=[1_000, 100_000])
+    parser.add_argument("--workers", type=int, default=2, help="service workers (bento and baseline)")
+    parser.add_argument("--output", type=Path, help="also write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    if not shutil.which("hey"):
+        raise SystemExit("needs `hey` (Debian: apt-get install -y hey)")
+
+    spec = load_spec(args.config)
+    bento = bentoml.get(args.bento or f"{bento_name(spec)}:latest")
+    model_tag = json.loads((Path(bento.path) / "src" / "bundle.json").read_text())["model_tag"]
+    model = bentoml.mlflow.load_model(model_tag).unwrap_python_model()
+    table = clean(read_source(spec), spec).select(spec.base_features)
+    record = table.row(0, named=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    export_bare_model(model, spec, tmp / "bare")
+    body = tmp / "one.json"
+    body.write_text(json.dumps({"records": [record]}))
+    bento_port, bare_port = free_port(), free_port()
+    bento_env = {
+        "LIFECYCLE_WORKERS": str(args.workers),
+        "LIFECYCLE_PREDICTION_LOG_DIR": str(tmp / "predictions"),
+    }
+    bare_env = {"BARE_MODEL_DIR": str(tmp / "bare"), "PYTHONPATH": str(ROOT)}
+    uvicorn = [sys.executable, "-m", "uvicorn", "benchmarks.bare_server:app", "--host", "127.0.0.1"]
+    rows: list[dict] = []
+    bulk_rows: list[dict] = []
+    with ExitStack() as stack:
+        stack.enter_context(
+            server(
+                [str(Path(sys.executable).with_name("bentoml")), "serve", str(bento.tag), "--host", "127.0.0.1",
+                 "--port", str(bento_port)],
+                f"http://127.0.0.1:{bento_port}/readyz", bento_env, tmp / "bento.log",
+            )
+        )  # fmt: skip
+        stack.enter_context(
+            server(
+                [*uvicorn, "--port", str(bare_port), "--workers", str(args.workers), "--log-level", "warning"],
+                f"http://127.0.0.1:{bare_port}/predict", bare_env, tmp / "bare.log",
+            )
+        )  # fmt: skip
+        empty = tmp / "empty.json"
+        empty.write_text("{}")
+        targets = {  # name: (url, body)
+            "bare ASGI + Booster.predict": (f"http://127.0.0.1:{bare_port}/predict", body),
+            "bento /model_info (framework floor, no model)": (f"http://127.0.0.1:{bento_port}/model_info", empty),
+            "bento /predict": (f"http://127.0.0.1:{bento_port}/predict", body),
+            "bento /predict_batched": (f"http://127.0.0.1:{bento_port}/predict_batched", body),
+        }
+        for clients in args.clients:
+            results = {}
+            for name, (url, payload) in targets.items():
+                hey(url, payload, clients, 2)  # warm up
+                results[name] = hey(url, payload, clients, args.seconds)
+            base = results["bare ASGI + Booster.predict"]["rps"]
+            for name, r in results.items():
+                rows.append({"clients": clients, "target": name, **r, "ratio": r["rps"] / base})
+        rng = np.random.default_rng(0)
+        for n in args.bulk:
+            frame = table[rng.integers(0, table.height, n)]
+            buffer = io.BytesIO()
+            frame.write_parquet(buffer)
+            payload = buffer.getvalue()
+            matrix = feature_matrix(frame, spec)
+            client = httpx.Client(timeout=600)
+
+            def post(url, payload=payload, client=client):
+                response = client.post(url, content=payload)
+                response.raise_for_status()
+
+            repeats = 5 if n <= 10_000 else 3
+            raw = median_rate(lambda matrix=matrix: model.booster.predict(matrix), n, repeats)
+            bare = median_rate(lambda: post(f"http://127.0.0.1:{bare_port}/score"), n, repeats)
+            bento_rate = median_rate(lambda: post(f"http://127.0.0.1:{bento_port}/v1/score_file"), n, repeats)
+            for name, rate in (
+                ("raw Booster.predict", raw),
+                ("bare ASGI /score", bare),
+                ("bento /v1/score_file", bento_rate),
+            ):
+                bulk_rows.append({"rows": n, "target": name, "rows_per_s": rate, "ratio_to_raw": rate / raw})
+
+    report = render(rows, bulk_rows, spec.name, str(bento.tag), args)
+    print(report)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report)
+
+
+def render(rows, bulk_rows, dataset, bento_tag, args) -> str:
+    import importlib.metadata as md
+
+    lines = [
+        f"## Serving benchmark — {dataset} ({bento_tag})",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores · "
+        f"bentoml {md.version('bentoml')} · lightgbm {md.version('lightgbm')} · {args.workers} workers each · "
+        f"hey, {args.seconds:g} s per point after a 2 s warm-up, one record per request",
+        "",
+        "| clients | target | req/s | p50 ms | p95 ms | p99 ms | errors | ratio to bare |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['clients']} | {r['target']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+            f"{r['p99']:.2f} | {r['errors']} | {r['ratio']:.2f} |"
+        )
+    lines += ["", "| bulk rows | target | rows/s | ratio to raw predict |", "|---:|---|---:|---:|"]
+    for r in bulk_rows:
+        lines.append(f"| {r['rows']:,} | {r['target']} | {r['rows_per_s']:,.0f} | {r['ratio_to_raw']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
