@@ -32,13 +32,15 @@ def _post(url: str, path: str, payload, **kw) -> httpx.Response:
     return httpx.post(f"{url}/{path}", json=payload, timeout=30, **kw)
 
 
-def _logged(folder: Path, dataset: str, want: int, timeout: float = 15) -> pl.DataFrame:
+def _logged(folder: Path, dataset: str, request_id: str, want: int, timeout: float = 30) -> pl.DataFrame:
+    """The logged rows of one request, once the flusher has written all `want` of them."""
     deadline = time.monotonic() + timeout
     while True:
         files = sorted((folder / dataset).glob("date=*/part-*.parquet"))
         frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
-        if frame.height >= want or time.monotonic() > deadline:
-            return frame
+        mine = frame.filter(pl.col("request_id") == request_id) if frame.height else frame
+        if mine.height >= want or time.monotonic() > deadline:
+            return mine
         time.sleep(0.5)
 
 
@@ -121,8 +123,7 @@ def test_every_prediction_is_logged_with_its_model_version(telco_server):
     url, result = telco_server["url"], telco_server["result"]
     response = _post(url, "predict", {"records": _records(result, 7)}, headers={"x-request-id": "req-log-test"})
     assert response.status_code == 200
-    log = _logged(telco_server["logs"], TELCO.name, want=7)
-    mine = log.filter(pl.col("request_id") == "req-log-test")
+    mine = _logged(telco_server["logs"], TELCO.name, "req-log-test", want=7)
     assert mine.height == 7
     assert set(mine.get_column("model_version")) == {result.package.model_version}
     assert set(TELCO.base_features) <= set(mine.columns)
@@ -198,11 +199,11 @@ def test_second_dataset_serves_and_never_logs_sensitive_columns(orders_server):
     spec = load_spec(FIXTURES / "orders.yaml")
     test = read_split(orders_server["result"].prepare.manifest_path, "test")
     records = test.select(spec.id_column, *spec.columns).head(4).to_dicts()
-    response = _post(orders_server["url"], "predict", {"records": records})
+    response = _post(orders_server["url"], "predict", {"records": records}, headers={"x-request-id": "orders-1"})
     assert response.status_code == 200, response.text
     assert {p["label"] for p in response.json()["predictions"]} <= {"kept", "returned"}
-    log = _logged(orders_server["logs"], spec.name, want=4)
-    assert log.height >= 4
+    log = _logged(orders_server["logs"], spec.name, "orders-1", want=4)
+    assert log.height == 4
     assert "note" not in log.columns  # marked sensitive in the config
     assert "order_id" in log.columns and "amount_eur" in log.columns
 
