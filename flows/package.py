@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow
 
 from flows.naming import named_after_config
-from tasks.bento import PackageResult, build_bento_task, import_model_task, resolve_alias_task
+from tasks.bento import (
+    PackageResult,
+    base_image_task,
+    build_bento_task,
+    containerize_task,
+    import_model_task,
+    resolve_alias_task,
+)
 from tasks.data import load_spec_task
 from tasks.registry import tracking_task
 
@@ -18,6 +26,7 @@ def package(
     workdir: Path = Path("artifacts"),
     tracking_uri: str | None = None,
     alias: str = "champion",
+    target: Literal["process", "docker"] = "process",
 ) -> PackageResult:
     """Import the model behind a registry alias into BentoML and build its service bento.
 
@@ -26,12 +35,15 @@ def package(
         workdir: folder of the default MLflow database and the bento build staging
         tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
         alias: registry alias to package (champion, challenger, previous)
+        target: "docker" also builds a container image of the bento (needs a Docker engine)
     """
     spec = load_spec_task(config)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     version = resolve_alias_task(tracking, alias)
     model_tag, imported = import_model_task(tracking, spec, version)
-    bento_tag, built = build_bento_task(spec, model_tag, workdir)
+    base = base_image_task() if target == "docker" else ""
+    bento_tag, built = build_bento_task(spec, model_tag, workdir, base)
+    image, built_image = containerize_task(bento_tag) if target == "docker" else (None, False)
     return PackageResult(
         model_name=spec.registered_model_name,
         model_version=version.version,
@@ -40,6 +52,8 @@ def package(
         bento_tag=bento_tag,
         imported_model=imported,
         built_bento=built,
+        image=image,
+        built_image=built_image,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,8 @@ class PackageResult(BaseModel):
     bento_tag: str
     imported_model: bool
     built_bento: bool
+    image: str | None = None
+    built_image: bool = False
 
 
 def bento_name(spec: DatasetSpec) -> str:
@@ -62,9 +65,9 @@ def store_name(spec: DatasetSpec) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in spec.registered_model_name.lower())
 
 
-def code_hash() -> str:
-    """Hash of everything the bento runs: the service folder and the shared modules."""
-    digest = hashlib.sha256()
+def code_hash(base_image: str = "") -> str:
+    """Hash of everything the bento runs: the service folder, the shared modules, the base image."""
+    digest = hashlib.sha256(base_image.encode())
     files = sorted(SERVICE_DIR.glob("*.py")) + [SERVICE_DIR / "bentofile.yaml"]
     files += [PROJECT / "tasks" / m for m in SHARED_MODULES]
     for path in files:
@@ -101,13 +104,13 @@ def import_model(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tup
     return str(bento_model.tag), True
 
 
-def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path) -> tuple[str, bool]:
-    """Build the service around a BentoML model once per (model version, serving code)."""
+def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: str = "") -> tuple[str, bool]:
+    """Build the service around a BentoML model once per (model version, serving code, base image)."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     info = bentoml.models.get(model_tag).info
-    tag = f"{bento_name(spec)}:{model_tag.split(':')[1]}-{code_hash()}"
+    tag = f"{bento_name(spec)}:{model_tag.split(':')[1]}-{code_hash(base_image)}"
     try:
         return str(bentoml.get(tag).tag), False
     except NotFound:
@@ -126,12 +129,13 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path) -> tuple[str, 
         "model_version": meta["model_version"],
         "data_version": meta["data_version"],
         "spec": json.loads(meta["spec_json"]),
+        "base_image": base_image,
+        "packages": [f"{p}=={version(p)}" for p in SERVICE_PACKAGES],
     }
     (staging / "bundle.json").write_text(json.dumps(bundle, indent=2))
     recipe = yaml.safe_load((SERVICE_DIR / "bentofile.yaml").read_text())
     recipe["labels"] = {"dataset": spec.name, "model_version": str(meta["model_version"])}
     recipe["description"] = f"{spec.name} model v{meta['model_version']} (data {meta['data_version']})"
-    recipe["python"]["packages"] = [f"{p}=={version(p)}" for p in SERVICE_PACKAGES]
     (staging / "bentofile.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     # A separate process: building imports `service`, and one process must not reuse another
     # dataset's already-imported service module.
@@ -144,6 +148,38 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path) -> tuple[str, 
         raise RuntimeError(f"bentoml build failed ({proc.returncode}): {proc.stderr[-3000:]}")
     bento = bentoml.get(tag)
     return str(bento.tag), True
+
+
+def base_image() -> str:
+    """The base image for service images (see deployments/docker/base-image.sh)."""
+    proc = subprocess.run(
+        ["bash", str(PROJECT / "deployments" / "docker" / "base-image.sh")], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"no base image: {proc.stderr[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def image_tag(bento_tag: str) -> str:
+    repository = os.environ.get("LIFECYCLE_IMAGE_REPOSITORY", "lifecycle")
+    name, version_ = bento_tag.split(":")
+    return f"{repository}/{name.replace('_', '-')}:{version_}"
+
+
+def containerize(bento_tag: str) -> tuple[str, bool]:
+    """`bentoml containerize` (docker backend, host network) once per bento. (image, built now)"""
+    image = image_tag(bento_tag)
+    env = os.environ | {"DOCKER_BUILDKIT": os.environ.get("DOCKER_BUILDKIT", "0")}
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True, env=env).returncode == 0:
+        return image, False
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "containerize", bento_tag, "--backend", "docker",
+         "--image-tag", image, "--opt", "network=host"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"bentoml containerize failed: {(proc.stdout + proc.stderr)[-4000:]}")
+    return image, True
 
 
 # -- Prefect tasks -----------------------------------------------------------------------------
@@ -160,9 +196,21 @@ def import_model_task(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -
     return import_model(cfg, spec, mv)
 
 
+@task(name="base-image", **UNCACHED)
+def base_image_task() -> str:
+    return base_image()
+
+
+@task(name="containerize", **UNCACHED)
+def containerize_task(bento_tag: str) -> tuple[str, bool]:
+    image, built = containerize(bento_tag)
+    get_run_logger().info("%s image %s", "built" if built else "found", image)
+    return image, built
+
+
 @task(name="build-bento", **UNCACHED)
-def build_bento_task(spec: DatasetSpec, model_tag: str, workdir: Path) -> tuple[str, bool]:
-    tag, built = build_bento(spec, model_tag, workdir)
+def build_bento_task(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: str = "") -> tuple[str, bool]:
+    tag, built = build_bento(spec, model_tag, workdir, base_image)
     get_run_logger().info("%s bento %s", "built" if built else "found", tag)
     create_markdown_artifact(
         key=f"{bento_name(spec).replace('_', '-')}-bento",

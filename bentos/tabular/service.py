@@ -134,9 +134,19 @@ bulk = FastAPI(title="bulk scoring")
 Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_ROWS)]
 
 
+# The container image: a configured base image (e.g. one built offline from Debian packages)
+# or BentoML's default; packages pinned by the package phase from the project's lock.
+IMAGE = bentoml.images.Image(
+    **({"base_image": BUNDLE["base_image"], "distro": "custom"} if BUNDLE.get("base_image") else {}),
+    python_version="3.11",
+    lock_python_packages=False,
+).python_packages(*BUNDLE["packages"])
+
+
 @bentoml.asgi_app(bulk, path="/v1")
 @bentoml.service(
     name=f"{SPEC.name.lower()}-service",
+    image=IMAGE,
     workers=int(os.environ.get("LIFECYCLE_WORKERS", "1")),
     traffic={"timeout": 120},
     # per-request access lines cost more than the model; the prediction log and /metrics cover it
