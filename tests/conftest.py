@@ -52,3 +52,22 @@ def prefect_api(tmp_path_factory):
         prefect_test_harness(server_startup_timeout=120),
     ):
         yield {"api_url": PREFECT_API_URL.value(), "results": results}
+
+
+def _lifecycle(config, workdir):
+    from flows.lifecycle import lifecycle
+
+    return lifecycle(config=config, workdir=workdir, n_trials=5)
+
+
+@pytest.fixture(scope="session")
+def telco_lifecycle(prefect_api, tmp_path_factory):
+    """The Telco table through the whole lifecycle with a small budget (shared by test layers)."""
+    workdir = tmp_path_factory.mktemp("telco-lifecycle")
+    return _lifecycle(CONFIGS / "telco_churn.yaml", workdir), workdir
+
+
+@pytest.fixture(scope="session")
+def orders_lifecycle(prefect_api, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("orders-lifecycle")
+    return _lifecycle(FIXTURES / "orders.yaml", workdir), workdir

@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CONFIGS, FIXTURES
 from tests.serving.server import bento_server
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _prefect(prefect_api):
     return prefect_api
-
-
-def _lifecycle(config, workdir):
-    from flows.lifecycle import lifecycle
-
-    return lifecycle(config=config, workdir=workdir, n_trials=5)
-
-
-@pytest.fixture(scope="session")
-def telco_lifecycle(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("serve-telco")
-    return _lifecycle(CONFIGS / "telco_churn.yaml", workdir), workdir
-
-
-@pytest.fixture(scope="session")
-def orders_lifecycle(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("serve-orders")
-    return _lifecycle(FIXTURES / "orders.yaml", workdir), workdir
 
 
 @pytest.fixture(scope="session")
