@@ -1,0 +1,108 @@
+"""Blue/green roll-outs on a real Docker engine behind the nginx stable endpoint."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from flows.lifecycle import lifecycle
+from flows.rollout import rollout
+from tasks import registry
+from tasks.serving import RolloutFailed, read_state, state_dir, stop_backend, stop_proxy
+from tasks.spec import example_record, load_spec
+from tests.conftest import CONFIGS
+from tests.serving.server import free_port
+
+TELCO_CONFIG = CONFIGS / "telco_churn.yaml"
+TELCO = load_spec(TELCO_CONFIG)
+
+
+class Poller(threading.Thread):
+    """A client that keeps calling the stable endpoint and records every answer."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.stop, self.answers = url, threading.Event(), []
+
+    def run(self) -> None:
+        body = {"records": [example_record(TELCO)]}
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set():
+                try:
+                    r = client.post(f"{self.url}/predict", json=body)
+                    self.answers.append(
+                        (r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text)
+                    )
+                except httpx.HTTPError as exc:
+                    self.answers.append((0, repr(exc)))
+                time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def stable(docker_engine, telco_lifecycle):
+    result, workdir = telco_lifecycle
+    port = free_port()
+    yield port, workdir
+    state = read_state(workdir, TELCO.name, port)
+    if state.live:
+        stop_backend(state.live)
+    stop_proxy(state_dir(workdir, TELCO.name))
+
+
+def test_roll_out_n_to_n_plus_1_never_drops_a_request(stable):
+    port, workdir = stable
+    first = rollout(config=TELCO_CONFIG, workdir=workdir, port=port)
+    assert httpx.post(f"http://127.0.0.1:{port}/model_info", json={}).json()["model_version"] == first.model_version
+
+    second = lifecycle(config=TELCO_CONFIG, workdir=workdir, n_trials=6)  # a new candidate, new version
+    cfg = registry.default_tracking(workdir, TELCO.name, TELCO.registered_model_name)
+    if not second.registry.promoted:  # whatever the gate said, this test needs it as champion
+        registry.promote(cfg, second.registry.version)
+    new_version = second.registry.version
+    assert new_version != first.model_version
+
+    poller = Poller(f"http://127.0.0.1:{port}")
+    poller.start()
+    time.sleep(1)
+    done = rollout(config=TELCO_CONFIG, workdir=workdir, port=port)
+    time.sleep(1)
+    poller.stop.set()
+    poller.join()
+
+    assert done.model_version == new_version and done.previous_version == first.model_version
+    failures = [a for a in poller.answers if a[0] != 200]
+    assert not failures, failures[:5]
+    versions = [v for _, v in poller.answers]
+    assert versions[0] == first.model_version and versions[-1] == new_version
+    assert set(versions) == {first.model_version, new_version}
+    print(f"\n{len(versions)} requests during the roll-out, none failed")
+
+
+def test_a_failed_roll_out_keeps_the_old_version_serving_and_the_alias(stable):
+    port, workdir = stable
+    cfg = registry.default_tracking(workdir, TELCO.name, TELCO.registered_model_name)
+    live = read_state(workdir, TELCO.name, port).live
+    assert live is not None
+    # make another version champion, then roll it out into a container that cannot start
+    other = next(v.version for v in registry.versions(cfg) if v.version != live.model_version)
+    registry.promote(cfg, other)
+    assert registry.version_by_alias(cfg, registry.PREVIOUS).version == live.model_version
+    with pytest.raises(RolloutFailed, match="not ready"):
+        rollout(
+            config=TELCO_CONFIG,
+            workdir=workdir,
+            port=port,
+            ready_timeout=25,
+            backend_env={"LIFECYCLE_BUNDLE": "/nonexistent/bundle.json"},
+        )
+    assert registry.version_by_alias(cfg, registry.CHAMPION).version == live.model_version
+    info = httpx.post(f"http://127.0.0.1:{port}/model_info", json={}).json()
+    assert info["model_version"] == live.model_version
+    assert read_state(workdir, TELCO.name, port).live == live
+    import subprocess
+
+    names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert names.count("lifecycle-") == 1  # only the live backend is left
