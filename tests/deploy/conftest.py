@@ -1,0 +1,90 @@
+"""A real `prefect server start`, work pools, `prefect deploy --all` and a real worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.serving.server import free_port
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+pytest_plugins = ["tests.containers.conftest"]
+
+
+def _spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    out = log.open("w")
+    return subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory, docker_engine):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = os.environ | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "LIFECYCLE_PROJECT_DIR": str(ROOT),
+        "LIFECYCLE_FLOW_IMAGE_TAG": "test",
+    }
+    env.pop("PREFECT_LOCAL_STORAGE_PATH", None)
+    server = _spawn([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, home / "server.log")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
+        time.sleep(0.5)
+    yield {"env": env, "home": home, "port": port}
+    _stop(server)
+
+
+def prefect(env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server):
+    env = dict(prefect_server["env"])
+    base = subprocess.run(
+        ["bash", str(ROOT / "deployments/docker/base-image.sh")], capture_output=True, text=True, env=env
+    )
+    assert base.returncode == 0, base.stderr[-2000:]
+    env["LIFECYCLE_BASE_IMAGE"] = base.stdout.strip().splitlines()[-1]
+    for pool, kind in (("lifecycle-process", "process"), ("lifecycle-docker", "docker")):
+        created = prefect(env, "work-pool", "create", pool, "--type", kind)
+        assert created.returncode == 0, created.stdout + created.stderr
+    started = time.monotonic()
+    out = prefect(env, "--no-prompt", "deploy", "--all")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
+    print(f"\nprefect deploy --all: {time.monotonic() - started:.0f}s")
+    return {**prefect_server, "env": env, "deploy_output": out.stdout}
+
+
+@pytest.fixture(scope="session")
+def process_worker(deployed):
+    worker = _spawn(
+        [PREFECT, "worker", "start", "--pool", "lifecycle-process"], deployed["env"], deployed["home"] / "worker.log"
+    )
+    yield deployed
+    _stop(worker)
