@@ -9,11 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.serving.server import free_port
+from tests.serving.server import free_port, wait_until_ok
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytest_plugins = ["tests.containers.conftest"]
@@ -46,15 +45,7 @@ def prefect_server(tmp_path_factory, docker_engine):
     }
     env.pop("PREFECT_LOCAL_STORAGE_PATH", None)
     server = _spawn([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, home / "server.log")
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
-        time.sleep(0.5)
+    wait_until_ok(f"http://127.0.0.1:{port}/api/health", 120, lambda: (home / "server.log").read_text()[-3000:])
     yield {"env": env, "home": home, "port": port}
     _stop(server)
 

@@ -22,6 +22,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ok(url: str, timeout: float, why_not) -> None:
+    """Poll `url` until it answers 200; on timeout fail with `why_not()` (e.g. a log tail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s: {why_not()}")
+        time.sleep(0.5)
+
+
 @contextmanager
 def bento_server(target: str, log_file: Path, env: dict | None = None, timeout: float = 180):
     """`target` is a bento tag (or service path); yields the base URL once /readyz answers 200."""
