@@ -15,7 +15,6 @@ from tests.conftest import ROOT
 from tests.serving.server import free_port, wait_until_ok
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-pytest_plugins = ["tests.containers.conftest"]
 
 
 def _spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
