@@ -80,7 +80,8 @@ def import_model(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tup
     import bentoml
     from bentoml.exceptions import NotFound
 
-    tag = f"{store_name(spec)}:v{mv.version}"
+    # the run id keeps versions of different registries (workdirs, servers) apart in one store
+    tag = f"{store_name(spec)}:v{mv.version}-{(mv.run_id or 'norun')[:8]}"
     try:
         return str(bentoml.models.get(tag).tag), False
     except NotFound:

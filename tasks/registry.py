@@ -42,10 +42,20 @@ class TrackingConfig(BaseModel):
 
     def activate(self) -> str:
         """Point the mlflow module at this store; returns the experiment id (created if missing)."""
+        import os
+
         import mlflow
 
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; keep the user's environment
+        # as it was, so another workdir later in this process gets its own store
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri or self.tracking_uri)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         client = self.client()
         experiment = client.get_experiment_by_name(self.experiment)
         if experiment is not None:

@@ -9,6 +9,7 @@ gracefully, so clients keep the same address and in-flight requests finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -52,17 +53,18 @@ class RolloutFailed(RuntimeError):
     pass
 
 
-def state_dir(workdir: Path, dataset: str) -> Path:
-    return Path(workdir).resolve() / "serving" / dataset
+def state_dir(workdir: Path, dataset: str, port: int) -> Path:
+    """One folder per stable endpoint: its state and its proxy."""
+    return Path(workdir).resolve() / "serving" / dataset / str(port)
 
 
 def read_state(workdir: Path, dataset: str, port: int) -> ServingState:
-    path = state_dir(workdir, dataset) / "state.json"
+    path = state_dir(workdir, dataset, port) / "state.json"
     return ServingState.model_validate_json(path.read_text()) if path.is_file() else ServingState(port=port)
 
 
 def write_state(workdir: Path, dataset: str, state: ServingState) -> None:
-    folder = state_dir(workdir, dataset)
+    folder = state_dir(workdir, dataset, state.port)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".state.json.tmp"
     tmp.write_text(state.model_dump_json(indent=2))
@@ -95,12 +97,14 @@ async def _start_container(image: str, port: int, env: dict[str, str], name: str
 
 
 async def _remove_container(container_id: str) -> None:
+    from docker.errors import NotFound
     from prefect_docker.containers import remove_docker_container
     from prefect_docker.host import DockerHost
 
-    await remove_docker_container(
-        container_id=container_id, force=True, docker_host=DockerHost(base_url=os.environ.get("DOCKER_HOST"))
-    )
+    with contextlib.suppress(NotFound):  # already gone: nothing to retire
+        await remove_docker_container(
+            container_id=container_id, force=True, docker_host=DockerHost(base_url=os.environ.get("DOCKER_HOST"))
+        )
 
 
 def start_backend(kind: Kind, artifact: str, model_version: str, env: dict[str, str], log_dir: Path) -> Backend:
@@ -282,7 +286,7 @@ def smoke_test_task(backend: Backend, records: list[dict], expected: list[float]
 
 @task(name="switch-endpoint", **UNCACHED | {"retries": 0})
 def switch_task(workdir: Path, dataset: str, port: int, backend: Backend) -> ServingState:
-    folder = state_dir(workdir, dataset)
+    folder = state_dir(workdir, dataset, port)
     point_proxy(folder, port, backend.port)
     wait_proxy_serves(port, backend.model_version)
     state = ServingState(port=port, live=backend)

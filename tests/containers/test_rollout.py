@@ -42,14 +42,16 @@ class Poller(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def stable(docker_engine, telco_lifecycle):
-    result, workdir = telco_lifecycle
+def stable(docker_engine, prefect_api, tmp_path_factory):
+    """A lifecycle of its own: these tests move registry aliases."""
+    workdir = tmp_path_factory.mktemp("rollout")
+    lifecycle(config=TELCO_CONFIG, workdir=workdir, n_trials=5)
     port = free_port()
     yield port, workdir
     state = read_state(workdir, TELCO.name, port)
     if state.live:
         stop_backend(state.live)
-    stop_proxy(state_dir(workdir, TELCO.name))
+    stop_proxy(state_dir(workdir, TELCO.name, port))
 
 
 def test_roll_out_n_to_n_plus_1_never_drops_a_request(stable):

@@ -47,5 +47,5 @@ def test_rollout_deployment_runs_through_a_real_worker(process_worker, telco_lif
         state = read_state(workdir, TELCO.name, port)
         if state.live:
             stop_backend(state.live)
-        stop_proxy(state_dir(workdir, TELCO.name))
+        stop_proxy(state_dir(workdir, TELCO.name, port))
     assert json.loads(json.dumps(info))["model_version"]
