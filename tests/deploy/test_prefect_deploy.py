@@ -15,7 +15,7 @@ from tests.deploy.conftest import prefect
 from tests.serving.server import free_port
 
 TELCO = load_spec(CONFIGS / "telco_churn.yaml")
-EXPECTED = {"lifecycle", "prepare", "package", "rollout", "lifecycle-docker"}
+EXPECTED = {"lifecycle", "prepare", "package", "rollout", "monitor", "lifecycle-docker"}
 
 
 def test_deploy_all_creates_every_deployment(deployed):
@@ -25,6 +25,8 @@ def test_deploy_all_creates_every_deployment(deployed):
         assert f"/{name}" in out.stdout, out.stdout
     inspect = prefect(deployed["env"], "deployment", "inspect", "rollout/rollout")
     assert re.search(r"'limit': 1\b|'concurrency_limit': 1\b", inspect.stdout), inspect.stdout[-3000:]
+    monitor = prefect(deployed["env"], "deployment", "inspect", "monitor/monitor")
+    assert "0 3 * * *" in monitor.stdout, monitor.stdout[-2000:]
     docker = prefect(deployed["env"], "deployment", "inspect", "lifecycle/lifecycle-docker")
     assert "lifecycle/flow-runner" in docker.stdout and "lifecycle-docker" in docker.stdout
 

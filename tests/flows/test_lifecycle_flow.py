@@ -144,7 +144,9 @@ def test_alias_moves_and_roll_back(bad, tracking, workdir):
     assert len(registry.versions(tracking)) == 2  # no duplicates after all these runs
 
 
-@pytest.mark.parametrize("phase", ["lifecycle", "train", "evaluate", "register", "rollback"])
+@pytest.mark.parametrize(
+    "phase", ["lifecycle", "train", "evaluate", "register", "rollback", "package", "rollout", "monitor"]
+)
 def test_every_phase_has_a_cli(phase):
     out = subprocess.run(
         [sys.executable, "-m", f"flows.{phase}", "--help"], capture_output=True, text=True, check=True, cwd=ROOT

@@ -1,0 +1,66 @@
+"""Monitor: a new batch vs the champion's training data → drift report, artifacts, event."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows.naming import named_after_config
+from tasks.bento import resolve_alias_task
+from tasks.data import load_spec_task
+from tasks.drift import (
+    DriftPolicy,
+    DriftResult,
+    drift_task,
+    emit_drift_task,
+    load_batch_task,
+    publish_drift_task,
+    reference_task,
+)
+from tasks.registry import tracking_task
+
+
+@flow(name="monitor", flow_run_name=named_after_config("monitor"))
+def monitor(
+    config: Path,
+    batch: Path | None = None,
+    workdir: Path = Path("artifacts"),
+    tracking_uri: str | None = None,
+    policy: DriftPolicy | None = None,
+) -> DriftResult:
+    """Check a batch of new rows for data drift against the champion's training data.
+
+    Args:
+        config: dataset config (YAML)
+        batch: CSV/Parquet file of new rows, or a folder of prediction-log files (default: the prediction log)
+        workdir: folder of the default MLflow database, the prediction log and the reports
+        tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
+        policy: minimum rows, share of drifted columns that counts as drift, method and threshold
+    """
+    spec = load_spec_task(config)
+    tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
+    champion = resolve_alias_task(tracking, "champion")
+    reference = reference_task(tracking, champion.version)
+    source = batch or workdir / "predictions" / spec.name
+    current, quarantined = load_batch_task(source, spec)
+    result = drift_task(
+        spec,
+        champion.version,
+        source,
+        reference,
+        current,
+        quarantined,
+        policy or DriftPolicy(),
+        workdir / "monitoring" / spec.name,
+    )
+    publish_drift_task(result)
+    if result.status == "drift":
+        result = result.model_copy(update={"event_id": emit_drift_task(result)})
+    return result
+
+
+if __name__ == "__main__":
+    from flows.cli import run
+
+    run(monitor)
