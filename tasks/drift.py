@@ -69,11 +69,11 @@ def validate_batch(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, 
     missing = [c for c in spec.base_features if c not in raw.columns]
     if missing:
         raise ValueError(f"the batch lacks the feature columns {missing}")
+    from tasks.data import split_quarantine
+
     raw = raw.select(columns)
-    failures = find_failures(raw, spec, columns)
-    bad = failures.get_column("row").unique()
-    kept = raw.with_row_index("_row").filter(~pl.col("_row").cast(pl.Int64).is_in(bad.implode())).drop("_row")
-    return cast_to_spec(kept, spec, columns)[0], bad.len()
+    kept, quarantined = split_quarantine(raw, find_failures(raw, spec, columns))
+    return cast_to_spec(kept, spec, columns)[0], quarantined.height
 
 
 def drift_report(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str], policy: DriftPolicy):
@@ -190,7 +190,6 @@ def emit_drift_task(result: DriftResult) -> str | None:
 def reference_task(cfg, model_version: str) -> pl.DataFrame:
     """The champion's own training split: what its inputs looked like."""
     from tasks.data import read_split
-    from tasks.registry import train_result, versions
+    from tasks.registry import version_manifest
 
-    mv = next(v for v in versions(cfg) if v.version == model_version)
-    return read_split(train_result(cfg, mv.run_id).manifest_path, "train")
+    return read_split(version_manifest(cfg, model_version), "train")

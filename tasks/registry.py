@@ -300,6 +300,12 @@ def train_result(cfg: TrackingConfig, run_id: str) -> TrainResult:
     return TrainResult.model_validate(mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAIN_RESULT}"))
 
 
+def version_manifest(cfg: TrackingConfig, model_version: str) -> str:
+    """The snapshot manifest a registry version was trained on."""
+    run_id = cfg.client().get_model_version(cfg.model_name, model_version).run_id
+    return train_result(cfg, run_id).manifest_path
+
+
 @task(name="load-train-result", **UNCACHED)
 def train_result_task(cfg: TrackingConfig, run_id: str) -> TrainResult:
     return train_result(cfg, run_id)

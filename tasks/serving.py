@@ -304,18 +304,11 @@ def retire_task(backend: Backend | None) -> None:
 def smoke_rows_task(cfg, model_version: str, n: int) -> tuple[list[dict], list[float]]:
     """Rows of the model's own test split and the model's offline probabilities for them."""
     from tasks.data import read_split
-    from tasks.registry import load_model, train_result
+    from tasks.registry import load_model, version_manifest
 
-    mv = next(v for v in versions_of(cfg) if v.version == model_version)
     model = load_model(cfg, f"models:/{cfg.model_name}/{model_version}")
-    rows = read_split(train_result(cfg, mv.run_id).manifest_path, "test").select(model.spec.base_features).head(n)
+    rows = read_split(version_manifest(cfg, model_version), "test").select(model.spec.base_features).head(n)
     return rows.to_dicts(), model.predict_proba(rows).tolist()
-
-
-def versions_of(cfg):
-    from tasks.registry import versions
-
-    return versions(cfg)
 
 
 @task(name="abort-rollout", **UNCACHED)

@@ -522,9 +522,12 @@ def record_model(spec: DatasetSpec) -> type[BaseModel]:
 
 def records_frame(records: list[dict], spec: DatasetSpec) -> pl.DataFrame:
     """Validated records → a frame typed as the spec declares (no parsing needed)."""
-    kinds = _column_kinds(spec)
-    columns = [c for c in (spec.id_column, *spec.columns) if c]
-    schema = {c: polars_dtype(kinds[c]) for c in columns}
+
+    def build() -> dict:
+        kinds = _column_kinds(spec)
+        return {c: polars_dtype(kinds[c]) for c in (spec.id_column, *spec.columns) if c}
+
+    schema = memo(spec, "record_schema", build)
     return pl.DataFrame(records, schema=schema, orient="row") if records else pl.DataFrame(schema=schema)
 
 

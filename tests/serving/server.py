@@ -22,10 +22,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_ok(url: str, timeout: float, why_not) -> None:
-    """Poll `url` until it answers 200; on timeout fail with `why_not()` (e.g. a log tail)."""
+def wait_until_ok(url: str, timeout: float, why_not, exited=lambda: None) -> None:
+    """Poll `url` until it answers 200; on timeout, or when `exited()` returns an exit code,
+    fail with `why_not()` (e.g. a log tail)."""
     deadline = time.monotonic() + timeout
     while True:
+        if (code := exited()) is not None:
+            raise RuntimeError(f"the server behind {url} exited {code}: {why_not()}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -50,18 +53,7 @@ def bento_server(target: str, log_file: Path, env: dict | None = None, timeout: 
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"bentoml serve exited {proc.returncode}: {log_file.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{target} not ready in {timeout}s: {log_file.read_text()[-3000:]}")
-                time.sleep(0.5)
+            wait_until_ok(f"{url}/readyz", timeout, lambda: log_file.read_text()[-3000:], proc.poll)
             yield url
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
