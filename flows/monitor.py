@@ -15,6 +15,8 @@ from tasks.drift import (
     drift_task,
     emit_drift_task,
     load_batch_task,
+    log_drift_task,
+    performance_task,
     publish_drift_task,
     reference_task,
 )
@@ -29,34 +31,39 @@ def monitor(
     tracking_uri: str | None = None,
     policy: DriftPolicy | None = None,
 ) -> DriftResult:
-    """Check a batch of new rows for data drift against the champion's training data.
+    """Check a batch of new rows for drift against the champion's training data (and, when the
+    batch is labelled, the champion's live metric against its test metric).
 
     Args:
         config: dataset config (YAML)
         batch: CSV/Parquet file of new rows, or a folder of prediction-log files (default: the prediction log)
         workdir: folder of the default MLflow database, the prediction log and the reports
         tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
-        policy: minimum rows, share of drifted columns that counts as drift, method and threshold
+        policy: drift policy (default: the config's `monitoring` section)
     """
     spec = load_spec_task(config)
+    policy = policy or spec.monitoring
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     champion = resolve_alias_task(tracking, "champion")
     reference = reference_task(tracking, champion.version)
     source = batch or workdir / "predictions" / spec.name
-    current, quarantined = load_batch_task(source, spec)
+    current, n_quarantined, quarantine_path = load_batch_task(source, spec, workdir)
+    performance = performance_task(tracking, champion.version, current, policy)
     result = drift_task(
         spec,
         champion.version,
         source,
         reference,
         current,
-        quarantined,
-        policy or DriftPolicy(),
+        (n_quarantined, quarantine_path),
+        performance,
+        policy,
         workdir / "monitoring" / spec.name,
     )
+    result = result.model_copy(update={"mlflow_run_id": log_drift_task(tracking, result)})
     publish_drift_task(result)
     if result.status == "drift":
-        result = result.model_copy(update={"event_id": emit_drift_task(result)})
+        result = result.model_copy(update={"event_id": emit_drift_task(result, config, workdir)})
     return result
 
 

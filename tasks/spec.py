@@ -195,6 +195,29 @@ class GateRule(_Strict):
 DEFAULT_GATE = [GateRule(metric="roc_auc", vs="champion"), GateRule(metric="roc_auc", vs="logistic_regression")]
 
 
+class DriftPolicy(_Strict):
+    """When a batch of new rows counts as drift (data drift, and performance drift when labelled)."""
+
+    min_rows: int = Field(default=200, ge=1, description="fewer valid rows: 'insufficient data', not drift")
+    drift_share: float = Field(default=0.3, gt=0, le=1, description="share of drifted columns that is drift")
+    method: str | None = Field(default=None, description="Evidently drift method (default: by column type)")
+    threshold: float | None = Field(default=None, description="per-column drift threshold of `method`")
+    performance_metric: Literal["roc_auc", "pr_auc", "f1", "accuracy"] = "roc_auc"
+    max_performance_drop: float = Field(
+        default=0.05,
+        ge=0,
+        description="a labelled batch scoring worse than the champion's test metric by more is drift",
+    )
+
+
+class RetrainingSpec(_Strict):
+    """How a retraining run builds its fresh snapshot from the champion's data and a labelled batch."""
+
+    include_reference: bool = Field(default=True, description="keep the champion's snapshot rows (else: batch only)")
+    max_rows: int | None = Field(default=None, ge=1, description="window: drop the oldest reference rows beyond this")
+    min_labelled_rows: int = Field(default=100, ge=1, description="fewer labelled new rows: no retraining")
+
+
 class DatasetSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -209,6 +232,8 @@ class DatasetSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     gate: list[GateRule] = DEFAULT_GATE
+    monitoring: DriftPolicy = DriftPolicy()
+    retraining: RetrainingSpec = RetrainingSpec()
     model_name: str | None = Field(default=None, description="registered model name (default: the dataset name)")
     base_dir: Path = Field(default=Path("."), exclude=True, description="folder relative paths start from")
 
@@ -263,7 +288,19 @@ class DatasetSpec(_Strict):
     @property
     def spec_hash(self) -> str:
         """Hash of everything that shapes the prepared data (not where it is read from, not training)."""
-        return self._hash(exclude={"source", "description", "base_dir", "training", "evaluation", "gate", "model_name"})
+        return self._hash(
+            exclude={
+                "source",
+                "description",
+                "base_dir",
+                "training",
+                "evaluation",
+                "gate",
+                "model_name",
+                "monitoring",
+                "retraining",
+            }
+        )
 
     @property
     def training_hash(self) -> str:
@@ -275,8 +312,9 @@ class DatasetSpec(_Strict):
         return hashlib.sha256((json.dumps(body, sort_keys=True) + extra).encode()).hexdigest()[:16]
 
     def cache_token(self) -> str:
-        """Everything in the config but where the data is read from: any change refreshes the cache."""
-        return self._hash(exclude={"source", "description", "base_dir"})
+        """Everything in the config that shapes data and models (not where the data is read from,
+        not the monitoring and retraining policies): any change refreshes the cache."""
+        return self._hash(exclude={"source", "description", "base_dir", "monitoring", "retraining"})
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path).expanduser()
