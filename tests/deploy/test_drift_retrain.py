@@ -4,6 +4,7 @@ retrain deployment → gate → roll-out of the new champion behind the stable e
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +41,11 @@ class Api:
     def flow_runs(self, deployment: str) -> list[dict]:
         body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 50}
         return self.post("/flow_runs/filter", body)
+
+    def flow_run(self, flow_run_id: str) -> dict:
+        response = httpx.get(f"{self.url}/flow_runs/{flow_run_id}", timeout=30)
+        response.raise_for_status()
+        return response.json()
 
     def drift_events(self, since: datetime) -> list[dict]:
         body = {"filter": {"event": {"name": [DRIFT_EVENT]}, "occurred": {"since": since.isoformat()}}, "limit": 50}
@@ -91,7 +97,7 @@ def loop(process_worker, prefect_api, tmp_path_factory):
     recipe = DriftRecipe.default(spec)
     for seed in (2, 3, 4):
         drifted_batch(rows, spec, 1500, seed, recipe).write_csv(batches / f"drifted-{seed}.csv")
-    yield {"config": config, "spec": spec, "workdir": workdir, "port": port, "batches": batches, **process_worker}
+    yield process_worker | {"config": config, "spec": spec, "workdir": workdir, "stable_port": port, "batches": batches}
     state = read_state(workdir, spec.name, port)
     if state.live:
         stop_backend(state.live)
@@ -104,7 +110,7 @@ def run_monitor(loop, batch: Path, watch: bool = True):
     out = prefect(loop["env"], *args, *(["--watch"] if watch else []), timeout=600)
     log = (loop["home"] / "worker.log").read_text()[-3000:]
     assert out.returncode == 0, out.stdout[-3000:] + log
-    return out
+    return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
 
 
 def tracking(loop):
@@ -122,8 +128,7 @@ def test_retrain_deployment_has_its_trigger_and_a_concurrency_limit(loop):
 def test_a_batch_like_the_training_data_reports_but_does_not_retrain(loop):
     api = Api(loop["env"])
     since = datetime.now(UTC) - timedelta(seconds=1)
-    run_monitor(loop, loop["batches"] / "same.csv")
-    monitor_run = api.flow_runs("monitor")[-1]
+    monitor_run = api.flow_run(run_monitor(loop, loop["batches"] / "same.csv"))
     assert monitor_run["state_type"] == "COMPLETED"
     report = api.artifact(monitor_run["id"], "-drift-report")
     table = api.artifact(monitor_run["id"], "-drift")
@@ -137,7 +142,7 @@ def test_a_batch_like_the_training_data_reports_but_does_not_retrain(loop):
 
 
 def test_a_drifted_batch_retrains_and_the_new_champion_serves(loop):
-    api, port, cfg = Api(loop["env"]), loop["port"], tracking(loop)
+    api, port, cfg = Api(loop["env"]), loop["stable_port"], tracking(loop)
     before = registry.version_by_alias(cfg, registry.CHAMPION).version
     assert served_version(port) == before
     since = datetime.now(UTC) - timedelta(seconds=1)
