@@ -305,9 +305,7 @@ def log_drift_task(cfg, result: DriftResult) -> str:
     from tasks.registry import TAG_PREFIX
 
     client = cfg.client()
-    name = f"{cfg.experiment}{MONITORING_SUFFIX}"
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    experiment_id = cfg.experiment_id(f"{cfg.experiment}{MONITORING_SUFFIX}")
     run = client.create_run(experiment_id, run_name=f"drift-{result.dataset}-v{result.model_version}")
     now = datetime.now(UTC)
     stamp = int(now.timestamp() * 1000)

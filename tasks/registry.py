@@ -56,11 +56,19 @@ class TrackingConfig(BaseModel):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        return self.experiment_id(self.experiment)
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment `name`, created if missing; a sibling of the main experiment
+        keeps its artifacts beside the main one's (never in the current directory)."""
         client = self.client()
-        experiment = client.get_experiment_by_name(self.experiment)
+        experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        location = self.artifact_location
+        if location and name != self.experiment:
+            location = f"{location.rstrip('/')}/{name}"
+        return client.create_experiment(name, artifact_location=location)
 
 
 def default_tracking(workdir: Path, experiment: str, model_name: str, tracking_uri: str | None = None):

@@ -47,6 +47,7 @@ def test_monitor_logs_to_mlflow_and_to_the_evidently_workspace(world):
     run = cfg.client().get_run(result.mlflow_run_id)
     experiment = cfg.client().get_experiment(run.info.experiment_id)
     assert experiment.name == SPEC.name + MONITORING_SUFFIX
+    assert run.info.artifact_uri.startswith(workdir.resolve().as_uri())  # never ./mlruns in the cwd
     assert run.data.metrics["drift_share"] == pytest.approx(result.drift_share)
     assert run.data.metrics["drift_score.contract"] > 0
     assert any(a.path.endswith(".html") for a in cfg.client().list_artifacts(run.info.run_id, "drift"))
