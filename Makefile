@@ -8,7 +8,7 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
-CONFIG ?= configs/telco_churn.yaml
+CONFIG ?= configs/default.yaml
 WORKDIR ?= artifacts
 PYTEST_ARGS ?=
 
@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test lint clean serve bench-serve
+.PHONY: setup run test lint clean serve bench-serve stack stack-down
 
 setup: $(VENV)/.synced
 
@@ -51,3 +51,11 @@ serve: setup
 bench-serve: setup
 	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; apt-get install -y -qq hey; }
 	$(PY) -m benchmarks.serve --config $(CONFIG) $(BENCH_ARGS)
+
+# The local stack: Prefect server + pools + blocks + deployments + worker + MLflow UI (loopback).
+# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000).
+stack: setup
+	WORKDIR=$(WORKDIR) deployments/stack.sh up
+
+stack-down:
+	deployments/stack.sh down

@@ -1,6 +1,6 @@
 """Serving benchmark: the packaged bento vs a bare ASGI endpoint with the same booster.
 
-    python -m benchmarks.serve --config configs/telco_churn.yaml      (or: make bench-serve)
+    python -m benchmarks.serve --config configs/default.yaml      (or: make bench-serve)
 
 Both servers run on loopback, side by side in the same run, driven by `hey`
 (Debian package `hey`) with the same body: single-row requests at 1, 8 and 32
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.spec import clean, load_spec
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/telco_churn.yaml")
+    parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--bento", help="bento tag (default: the latest of the config's service)")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])

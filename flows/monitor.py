@@ -21,6 +21,7 @@ from tasks.drift import (
     reference_task,
 )
 from tasks.registry import tracking_task
+from tasks.settings import drift_policy_task
 
 
 @flow(name="monitor", flow_run_name=named_after_config("monitor"))
@@ -39,10 +40,10 @@ def monitor(
         batch: CSV/Parquet file of new rows, or a folder of prediction-log files (default: the prediction log)
         workdir: folder of the default MLflow database, the prediction log and the reports
         tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
-        policy: drift policy (default: the config's `monitoring` section)
+        policy: drift policy (default: the dataset's `Lifecycle Drift Policy` block over the config's `monitoring`)
     """
     spec = load_spec_task(config)
-    policy = policy or spec.monitoring
+    policy = drift_policy_task(spec, policy)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     champion = resolve_alias_task(tracking, "champion")
     reference = reference_task(tracking, champion.version)

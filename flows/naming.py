@@ -1,4 +1,4 @@
-"""Flow-run names that say what a run does, e.g. `train-telco_churn-d6376346b6117766`."""
+"""Flow-run names that say what a run does, e.g. `train-<dataset>-<data version>`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def named_after_config(phase: str):
 
     def name() -> str:
         config = flow_run.parameters.get("config")
-        return f"{phase}-{Path(str(config)).stem}" if config else phase
+        return f"{phase}-{Path(str(config)).resolve().stem}" if config else phase  # a link names its target
 
     return name
 

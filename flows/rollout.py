@@ -24,6 +24,7 @@ from tasks.serving import (
     switch_task,
     wait_ready_task,
 )
+from tasks.settings import serving_target_task
 
 
 @flow(name="rollout", flow_run_name=named_after_config("rollout"))
@@ -32,8 +33,8 @@ def rollout(
     workdir: Path = Path("artifacts"),
     tracking_uri: str | None = None,
     alias: str = "champion",
-    target: Literal["docker", "process"] = "docker",
-    port: int = 3000,
+    target: Literal["docker", "process"] | None = None,
+    port: int | None = None,
     ready_timeout: float = 120,
     smoke_rows: int = 20,
     backend_env: dict[str, str] | None = None,
@@ -47,14 +48,16 @@ def rollout(
         workdir: folder of the default MLflow database and the serving state
         tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
         alias: registry alias to roll out
-        target: docker (a container of the bento's image) or process (`bentoml serve`, no engine)
-        port: the stable endpoint's port on 127.0.0.1
+        target: docker (a container of the bento's image) or process (`bentoml serve`, no engine);
+            default: the dataset's `Lifecycle Serving Target` block, else docker
+        port: the stable endpoint's port on 127.0.0.1 (default: the block's, else 3000)
         ready_timeout: seconds the new backend has to become ready
         smoke_rows: test rows whose predictions must match the model's offline ones
         backend_env: extra environment for the new backend
     """
     spec = load_spec_task(config)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
+    target, port = serving_target_task(spec, target, port)
     packaged = package(config=config, workdir=workdir, tracking_uri=tracking_uri, alias=alias, target=target)
     current = read_state(workdir, spec.name, port)
     records, expected = smoke_rows_task(tracking, packaged.model_version, smoke_rows)
@@ -67,7 +70,7 @@ def rollout(
         smoke_test_task(new, records, expected)
         state = switch_task(workdir, spec.name, port, new)
     except Exception as exc:
-        note = abort_task(tracking, new, packaged.model_version, str(exc))
+        note = abort_task(tracking, spec.name, new, packaged.model_version, str(exc))
         raise RolloutFailed(note) from exc
     retire_task(current.live if current.live and current.live.ident != new.ident else None)
     previous = current.live.model_version if current.live else None

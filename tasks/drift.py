@@ -19,9 +19,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from tasks.common import UNCACHED
+from tasks.events import DRIFT_DETECTED, emit_model_event
 from tasks.spec import DatasetSpec, DriftPolicy, cast_to_spec, find_failures
 
-DRIFT_EVENT = "model.drift.detected"
+DRIFT_EVENT = DRIFT_DETECTED
 MONITORING_SUFFIX = "-monitoring"
 
 __all__ = ["DRIFT_EVENT", "DriftPolicy", "DriftResult", "ColumnDrift", "PerformanceDrift"]
@@ -357,12 +358,10 @@ def publish_drift_task(result: DriftResult) -> None:
 @task(name="emit-drift-event", **UNCACHED)
 def emit_drift_task(result: DriftResult, config: Path, workdir: Path) -> str | None:
     """`model.drift.detected` on resource `model.<dataset>`; the payload is what `retrain` needs."""
-    from prefect.events import emit_event
-
-    event = emit_event(
-        event=DRIFT_EVENT,
-        resource={"prefect.resource.id": f"model.{result.dataset}", "prefect.resource.name": result.dataset},
-        payload={
+    event_id = emit_model_event(
+        DRIFT_EVENT,
+        result.dataset,
+        {
             "dataset": result.dataset,
             "config": str(Path(config).resolve()),
             "workdir": str(Path(workdir).resolve()),
@@ -376,7 +375,7 @@ def emit_drift_task(result: DriftResult, config: Path, workdir: Path) -> str | N
         },
     )
     get_run_logger().warning("drift on %s: %s", result.dataset, "; ".join(result.reasons))
-    return str(event.id) if event else None
+    return event_id
 
 
 @task(name="reference-data", **UNCACHED)

@@ -114,6 +114,13 @@ def signature(spec: DatasetSpec):
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def input_example(frame: pl.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """A few rows as the signature types them (a nullable int column is a double in pandas)."""
+    nullable_ints = [c for c in spec.base_features if spec.columns[c].type == "int" and spec.columns[c].nullable]
+    rows = frame.select(spec.base_features).head(3)
+    return rows.with_columns(pl.col(nullable_ints).cast(pl.Float64)).to_pandas()
+
+
 def pip_requirements() -> list[str]:
     """Explicit requirements: MLflow's inference of them costs ~11 s a model."""
     names = ["mlflow", "lightgbm", "polars", "pandas", "numpy", "pydantic", "pyyaml", "pyarrow"]

@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from tasks.common import UNCACHED
+from tasks.events import MODEL_PROMOTED, emit_model_event
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 TAG_PREFIX = "lifecycle."
@@ -71,7 +72,9 @@ class TrackingConfig(BaseModel):
         return client.create_experiment(name, artifact_location=location)
 
 
-def default_tracking(workdir: Path, experiment: str, model_name: str, tracking_uri: str | None = None):
+def default_tracking(
+    workdir: Path, experiment: str, model_name: str, tracking_uri: str | None = None, registry_uri: str | None = None
+):
     """SQLite tracking and registry under the workdir unless a URI is given (or MLFLOW_TRACKING_URI)."""
     import os
 
@@ -82,7 +85,13 @@ def default_tracking(workdir: Path, experiment: str, model_name: str, tracking_u
         workdir.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{workdir / 'mlflow.db'}"
         artifacts = (workdir / "mlartifacts").as_uri()
-    return TrackingConfig(tracking_uri=uri, experiment=experiment, model_name=model_name, artifact_location=artifacts)
+    return TrackingConfig(
+        tracking_uri=uri,
+        registry_uri=registry_uri,
+        experiment=experiment,
+        model_name=model_name,
+        artifact_location=artifacts,
+    )
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -354,6 +363,11 @@ def register_task(cfg: TrackingConfig, run_id: str) -> RegisterResult:
         previous = promote(cfg, info.version)
         was = f"previous champion: v{previous}" if previous else "first champion"
         decision, promoted = f"promoted v{info.version} to champion ({was})", True
+        emit_model_event(
+            MODEL_PROMOTED,
+            tags.get("dataset", cfg.experiment),
+            {"model_name": cfg.model_name, "version": info.version, "previous_version": previous, "run_id": run_id},
+        )
     else:
         previous = None
         keeps = f"v{current.version} stays champion" if current else "no champion yet"
@@ -382,6 +396,20 @@ def rollback_task(cfg: TrackingConfig) -> tuple[str, str]:
 
 @task(name="tracking", **UNCACHED)
 def tracking_task(workdir: Path, experiment: str, model_name: str, tracking_uri: str | None) -> TrackingConfig:
-    cfg = default_tracking(workdir, experiment, model_name, tracking_uri)
+    """The flow's `tracking_uri`, else the dataset's `Lifecycle Tracking` block, else
+    MLFLOW_TRACKING_URI, else SQLite under the workdir."""
+    from blocks import TrackingSettings
+    from tasks.settings import apply_tracking_credentials, overrides, saved_block
+
+    block = saved_block(TrackingSettings, experiment)
+    apply_tracking_credentials(block)
+    saved = overrides(block)
+    cfg = default_tracking(
+        workdir,
+        saved.get("experiment", experiment),
+        saved.get("model_name", model_name),
+        tracking_uri or saved.get("tracking_uri"),
+        saved.get("registry_uri"),
+    )
     cfg.activate()
     return cfg

@@ -26,6 +26,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from tasks.common import UNCACHED
+from tasks.events import ROLLOUT_ROLLED_BACK, emit_model_event
 
 Kind = Literal["docker", "process"]
 
@@ -312,7 +313,7 @@ def smoke_rows_task(cfg, model_version: str, n: int) -> tuple[list[dict], list[f
 
 
 @task(name="abort-rollout", **UNCACHED)
-def abort_task(cfg, backend: Backend | None, model_version: str, reason: str) -> str:
+def abort_task(cfg, dataset: str, backend: Backend | None, model_version: str, reason: str) -> str:
     """Remove the new backend, keep the old one serving, and put `champion` back if it had moved."""
     from tasks.registry import CHAMPION, PREVIOUS, rollback, version_by_alias
 
@@ -325,4 +326,5 @@ def abort_task(cfg, backend: Backend | None, model_version: str, reason: str) ->
         rollback(cfg)
         note += f"; champion alias back on v{previous.version}"
     logger.error(note)
+    emit_model_event(ROLLOUT_ROLLED_BACK, dataset, {"model_version": model_version, "reason": note[:2000]})
     return note

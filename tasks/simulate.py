@@ -5,8 +5,8 @@ Drift is made by *resampling real rows* — more of some category, more low valu
 column — so labels stay true to their rows, plus an optional multiplicative shift of
 numeric columns (e.g. higher charges). Everything is read off the dataset config:
 
-    python -m tasks.simulate --config configs/telco_churn.yaml --out batches/ \\
-        --favour contract=Month-to-month --favour-low tenure --scale monthly_charges=1.3
+    python -m tasks.simulate --config configs/default.yaml --out batches/ \\
+        --favour COLUMN=CATEGORY --favour-low NUMERIC_COLUMN --scale NUMERIC_COLUMN=1.3
 """
 
 from __future__ import annotations

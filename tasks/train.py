@@ -314,7 +314,7 @@ def log_training_task(
     import mlflow
     from sklearn.metrics import roc_auc_score
 
-    from tasks.model import TabularModel, pip_requirements, signature
+    from tasks.model import TabularModel, input_example, pip_requirements, signature
 
     key = registry.training_key(manifest.data_version, spec.training_hash)
     threshold = choose_threshold_on_validation(m, booster_text, spec)
@@ -386,7 +386,7 @@ def log_training_task(
             code_paths=[str(Path(__file__).parent)],
             pip_requirements=pip_requirements(),
             signature=signature(spec),
-            input_example=train_frame.select(spec.base_features).head(3).to_pandas(),
+            input_example=input_example(train_frame, spec),
             metadata=model.metadata | {"dataset": spec.name, "threshold": str(threshold)},
         )
         registry.set_tags(cfg, run_id, {"model_uri": info.model_uri})

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The local stack in one command, all on 127.0.0.1:
+#   deployments/stack.sh up     Prefect server, work pools, blocks + defaults + alerts,
+#                               `prefect deploy`, a process worker, `mlflow ui`
+#   deployments/stack.sh down   stop what `up` started (by PID)
+# Ports and folders: PREFECT_PORT (4200), MLFLOW_PORT (5000), WORKDIR (artifacts),
+# STACK_DIR (.stack). LIFECYCLE_ALERT_WEBHOOK_URL adds the alert automations.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STACK_DIR=${STACK_DIR:-$ROOT/.stack}
+PREFECT_PORT=${PREFECT_PORT:-4200}
+MLFLOW_PORT=${MLFLOW_PORT:-5000}
+WORKDIR=${WORKDIR:-artifacts}
+BIN=$ROOT/.venv/bin
+
+export PREFECT_HOME=$STACK_DIR/prefect
+export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-2}
+export LIFECYCLE_PROJECT_DIR=$ROOT LIFECYCLE_FLOW_IMAGE_TAG=${LIFECYCLE_FLOW_IMAGE_TAG:-latest}
+
+start() {  # name, command...: in its own session, logged, its PID kept
+  local name=$1; shift
+  if [ -f "$STACK_DIR/$name.pid" ] && kill -0 "$(cat "$STACK_DIR/$name.pid")" 2>/dev/null; then
+    echo "$name already running (pid $(cat "$STACK_DIR/$name.pid"))"; return
+  fi
+  setsid "$@" >"$STACK_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! >"$STACK_DIR/$name.pid"
+}
+
+wait_http() {  # url, seconds, log
+  "$BIN/python" - "$1" "$2" "$3" <<'PY'
+import sys, time, httpx
+url, limit, log = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+deadline = time.monotonic() + limit
+while time.monotonic() < deadline:
+    try:
+        if httpx.get(url, timeout=2).status_code == 200:
+            sys.exit(0)
+    except httpx.HTTPError:
+        pass
+    time.sleep(0.5)
+sys.exit(f"{url} did not answer within {limit:.0f}s; see {log}")
+PY
+}
+
+up() {
+  mkdir -p "$STACK_DIR" "$PREFECT_HOME" "$WORKDIR"
+  start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+  wait_http "http://127.0.0.1:$PREFECT_PORT/api/health" 120 "$STACK_DIR/prefect-server.log"
+  "$BIN/prefect" work-pool create lifecycle-process --type process --overwrite >/dev/null
+  "$BIN/prefect" work-pool create lifecycle-docker --type docker --overwrite >/dev/null
+  local kind=process
+  if docker info >/dev/null 2>&1; then kind=docker; fi
+  "$BIN/python" -m deployments.bootstrap --serving-kind "$kind"
+  if [ "$kind" = docker ] && [ -n "${LIFECYCLE_BASE_IMAGE:-}" ]; then
+    "$BIN/prefect" --no-prompt deploy --all
+  else  # no engine: the process-pool deployments only
+    local names=()
+    while read -r name; do names+=(--name "$name"); done < <("$BIN/python" -c '
+import yaml
+for d in yaml.safe_load(open("prefect.yaml"))["deployments"]:
+    if d["work_pool"]["name"] == "lifecycle-process":
+        print(d["name"])')
+    "$BIN/prefect" --no-prompt deploy "${names[@]}"
+  fi
+  start worker "$BIN/prefect" worker start --pool lifecycle-process
+  local db
+  db=$(cd "$WORKDIR" && pwd)/mlflow.db
+  start mlflow "$BIN/mlflow" ui --backend-store-uri "sqlite:///$db" --host 127.0.0.1 --port "$MLFLOW_PORT"
+  wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120 "$STACK_DIR/mlflow.log"
+  cat <<MSG
+
+Local stack is up (logs and PIDs in $STACK_DIR):
+  Prefect UI   http://127.0.0.1:$PREFECT_PORT
+  MLflow UI    http://127.0.0.1:$MLFLOW_PORT   (tracking database $db)
+  worker       pool lifecycle-process
+Use it from this shell:
+  export PREFECT_API_URL=$PREFECT_API_URL
+  .venv/bin/prefect deployment run lifecycle/lifecycle --watch
+Stop it: make stack-down
+MSG
+}
+
+down() {
+  [ -d "$STACK_DIR" ] || { echo "nothing to stop"; return; }
+  for name in worker mlflow prefect-server; do
+    local pidfile=$STACK_DIR/$name.pid
+    [ -f "$pidfile" ] || continue
+    local pid; pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      echo "stopped $name (pid $pid)"
+    fi
+    rm -f "$pidfile"
+  done
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

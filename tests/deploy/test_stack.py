@@ -1,0 +1,230 @@
+"""`make stack` for real: server, pools, blocks, deployments, worker and MLflow UI on loopback;
+blocks edited through the API change the next run; alerts reach a real HTTP receiver once;
+a real headless Chromium finds the lifecycle run and its artifacts in the Prefect UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import CONFIGS, ROOT
+from tests.serving.server import free_port
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+STACK = ROOT / "deployments" / "stack.sh"
+DATASET = "telco_churn"
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook endpoint that records every notification it is sent."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(handler):  # noqa: N805
+                body = handler.rfile.read(int(handler.headers.get("content-length", 0)))
+                self.calls.append({"path": handler.path, **json.loads(body or b"{}")})
+                handler.send_response(200)
+                handler.end_headers()
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/alerts"
+
+    def subjects(self, pattern: str) -> list[str]:
+        return [c["subject"] for c in self.calls if re.search(pattern, c.get("subject", ""))]
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    server = Receiver()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(receiver, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stack")
+    ports = {"PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(free_port())}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env |= ports | {
+        "STACK_DIR": str(folder / ".stack"),
+        "WORKDIR": str(folder / "work"),
+        "LIFECYCLE_ALERT_WEBHOOK_URL": receiver.url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    started = time.monotonic()
+    up = subprocess.run(["bash", str(STACK), "up"], env=env, capture_output=True, text=True, timeout=900)
+    print(f"\nstack up: {time.monotonic() - started:.0f}s")
+    try:
+        assert up.returncode == 0, (up.stdout + up.stderr)[-5000:]
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{ports['PREFECT_PORT']}/api"
+        yield {"env": env, "work": folder / "work", "stack_dir": folder / ".stack", "up": up.stdout, **ports}
+    finally:
+        down = subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, text=True, timeout=120)
+        print(down.stdout)
+
+
+def prefect(stack, *args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([PREFECT, *args], env=stack["env"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def python(stack, code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], env=stack["env"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def api(stack, method: str, path: str, body: dict | None = None):
+    response = httpx.request(method, f"{stack['env']['PREFECT_API_URL']}{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def run_id(output: str) -> str:
+    return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
+
+
+def artifact(stack, flow_run_id: str, suffix: str) -> str:
+    found = api(stack, "POST", "/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    return next(a["data"] for a in found if (a.get("key") or "").endswith(suffix))
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+@pytest.fixture(scope="module")
+def lifecycle_run(stack):
+    """`prefect deployment run` of the lifecycle deployment, through the stack's worker."""
+    started = time.monotonic()
+    args = ["--param", f"workdir={stack['work']}", "--param", "n_trials=5"]
+    out = prefect(stack, "deployment", "run", "lifecycle/lifecycle", *args, "--watch")
+    worker_log = (stack["stack_dir"] / "worker.log").read_text()[-3000:]
+    assert out.returncode == 0 and "Completed" in out.stdout, out.stdout[-3000:] + worker_log
+    print(f"\nlifecycle deployment through the stack's worker: {time.monotonic() - started:.0f}s")
+    return run_id(out.stdout)
+
+
+def test_make_stack_serves_prefect_mlflow_and_runs_the_lifecycle(stack, lifecycle_run):
+    assert f"http://127.0.0.1:{stack['PREFECT_PORT']}" in stack["up"] and "make stack-down" in stack["up"]
+    run = api(stack, "GET", f"/flow_runs/{lifecycle_run}")
+    assert run["name"] == f"lifecycle-{DATASET}" and "lifecycle" in run["tags"]
+    model = httpx.get(
+        f"http://127.0.0.1:{stack['MLFLOW_PORT']}/api/2.0/mlflow/registered-models/get", params={"name": DATASET}
+    ).json()["registered_model"]
+    assert any(a["alias"] == "champion" for a in model["aliases"])  # the MLflow UI reads the stack's database
+
+
+def test_blocks_are_registered_with_default_documents(stack):
+    register = prefect(stack, "block", "register", "-m", "blocks")
+    assert register.returncode == 0, register.stdout + register.stderr
+    for kind in ("Lifecycle Tracking", "Lifecycle Serving Target", "Lifecycle Drift Policy"):
+        assert kind in register.stdout
+    documents = api(stack, "POST", "/block_documents/filter", {"include_secrets": False})
+    saved = {(d["block_type"]["slug"], d["name"]) for d in documents}
+    for slug in ("lifecycle-tracking", "lifecycle-serving-target", "lifecycle-drift-policy"):
+        assert {(slug, "telco-churn"), (slug, "credit-data")} <= saved, saved
+    assert ("custom-webhook", "lifecycle-alerts") in saved
+    automations = {a["name"] for a in api(stack, "POST", "/automations/filter", {})}
+    assert {"retrain-on-drift", "alert-flow-run-failed", "alert-drift-detected"} <= automations, automations
+
+
+def _set_drift_share(stack, share: float) -> None:
+    python(
+        stack,
+        "from blocks import DriftPolicySettings as B\n"
+        f"b = B.load('telco-churn'); b.drift_share = {share}; b.save('telco-churn', overwrite=True)",
+    )
+
+
+def test_an_edited_drift_block_changes_the_next_monitor_run_and_drift_alerts_once(stack, lifecycle_run, receiver):
+    batches = stack["work"] / "batches"
+    sim = [sys.executable, "-m", "tasks.simulate", "--config", str(CONFIGS / "telco_churn.yaml"), "--out", str(batches)]
+    subprocess.run(sim, cwd=ROOT, check=True, capture_output=True)
+    params = ["--param", f"workdir={stack['work']}", "--param", f"batch={batches / 'drifted.csv'}"]
+    try:
+        _set_drift_share(stack, 0.99)
+        out = prefect(stack, "deployment", "run", "monitor/monitor", *params, "--watch")
+        assert out.returncode == 0, out.stdout[-3000:]
+        assert "**no_drift**" in artifact(stack, run_id(out.stdout), "-drift-report")
+        time.sleep(3)
+        assert receiver.subjects("^Drift on") == []
+    finally:
+        _set_drift_share(stack, 0.3)
+    out = prefect(stack, "deployment", "run", "monitor/monitor", *params, "--watch")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "**drift**" in artifact(stack, run_id(out.stdout), "-drift-report")
+    wait_for(lambda: receiver.subjects("^Drift on"), 60, "no drift notification")
+    time.sleep(5)  # a duplicate would arrive within this
+    assert receiver.subjects("^Drift on") == [f"Drift on {DATASET}"]
+
+
+def test_a_failed_run_sends_exactly_one_notification(stack, receiver):
+    params = ["--param", f"workdir={stack['work']}", "--param", "config=configs/no-such-table.yaml"]
+    out = prefect(stack, "deployment", "run", "lifecycle/lifecycle", *params, "--watch")
+    assert "Failed" in out.stdout, out.stdout[-3000:]
+    wait_for(lambda: receiver.subjects(r"^Flow run .* Failed"), 60, "no failure notification")
+    time.sleep(5)
+    failures = receiver.subjects(r"^Flow run .* Failed")
+    assert failures == ["Flow run lifecycle-no-such-table Failed"], failures  # the parent only, not its subflow
+    body = next(c["body"] for c in receiver.calls if c["subject"] == failures[0])
+    assert "deployment lifecycle" in body and "no-such-table" in body
+
+
+def test_the_prefect_ui_shows_the_lifecycle_run_and_its_artifacts(stack, lifecycle_run):
+    from playwright.sync_api import sync_playwright
+
+    chromium = "/usr/bin/chromium"
+    assert Path(chromium).exists(), "Debian's chromium is needed (.ci/run installs it)"
+    base = f"http://127.0.0.1:{stack['PREFECT_PORT']}"
+    shots = stack["work"] / "screenshots"
+    shots.mkdir(exist_ok=True)
+    args = [
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync",
+    ]  # fmt: skip
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{base}/runs")
+        page.get_by_text(f"lifecycle-{DATASET}").first.wait_for(timeout=60_000)
+        page.get_by_text(f"lifecycle-{DATASET}").first.click()
+        page.wait_for_url(re.compile(r".*/runs/flow-run/.*"), timeout=30_000)
+        page.get_by_text("Subflow Runs", exact=True).click()
+        page.get_by_text(f"prepare-{DATASET}").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(shots / "lifecycle-run.png"), full_page=True)
+        page.goto(f"{base}/artifacts")
+        keys = ["model-card", "test-metrics", "rows", "quarantine", "registry", "drift", "drift-report"]
+        for key in keys:
+            page.get_by_text(f"telco-churn-{key}", exact=True).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(shots / "artifacts.png"), full_page=True)
+        page.get_by_text("telco-churn-drift-report", exact=True).first.click()
+        page.get_by_text("report:", exact=False).first.wait_for(timeout=30_000)
+        assert ".html" in page.inner_text("body")
+        page.screenshot(path=str(shots / "drift-report.png"), full_page=True)
+        browser.close()
+    print(f"\nscreenshots: {shots}")
+    assert (shots / "lifecycle-run.png").stat().st_size > 10_000
