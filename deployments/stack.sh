@@ -17,6 +17,7 @@ BIN=$ROOT/.venv/bin
 export PREFECT_HOME=$STACK_DIR/prefect
 export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false  # the UI only: no background job workers
 export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-2}
 export LIFECYCLE_PROJECT_DIR=$ROOT LIFECYCLE_FLOW_IMAGE_TAG=${LIFECYCLE_FLOW_IMAGE_TAG:-latest}
 
@@ -68,7 +69,8 @@ for d in yaml.safe_load(open("prefect.yaml"))["deployments"]:
   start worker "$BIN/prefect" worker start --pool lifecycle-process
   local db
   db=$(cd "$WORKDIR" && pwd)/mlflow.db
-  start mlflow "$BIN/mlflow" ui --backend-store-uri "sqlite:///$db" --host 127.0.0.1 --port "$MLFLOW_PORT"
+  start mlflow "$BIN/mlflow" ui --backend-store-uri "sqlite:///$db" \
+    --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
   wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120 "$STACK_DIR/mlflow.log"
   cat <<MSG
 

@@ -18,6 +18,7 @@ from tasks.bento import (
 )
 from tasks.data import load_spec_task
 from tasks.registry import tracking_task
+from tasks.settings import push_image_task, serving_target_task
 
 
 @flow(name="package", flow_run_name=named_after_config("package"))
@@ -35,15 +36,19 @@ def package(
         workdir: folder of the default MLflow database and the bento build staging
         tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
         alias: registry alias to package (champion, challenger, previous)
-        target: "docker" also builds a container image of the bento (needs a Docker engine)
+        target: "docker" also builds a container image of the bento (needs a Docker engine), named after
+            the `Lifecycle Serving Target` block's image repository and pushed with its registry credentials
     """
     spec = load_spec_task(config)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     version = resolve_alias_task(tracking, alias)
     model_tag, imported = import_model_task(tracking, spec, version)
+    serving = serving_target_task(spec)
     base = base_image_task() if target == "docker" else ""
     bento_tag, built = build_bento_task(spec, model_tag, workdir, base)
-    image, built_image = containerize_task(bento_tag) if target == "docker" else (None, False)
+    image, built_image = containerize_task(bento_tag, serving.image_repository) if target == "docker" else (None, False)
+    if image and serving.push:
+        push_image_task(spec, image)
     return PackageResult(
         model_name=spec.registered_model_name,
         model_version=version.version,

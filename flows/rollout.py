@@ -57,7 +57,8 @@ def rollout(
     """
     spec = load_spec_task(config)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
-    target, port = serving_target_task(spec, target, port)
+    serving = serving_target_task(spec, target, port)
+    target, port = serving.kind, serving.port
     packaged = package(config=config, workdir=workdir, tracking_uri=tracking_uri, alias=alias, target=target)
     current = read_state(workdir, spec.name, port)
     records, expected = smoke_rows_task(tracking, packaged.model_version, smoke_rows)
@@ -65,7 +66,9 @@ def rollout(
     artifact = packaged.image if target == "docker" else packaged.bento_tag
     new = None
     try:
-        new = start_backend_task(target, artifact, packaged.model_version, env, workdir / "serving" / spec.name)
+        new = start_backend_task(
+            target, artifact, packaged.model_version, env, workdir / "serving" / spec.name, serving
+        )
         wait_ready_task(new, ready_timeout)
         smoke_test_task(new, records, expected)
         state = switch_task(workdir, spec.name, port, new)
@@ -76,6 +79,7 @@ def rollout(
     previous = current.live.model_version if current.live else None
     create_markdown_artifact(
         key=f"{spec.name.lower().replace('_', '-')}-rollout",
+        description=f"v{packaged.model_version} live on :{port}",
         markdown=f"### Roll-out: v{packaged.model_version} live on http://127.0.0.1:{port}\n\n"
         f"- backend: {target} `{artifact}` on :{new.port}\n- previous: v{previous}\n",
     )

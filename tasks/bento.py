@@ -161,15 +161,15 @@ def base_image() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
-def image_tag(bento_tag: str) -> str:
-    repository = os.environ.get("LIFECYCLE_IMAGE_REPOSITORY", "lifecycle")
+def image_tag(bento_tag: str, repository: str | None = None) -> str:
+    repository = repository or os.environ.get("LIFECYCLE_IMAGE_REPOSITORY", "lifecycle")
     name, version_ = bento_tag.split(":")
     return f"{repository}/{name.replace('_', '-')}:{version_}"
 
 
-def containerize(bento_tag: str) -> tuple[str, bool]:
+def containerize(bento_tag: str, repository: str | None = None) -> tuple[str, bool]:
     """`bentoml containerize` (docker backend, host network) once per bento. (image, built now)"""
-    image = image_tag(bento_tag)
+    image = image_tag(bento_tag, repository)
     env = os.environ | {"DOCKER_BUILDKIT": os.environ.get("DOCKER_BUILDKIT", "0")}
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True, env=env).returncode == 0:
         return image, False
@@ -203,8 +203,8 @@ def base_image_task() -> str:
 
 
 @task(name="containerize", **UNCACHED)
-def containerize_task(bento_tag: str) -> tuple[str, bool]:
-    image, built = containerize(bento_tag)
+def containerize_task(bento_tag: str, repository: str | None = None) -> tuple[str, bool]:
+    image, built = containerize(bento_tag, repository)
     get_run_logger().info("%s image %s", "built" if built else "found", image)
     return image, built
 
@@ -216,5 +216,6 @@ def build_bento_task(spec: DatasetSpec, model_tag: str, workdir: Path, base_imag
     create_markdown_artifact(
         key=f"{bento_name(spec).replace('_', '-')}-bento",
         markdown=f"### Bento `{tag}`\n\nModel `{model_tag}`. Serve it: `bentoml serve {tag}`\n",
+        description=f"Bento {tag} of model {model_tag}",
     )
     return tag, built

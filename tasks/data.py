@@ -389,6 +389,7 @@ def snapshot_task(
     )
     create_markdown_artifact(
         key=f"{_artifact_key(spec.name)}-snapshot",
+        description=f"Snapshot {manifest.data_version}: {rows.rows_kept} rows kept of {rows.rows_in}",
         markdown=(
             f"### Snapshot `{manifest.data_version}` of `{spec.name}`\n\n"
             f"- manifest: `{path}`\n- spec hash: `{manifest.spec_hash}`\n"

@@ -340,12 +340,13 @@ def publish_drift_task(result: DriftResult) -> None:
     )
     perf = result.performance
     live = (
-        f"- {perf.metric}: {perf.live:.4f} on {perf.rows} labelled rows (test: {perf.reference})\n"
+        f"- {perf.metric}: {perf.live:.4f} on {perf.rows} labelled rows (test: {perf.reference or float('nan'):.4f})\n"
         if perf and perf.live is not None
         else "- performance: no labelled rows\n"
     )
     create_markdown_artifact(
         key=f"{key}-drift-report",
+        description=f"{result.status}: {result.drift_share:.0%} of columns drifted vs v{result.model_version}",
         markdown=f"### Drift: **{result.status}** ({result.drift_share:.0%} of columns)\n\n"
         f"- batch: `{result.batch}` ({result.rows} valid rows, {result.rows_quarantined} quarantined)\n"
         f"- drifted: {', '.join(result.drifted_columns) or 'none'}\n{live}"

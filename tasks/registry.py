@@ -377,6 +377,7 @@ def register_task(cfg: TrackingConfig, run_id: str) -> RegisterResult:
     create_markdown_artifact(
         key="".join(ch if ch.isalnum() else "-" for ch in cfg.model_name.lower()) + "-registry",
         markdown=f"### {cfg.model_name} v{info.version}\n\n{decision}\n\nGate: {reason}\n",
+        description=decision[:200],
     )
     return RegisterResult(
         model_name=cfg.model_name,

@@ -79,7 +79,7 @@ def free_port() -> int:
 
 
 # -- backends ------------------------------------------------------------------------------
-async def _start_container(image: str, port: int, env: dict[str, str], name: str) -> str:
+async def _start_container(image: str, port: int, env: dict[str, str], name: str, limits: dict) -> str:
     from prefect_docker.containers import create_docker_container, start_docker_container
     from prefect_docker.host import DockerHost
 
@@ -92,6 +92,7 @@ async def _start_container(image: str, port: int, env: dict[str, str], name: str
         network_mode="host",
         labels={"lifecycle.role": "backend"},
         docker_host=host,
+        **limits,
     )
     await start_docker_container(container_id=container.id, docker_host=host)
     return container.id
@@ -108,11 +109,23 @@ async def _remove_container(container_id: str) -> None:
         )
 
 
-def start_backend(kind: Kind, artifact: str, model_version: str, env: dict[str, str], log_dir: Path) -> Backend:
+def container_limits(cpus: float | None, memory: str | None) -> dict:
+    """docker SDK `containers.create` arguments for the serving target's resources."""
+    limits = {}
+    if cpus:
+        limits["nano_cpus"] = int(cpus * 1e9)
+    if memory:
+        limits["mem_limit"] = memory
+    return limits
+
+
+def start_backend(
+    kind: Kind, artifact: str, model_version: str, env: dict[str, str], log_dir: Path, limits: dict | None = None
+) -> Backend:
     port = free_port()
     if kind == "docker":
         name = f"lifecycle-{artifact.split('/')[-1].replace(':', '-')}-{port}"
-        ident = asyncio.run(_start_container(artifact, port, env, name))
+        ident = asyncio.run(_start_container(artifact, port, env, name, limits or {}))
     else:
         log_dir.mkdir(parents=True, exist_ok=True)
         log = (log_dir / f"backend-{port}.log").open("w")
@@ -269,8 +282,11 @@ class RolloutResult(BaseModel):
 
 
 @task(name="start-backend", **UNCACHED)
-def start_backend_task(kind: Kind, artifact: str, model_version: str, env: dict[str, str], log_dir: Path) -> Backend:
-    backend = start_backend(kind, artifact, model_version, env, log_dir)
+def start_backend_task(
+    kind: Kind, artifact: str, model_version: str, env: dict[str, str], log_dir: Path, resources=None
+) -> Backend:
+    limits = container_limits(resources.cpus, resources.memory) if resources is not None else {}
+    backend = start_backend(kind, artifact, model_version, env, log_dir, limits)
     get_run_logger().info("started %s backend %s on :%d (v%s)", kind, backend.ident[:12], backend.port, model_version)
     return backend
 

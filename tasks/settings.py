@@ -6,9 +6,10 @@ config's defaults. A block document is looked up by the dataset's name; when non
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from prefect import get_run_logger, task
+from pydantic import BaseModel
 
 from blocks import DriftPolicySettings, ServingTarget, TrackingSettings, block_name
 from tasks.common import UNCACHED
@@ -37,10 +38,28 @@ def merged_policy(config: DriftPolicy, block: DriftPolicySettings | None) -> Dri
     return config.model_copy(update=fields) if fields else config
 
 
-def serving_choice(kind: str | None, port: int | None, block: ServingTarget | None) -> tuple[str, int]:
-    """(kind, stable port): the flow's parameter, else the block, else docker on 3000."""
+class ServingChoice(BaseModel):
+    """Where and how the champion serves (no credentials: those stay in the block)."""
+
+    kind: Literal["process", "docker"]
+    port: int
+    image_repository: str | None = None
+    cpus: float | None = None
+    memory: str | None = None
+    push: bool = False
+
+
+def serving_choice(kind: str | None, port: int | None, block: ServingTarget | None) -> ServingChoice:
+    """The flow's parameters, else the block's fields, else docker on 3000."""
     saved = overrides(block)
-    return kind or saved.get("kind") or DEFAULT_TARGET, port or saved.get("port") or DEFAULT_PORT
+    return ServingChoice(
+        kind=kind or saved.get("kind") or DEFAULT_TARGET,
+        port=port or saved.get("port") or DEFAULT_PORT,
+        image_repository=saved.get("image_repository"),
+        cpus=saved.get("cpus"),
+        memory=saved.get("memory"),
+        push=bool(saved.get("image_repository") and block.registry_credentials is not None),
+    )
 
 
 def apply_tracking_credentials(block: TrackingSettings | None) -> None:
@@ -67,5 +86,26 @@ def drift_policy_task(spec: DatasetSpec, override: DriftPolicy | None = None) ->
 
 
 @task(name="serving-target", **UNCACHED)
-def serving_target_task(spec: DatasetSpec, kind: str | None, port: int | None) -> tuple[str, int]:
+def serving_target_task(spec: DatasetSpec, kind: str | None = None, port: int | None = None) -> ServingChoice:
     return serving_choice(kind, port, saved_block(ServingTarget, spec.name))
+
+
+@task(name="push-image", **UNCACHED)
+def push_image_task(spec: DatasetSpec, image: str) -> str:
+    """Push the image with the block's `DockerRegistryCredentials` (prefect-docker's push step)."""
+    from prefect_docker.deployments.steps import push_docker_image
+
+    block = saved_block(ServingTarget, spec.name)
+    credentials = block.registry_credentials
+    name, tag = image.rsplit(":", 1)
+    push_docker_image(
+        image_name=name,
+        tag=tag,
+        credentials={
+            "username": credentials.username,
+            "password": credentials.password.get_secret_value(),
+            "registry_url": credentials.registry_url,
+        },
+    )
+    get_run_logger().info("pushed %s to %s", image, credentials.registry_url)
+    return image

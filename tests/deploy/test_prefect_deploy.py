@@ -15,7 +15,7 @@ from tests.deploy.conftest import prefect
 from tests.serving.server import free_port
 
 TELCO = load_spec(CONFIGS / "telco_churn.yaml")
-EXPECTED = {"lifecycle", "prepare", "package", "rollout", "monitor", "retrain", "lifecycle-docker"}
+EXPECTED = {"lifecycle", "prepare", "package", "rollout", "rollback", "monitor", "retrain", "lifecycle-docker"}
 
 
 def test_deploy_all_creates_every_deployment(deployed):

@@ -222,6 +222,7 @@ def test_the_prefect_ui_shows_the_lifecycle_run_and_its_artifacts(stack, lifecyc
             page.get_by_text(f"telco-churn-{key}", exact=True).first.wait_for(timeout=30_000)
         page.screenshot(path=str(shots / "artifacts.png"), full_page=True)
         page.get_by_text("telco-churn-drift-report", exact=True).first.click()
+        page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()  # its latest version
         page.get_by_text("report:", exact=False).first.wait_for(timeout=30_000)
         assert ".html" in page.inner_text("body")
         page.screenshot(path=str(shots / "drift-report.png"), full_page=True)
