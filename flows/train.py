@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import flow
 
 from flows.naming import named_after_snapshot
-from tasks.data import load_manifest_task, load_spec_task, read_split_task
+from tasks.data import SnapshotManifest, load_manifest_task, load_spec_task, read_split_task
 from tasks.registry import TrainResult, tracking_task
-from tasks.train import fit_baselines_task, fit_final_task, log_training_task, matrices_task, tune_task
+from tasks.spec import DatasetSpec
+from tasks.train import (
+    TuningResult,
+    fit_baselines_task,
+    fit_final_task,
+    log_training_task,
+    matrices_task,
+    shared_study_task,
+    study_result_task,
+    tune_task,
+    tune_worker_task,
+)
 
 
 @flow(name="train", flow_run_name=named_after_snapshot("train"))
@@ -19,6 +31,8 @@ def train(
     workdir: Path = Path("artifacts"),
     tracking_uri: str | None = None,
     n_trials: int | None = None,
+    workers: int = 1,
+    optuna_storage: str | None = None,
 ) -> TrainResult:
     """Fit the baselines, tune LightGBM with Optuna and log the candidate to MLflow.
 
@@ -28,6 +42,9 @@ def train(
         workdir: folder for the default MLflow database and artifacts
         tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
         n_trials: override the config's Optuna trial budget
+        workers: Optuna workers sharing one study, run in parallel by a Dask cluster (1: in-process)
+        optuna_storage: the shared study's storage, e.g. postgresql://… (default: a journal file in the workdir;
+            LIFECYCLE_OPTUNA_STORAGE)
     """
     spec = load_spec_task(config, n_trials=n_trials)
     manifest = load_manifest_task(manifest_path)
@@ -35,9 +52,34 @@ def train(
     train_rows = read_split_task(manifest_path, "train")
     matrices = matrices_task(train_rows, read_split_task(manifest_path, "validation"), spec)
     baselines = fit_baselines_task(matrices, spec, manifest)
-    tuning = tune_task(matrices, spec, manifest)
+    if workers > 1:
+        storage = optuna_storage or os.environ.get("LIFECYCLE_OPTUNA_STORAGE")
+        tuning = tune_in_parallel(spec, manifest, manifest_path, workers, storage, workdir / "optuna")
+    else:
+        tuning = tune_task(matrices, spec, manifest)
     booster = fit_final_task(matrices, spec, manifest, tuning)
     return log_training_task(tracking, spec, manifest, manifest_path, train_rows, matrices, baselines, tuning, booster)
+
+
+def tune_in_parallel(
+    spec: DatasetSpec, manifest: SnapshotManifest, manifest_path: Path, workers: int, storage: str | None, folder: Path
+) -> TuningResult:
+    """The `tune-parallel` subflow on a local Dask cluster of `workers` processes: the same code
+    runs on a remote Dask cluster (`DaskTaskRunner(address=…)`) or Kubernetes (dask-kubernetes)."""
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    return tune_parallel.with_options(task_runner=runner)(spec, manifest, manifest_path, workers, storage, folder)
+
+
+@flow(name="tune-parallel", flow_run_name=named_after_snapshot("tune-parallel"))
+def tune_parallel(
+    spec: DatasetSpec, manifest: SnapshotManifest, manifest_path: Path, workers: int, storage: str | None, folder: Path
+) -> TuningResult:
+    """Optuna workers sharing one study; each reads the snapshot itself (nothing big is shipped)."""
+    study = shared_study_task(spec, manifest, storage, folder)
+    shares = [tune_worker_task.submit(spec, manifest_path, study, worker, workers) for worker in range(workers)]
+    return study_result_task(spec, study, [share.result() for share in shares])
 
 
 if __name__ == "__main__":

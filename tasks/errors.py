@@ -11,3 +11,7 @@ class SpecError(DataError):
 
 class QuarantineToleranceExceeded(DataError):
     """More rows failed validation than the dataset config tolerates."""
+
+
+class SettingsError(DataError):
+    """A saved setting is wrong, e.g. a registry rejected the block's credentials."""

@@ -6,6 +6,7 @@ config's defaults. A block document is looked up by the dataset's name; when non
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 from prefect import get_run_logger, task
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 
 from blocks import DriftPolicySettings, ServingTarget, TrackingSettings, block_name
 from tasks.common import UNCACHED
+from tasks.errors import SettingsError
 from tasks.spec import DatasetSpec, DriftPolicy
 
 DEFAULT_TARGET, DEFAULT_PORT = "docker", 3000
@@ -72,6 +74,17 @@ def apply_tracking_credentials(block: TrackingSettings | None) -> None:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = block.password.get()
 
 
+def root_cause(exc: BaseException) -> str:
+    """The Docker engine's own words, found in an exception chain."""
+    from docker.errors import APIError
+
+    chain = [exc]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    engine = [e for e in chain if isinstance(e, APIError)]
+    return str(engine[0] if engine else chain[-1])
+
+
 # -- Prefect tasks ---------------------------------------------------------------------------
 @task(name="drift-policy", **UNCACHED)
 def drift_policy_task(spec: DatasetSpec, override: DriftPolicy | None = None) -> DriftPolicy:
@@ -98,14 +111,19 @@ def push_image_task(spec: DatasetSpec, image: str) -> str:
     block = saved_block(ServingTarget, spec.name)
     credentials = block.registry_credentials
     name, tag = image.rsplit(":", 1)
-    push_docker_image(
-        image_name=name,
-        tag=tag,
-        credentials={
-            "username": credentials.username,
-            "password": credentials.password.get_secret_value(),
-            "registry_url": credentials.registry_url,
-        },
-    )
+    try:
+        push_docker_image(
+            image_name=name,
+            tag=tag,
+            credentials={
+                "username": credentials.username,
+                "password": credentials.password.get_secret_value(),
+                "registry_url": credentials.registry_url,
+            },
+        )
+    except Exception as exc:  # prefect-docker words every failure as "Docker is not running"
+        cause = root_cause(exc)
+        error = SettingsError if re.search(r"(?i)401|unauthorized|denied", cause) else RuntimeError
+        raise error(f"pushing {image} to {credentials.registry_url} failed: {cause}") from exc
     get_run_logger().info("pushed %s to %s", image, credentials.registry_url)
     return image
