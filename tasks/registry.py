@@ -21,6 +21,7 @@ from tasks.common import UNCACHED
 from tasks.events import MODEL_PROMOTED, emit_model_event
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+DATABASE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
 TAG_PREFIX = "lifecycle."
 
 
@@ -75,15 +76,19 @@ class TrackingConfig(BaseModel):
 def default_tracking(
     workdir: Path, experiment: str, model_name: str, tracking_uri: str | None = None, registry_uri: str | None = None
 ):
-    """SQLite tracking and registry under the workdir unless a URI is given (or MLFLOW_TRACKING_URI)."""
+    """SQLite tracking and registry under the workdir unless a URI is given (or MLFLOW_TRACKING_URI).
+
+    With a database backend (SQLite, PostgreSQL, MySQL…) new experiments keep their artifacts
+    under the workdir; a tracking server decides for itself where artifacts go."""
     import os
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    artifacts = None
     if not uri:
+        uri = f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+    artifacts = None
+    if uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{workdir / 'mlflow.db'}"
         artifacts = (workdir / "mlartifacts").as_uri()
     return TrackingConfig(
         tracking_uri=uri,
