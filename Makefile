@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test lint clean serve bench-serve stack stack-down
+.PHONY: setup run test lint clean serve bench bench-lifecycle bench-large bench-drift bench-serve stack stack-down
 
 setup: $(VENV)/.synced
 
@@ -47,6 +47,21 @@ BENCH_ARGS ?=
 # Serve the latest bento of CONFIG's dataset (built by `make run`).
 serve: setup
 	$(VENV)/bin/bentoml serve $$($(PY) -c "from tasks.spec import load_spec; from tasks.bento import bento_name; print(bento_name(load_spec('$(CONFIG)')))"):latest --host 127.0.0.1 --port $(PORT)
+
+BENCH_RUNS ?= 3
+BENCH_ROWS ?= 1000000
+
+# Every benchmark table (docs/benchmarks.md holds the latest figures).
+bench: bench-lifecycle bench-large bench-drift bench-serve
+
+bench-lifecycle: setup
+	$(PY) -m benchmarks.lifecycle --config $(CONFIG) --runs $(BENCH_RUNS) --n-trials 50
+
+bench-large: setup
+	$(PY) -m benchmarks.lifecycle --config $(CONFIG) --runs 1 --n-trials 10 --rows $(BENCH_ROWS)
+
+bench-drift: setup
+	$(PY) -m benchmarks.drift --config $(CONFIG) --sizes 10000 100000 --runs $(BENCH_RUNS)
 
 bench-serve: setup
 	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; apt-get install -y -qq hey; }

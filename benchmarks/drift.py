@@ -1,0 +1,112 @@
+"""Drift check time vs batch size: the monitor flow (validation, Evidently report, HTML,
+Evidently workspace, MLflow run, artifacts) vs a bare Evidently `DataDriftPreset` run on
+pandas frames prepared in advance — same reference, same batch, same process, warm.
+
+    python -m benchmarks.drift --config configs/default.yaml --sizes 10000 100000 --runs 3
+
+A champion is trained first with a small budget (the reference is its training split).
+Prints medians, the ratio to bare and the peak RSS of each size's process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measure(config: Path, workdir: Path, size: int, runs: int) -> dict:
+    """In this process: warm up once, then time bare Evidently and the monitor flow `runs` times."""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    from flows.monitor import monitor
+    from tasks import registry
+    from tasks.data import read_split
+    from tasks.simulate import DriftRecipe, drifted_batch, valid_rows
+    from tasks.spec import load_spec
+
+    spec = load_spec(config)
+    cfg = registry.default_tracking(workdir, spec.name, spec.registered_model_name)
+    champion = registry.version_by_alias(cfg, "champion")
+    reference = read_split(registry.version_manifest(cfg, champion.version), "train")
+    batch = drifted_batch(valid_rows(spec), spec, size, 1, DriftRecipe.default(spec))
+    path = workdir / f"batch-{size}.parquet"
+    batch.write_parquet(path)
+    columns = spec.base_features
+    ref_pd, cur_pd = reference.select(columns).to_pandas(), batch.select(columns).to_pandas()
+
+    def bare() -> None:
+        Report([DataDriftPreset(columns=columns)], include_tests=True).run(current_data=cur_pd, reference_data=ref_pd)
+
+    def flow() -> None:
+        monitor(config=config, batch=path, workdir=workdir)
+
+    times = {"bare": [], "flow": []}
+    for fn in (bare, flow):
+        fn()  # warm-up: imports, first compilation, the ephemeral API
+    for _ in range(runs):
+        for name, fn in (("bare", bare), ("flow", flow)):
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.drift", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # internal: WORKDIR SIZE
+    args = parser.parse_args(argv)
+    config = args.config.resolve()
+    if args.measure:
+        print(json.dumps(measure(config, Path(args.measure[0]), int(args.measure[1]), args.runs)))
+        return
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-drift-"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env |= {"PREFECT_HOME": str(scratch / "prefect"), "PREFECT_LOCAL_STORAGE_PATH": str(scratch / "results"),
+            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "BENTOML_HOME": str(scratch / "bentoml")}  # fmt: skip
+    work = scratch / "work"
+    subprocess.run(
+        [sys.executable, "-m", "flows.lifecycle", "--config", str(config), "--workdir", str(work), "--n-trials", "5"],
+        env=env, cwd=ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    rows = []
+    for size in args.sizes:
+        with (scratch / f"measure-{size}.log").open("w") as log:
+            cmd = [sys.executable, "-m", "benchmarks.drift", "--config", str(config), "--runs", str(args.runs),
+                   "--measure", str(work), str(size)]  # fmt: skip
+            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
+            out = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError((scratch / f"measure-{size}.log").read_text()[-3000:])
+        rows.append((size, json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024))
+
+    print(f"\n## Drift check time — {config.stem}, medians of {args.runs} warm runs")
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores\n")
+    print("| batch rows | bare Evidently s | monitor flow s | ratio to bare | overhead s | peak RSS MiB |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for size, t, peak in rows:
+        ratio = t["flow"] / t["bare"]
+        print(
+            f"| {size:,} | {t['bare']:.2f} | {t['flow']:.2f} | {ratio:.2f} | {t['flow'] - t['bare']:.2f} | {peak:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

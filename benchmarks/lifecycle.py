@@ -1,0 +1,258 @@
+"""Lifecycle overhead: the Prefect lifecycle flow vs a bare script doing the same library
+work (the project's pure functions: Polars/Pandera, LightGBM/Optuna, MLflow, BentoML) on
+the same data with the same trial budget — and a cached re-run vs a cold run.
+
+    python -m benchmarks.lifecycle --config configs/default.yaml --runs 3 --n-trials 50
+    python -m benchmarks.lifecycle --config configs/default.yaml --rows 1000000 --n-trials 10
+
+Each run is a fresh process (imports and, for the flow, Prefect's ephemeral API included),
+in a fresh workdir and results folder (cold); "cached" re-runs the flow on the same workdir and results
+folder; "on a running server" uses a `prefect server start` (as `make stack` does)
+instead of the ephemeral API each process starts. Prints medians, the ratio to bare,
+and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the bare script: the same work, no orchestration ----------------------------------------
+def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
+    import mlflow
+
+    from tasks import registry
+    from tasks.bento import build_bento, import_model
+    from tasks.data import (
+        QuarantineReport,
+        assign_splits,
+        fingerprint_source,
+        read_source,
+        read_split,
+        split_quarantine,
+        top_failing_checks,
+        write_snapshot,
+    )
+    from tasks.evaluate import apply_gate, binary_metrics, cross_validate, global_importance, save_plots, shap_values
+    from tasks.features import add_features, encode_target, feature_matrix
+    from tasks.model import TabularModel, input_example, pip_requirements, signature
+    from tasks.spec import clean, find_failures, load_spec
+    from tasks.train import base_params, choose_threshold_on_validation, fit_baselines, fit_final, matrices, tune
+
+    spec = load_spec(config, n_trials=n_trials)
+    # prepare
+    fingerprint = fingerprint_source(spec)
+    raw = read_source(spec)
+    failures = find_failures(raw, spec)
+    kept, quarantined = split_quarantine(raw, failures)
+    qpath = workdir / "quarantine.parquet"
+    quarantined.write_parquet(qpath)
+    report = QuarantineReport(
+        path=str(qpath), rows_in=raw.height, rows_quarantined=quarantined.height,
+        max_fraction=spec.quarantine.max_fraction, top_checks=top_failing_checks(failures),
+    )  # fmt: skip
+    split = assign_splits(add_features(clean(kept, spec), spec), spec)
+    manifest, manifest_path = write_snapshot(split, spec, fingerprint, report, workdir)
+    # train
+    train, validation = read_split(manifest_path, "train"), read_split(manifest_path, "validation")
+    m = matrices(train, validation, spec)
+    baselines = fit_baselines(m, spec)
+    tuning = tune(m, spec)
+    booster_text = fit_final(m, spec, tuning)
+    threshold = choose_threshold_on_validation(m, booster_text, spec)
+    cfg = registry.default_tracking(workdir, spec.name, spec.registered_model_name)
+    experiment_id = cfg.activate()
+    metadata = {"data_version": manifest.data_version, "spec_hash": spec.spec_hash, "training_hash": spec.training_hash}
+    model = TabularModel(spec, booster_text, threshold, metadata)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params(base_params(spec) | tuning.best_params)
+        registry.log_trials(cfg, experiment_id, run.info.run_id, tuning.trials)
+        for name, baseline in baselines.items():
+            registry.save_object(cfg, run.info.run_id, baseline, f"{name}.joblib")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=model, code_paths=[str(ROOT / "tasks")], pip_requirements=pip_requirements(),
+            signature=signature(spec), input_example=input_example(train, spec),
+        )  # fmt: skip
+    # evaluate
+    test = read_split(manifest_path, "test")
+    y = encode_target(test, spec)
+    loaded = registry.load_model(cfg, info.model_uri)
+    candidate = binary_metrics(y, loaded.predict_proba(test), loaded.threshold)
+    x_test = feature_matrix(test, spec)
+    others = {name: binary_metrics(y, b.predict_proba(x_test)[:, 1], 0.5) for name, b in baselines.items()}
+    categorical = [spec.feature_names.index(c) for c in spec.categorical_features]
+    x_train, y_train = feature_matrix(train, spec), encode_target(train, spec)
+    rounds = loaded.booster.current_iteration()
+    cv = cross_validate(x_train, y_train, base_params(spec) | tuning.best_params, rounds, spec.evaluation.cv_folds,
+                        categorical, spec.training.seed)  # fmt: skip
+    contributions = shap_values(loaded.booster, x_test)
+    importance = global_importance(loaded.booster, contributions, spec.feature_names)
+    save_plots(workdir / "plots", y, loaded.predict_proba(test), threshold, importance, contributions, x_test,
+               spec.feature_names)  # fmt: skip
+    others["champion"] = None
+    decision = apply_gate(spec.gate, candidate | cv, others)
+    # register + package
+    version, _ = registry.register_version(cfg, run.info.run_id, info.model_uri, {})
+    if decision.passed:
+        registry.promote(cfg, version.version)
+    model_tag, _ = import_model(cfg, spec, registry.version_by_alias(cfg, "champion") or version)
+    bento_tag, _ = build_bento(spec, model_tag, workdir)
+    return {"roc_auc": candidate["roc_auc"], "bento": bento_tag}
+
+
+# -- a large table: the sample resampled with noise ---------------------------------------------
+def large_config(config: Path, rows: int, folder: Path) -> Path:
+    """A copy of the table with `rows` rows (resampled, numeric columns jittered) and its config."""
+    import numpy as np
+    import polars as pl
+    import yaml
+
+    from tasks.data import read_source
+    from tasks.spec import load_spec
+
+    spec = load_spec(config)
+    raw = read_source(spec)
+    rng = np.random.default_rng(0)
+    big = raw.sample(rows, with_replacement=True, seed=0)
+    jitter = []
+    for name, col in spec.columns.items():
+        if col.type == "float" and col.categories is None:
+            noise = pl.Series(rng.normal(1.0, 0.02, rows))
+            value = (pl.col(name).cast(pl.Float64, strict=False) * noise).round(2)
+            jitter.append(value.clip(col.min, col.max).cast(pl.String).alias(name))
+    big = big.with_columns(jitter)
+    data = folder / f"{spec.name}-{rows}.parquet"
+    big.write_parquet(data)
+    body = yaml.safe_load(config.read_text())
+    body["source"] = {"path": str(data)}
+    body["quarantine"] = {"max_fraction": 0.05}
+    target = folder / f"{spec.name}-{rows}.yaml"
+    target.write_text(yaml.safe_dump(body))
+    return target
+
+
+# -- the driver ------------------------------------------------------------------------------------
+def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB of the process itself)."""
+    started = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {log.read_text()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def start_server(scratch: Path, home: Path) -> tuple[subprocess.Popen, str]:
+    """A `prefect server start` on loopback, as `make stack` runs it."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = environment(scratch, scratch / "server-home")
+    log = (scratch / "server.log").open("w")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    for _ in range(240):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}/api"
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("the Prefect server did not start")
+
+
+def environment(folder: Path, home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "MLFLOW_TRACKING_URI"))}
+    home.mkdir(parents=True, exist_ok=True)
+    return env | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(folder / "results"),
+        "BENTOML_HOME": str(folder / "bentoml"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lifecycle", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--n-trials", type=int, default=50)
+    parser.add_argument("--rows", type=int, default=0, help="resample the table to this many rows (0: as is)")
+    parser.add_argument("--bare-run", type=Path, help=argparse.SUPPRESS)  # internal: one bare run in this workdir
+    args = parser.parse_args(argv)
+    if args.bare_run:
+        print(json.dumps(bare_lifecycle(args.config, args.bare_run, args.n_trials)))
+        return
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
+    config = large_config(args.config.resolve(), args.rows, scratch) if args.rows else args.config.resolve()
+    py = sys.executable
+    home = scratch / "prefect-home"  # one Prefect home, like a user's: its database exists after the first run
+    warm = environment(scratch, home) | {"PREFECT_LOCAL_STORAGE_PATH": str(scratch / "warm-up")}
+    subprocess.run(
+        [py, "-c", "from prefect import flow; flow(lambda: None)()"], env=warm, check=True, capture_output=True
+    )
+    server, api = start_server(scratch, home)
+    figures: dict[str, list[tuple[float, float]]] = {k: [] for k in ("bare", "flow", "cached", "server")}
+    try:
+        for run in range(args.runs):
+            for variant in ("bare", "flow", "server"):
+                folder = scratch / f"{variant}-{run}"
+                work = folder / "work"
+                work.mkdir(parents=True)
+                env = environment(folder, home) | ({"PREFECT_API_URL": api} if variant == "server" else {})
+                if variant == "bare":
+                    cmd = [py, "-m", "benchmarks.lifecycle", "--config", str(config), "--n-trials", str(args.n_trials),
+                           "--bare-run", str(work)]  # fmt: skip
+                else:
+                    cmd = [py, "-m", "flows.lifecycle", "--config", str(config), "--workdir", str(work),
+                           "--n-trials", str(args.n_trials)]  # fmt: skip
+                figures[variant].append(timed(cmd, env, folder / "run.log"))
+                if variant == "flow":
+                    figures["cached"].append(timed(cmd, env, folder / "cached.log"))
+                print(f"run {run + 1}/{args.runs} {variant}: {figures[variant][-1][0]:.1f}s", file=sys.stderr)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+    def median(name: str) -> float:
+        return statistics.median(s for s, _ in figures[name])
+
+    bare, flow, cached = median("bare"), median("flow"), median("cached")
+    rows = args.rows or "sample"
+    print(f"\n## Lifecycle overhead — {config.stem} ({rows} rows), {args.n_trials} trials, {args.runs} runs, medians")
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores · Python "
+          f"{platform.python_version()}\n")  # fmt: skip
+    print("| variant | seconds | ratio to bare | overhead s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|")
+    peak = {k: max(p for _, p in v) for k, v in figures.items()}
+    print(f"| bare script (same library calls) | {bare:.1f} | 1.00 | 0.0 | {peak['bare']:.0f} |")
+    print(f"| lifecycle flow, cold | {flow:.1f} | {flow / bare:.2f} | {flow - bare:.1f} | {peak['flow']:.0f} |")
+    print(f"| lifecycle flow, cached re-run | {cached:.1f} | {cached / bare:.2f} | | {peak['cached']:.0f} |")
+    server = median("server")
+    print(f"| lifecycle flow, cold, on a running server | {server:.1f} | {server / bare:.2f} | {server - bare:.1f} | "
+          f"{peak['server']:.0f} |")  # fmt: skip
+    print(f"\ncached re-run / cold flow: {cached / flow:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The benchmarks run and print their tables (on a tiny table: figures are measured by `make bench`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import FIXTURES, ROOT
+
+ORDERS = str(FIXTURES / "orders.yaml")
+
+
+def _run(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    return out.stdout
+
+
+def test_the_lifecycle_benchmark_compares_flow_cached_and_server_runs_with_bare():
+    table = _run("benchmarks.lifecycle", "--config", ORDERS, "--runs", "1", "--n-trials", "3")
+    for row in ("bare script", "lifecycle flow, cold", "cached re-run", "on a running server"):
+        assert row in table, table
+    assert "cached re-run / cold flow:" in table
+
+
+def test_the_drift_benchmark_compares_the_monitor_flow_with_bare_evidently():
+    table = _run("benchmarks.drift", "--config", ORDERS, "--sizes", "400", "--runs", "1")
+    assert "| 400 |" in table and "ratio to bare" in table, table
