@@ -16,7 +16,7 @@ export UV_PYTHON_DOWNLOADS := never
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test lint clean serve bench bench-lifecycle bench-large bench-drift bench-serve stack stack-down
+.PHONY: setup run test lint clean serve bench bench-lifecycle bench-large bench-drift bench-stream bench-serve stack stack-down
 
 setup: $(VENV)/.synced
 
@@ -52,7 +52,7 @@ BENCH_RUNS ?= 3
 BENCH_ROWS ?= 1000000
 
 # Every benchmark table (docs/benchmarks.md holds the latest figures).
-bench: bench-lifecycle bench-large bench-drift bench-serve
+bench: bench-lifecycle bench-large bench-drift bench-stream bench-serve
 
 bench-lifecycle: setup
 	$(PY) -m benchmarks.lifecycle --config $(CONFIG) --runs $(BENCH_RUNS) --n-trials 50
@@ -62,6 +62,9 @@ bench-large: setup
 
 bench-drift: setup
 	$(PY) -m benchmarks.drift --config $(CONFIG) --sizes 10000 100000 --runs $(BENCH_RUNS)
+
+bench-stream: setup
+	$(PY) -m benchmarks.stream --config $(CONFIG) --rows 10000000 --eager-up-to 2000000
 
 bench-serve: setup
 	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; apt-get install -y -qq hey; }

@@ -21,6 +21,7 @@ from tasks.data import (
     split_task,
     validate_task,
 )
+from tasks.stream import stream_snapshot_task
 
 
 class PrepareResult(BaseModel):
@@ -49,16 +50,23 @@ class PrepareResult(BaseModel):
 
 
 @flow(name="prepare", flow_run_name=named_after_config("prepare"))
-def prepare(config: Path, source: str | None = None, workdir: Path = Path("artifacts")) -> PrepareResult:
+def prepare(
+    config: Path, source: str | None = None, workdir: Path = Path("artifacts"), stream_rows: int | None = None
+) -> PrepareResult:
     """Validate a table against its dataset config and write a training snapshot.
 
     Args:
         config: dataset config (YAML) describing the table
         source: read this file or database URI instead of the config's source
         workdir: folder for snapshots and quarantine files
+        stream_rows: stream a file larger than memory this many rows at a time (Polars lazy scans;
+            rows are split by a hash of their content)
     """
     spec = load_spec_task(config, source)
     fingerprint = fingerprint_task(spec)
+    if stream_rows:
+        manifest, manifest_path = stream_snapshot_task(spec, fingerprint, workdir, stream_rows)
+        return PrepareResult.of(manifest, manifest_path)
     raw = ingest_task(spec, fingerprint)
     failures = validate_task(raw, spec, fingerprint)
     kept, report = quarantine_task(raw, failures, spec, fingerprint, workdir)

@@ -1,0 +1,92 @@
+"""Prepare on a table larger than memory: the streaming path (Polars lazy scans, one slice
+in memory) vs the in-memory path, on a generated Parquet file (the sample resampled).
+
+    python -m benchmarks.stream --config configs/default.yaml --rows 10000000 --eager-up-to 2000000
+
+Each run is its own process; prints seconds, rows/s, peak RSS and the table's in-memory size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(config: Path, rows: int, folder: Path, chunk: int = 1_000_000) -> tuple[Path, float]:
+    """The sample resampled to `rows` rows, written chunk by chunk. Returns (config, in-memory MiB)."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from tasks.data import read_source
+    from tasks.spec import load_spec
+
+    spec = load_spec(config)
+    raw = read_source(spec)
+    data = folder / f"{spec.name}-{rows}.parquet"
+    size = 0.0
+    writer = None
+    for start in range(0, rows, chunk):
+        part = raw.sample(min(chunk, rows - start), with_replacement=True, seed=start)
+        size += part.estimated_size("mb")
+        table = part.to_arrow()
+        writer = writer or pq.ParquetWriter(data, table.schema)
+        writer.write_table(table, row_group_size=100_000)
+    writer.close()
+    body = yaml.safe_load(config.read_text())
+    body["source"] = {"path": str(data)}
+    target = folder / f"{spec.name}-{rows}.yaml"
+    target.write_text(yaml.safe_dump(body))
+    return target, size
+
+
+def run_prepare(config: Path, workdir: Path, stream_rows: int | None, env: dict) -> tuple[float, float]:
+    cmd = [sys.executable, "-m", "flows.prepare", "--config", str(config), "--workdir", str(workdir)]
+    if stream_rows:
+        cmd += ["--stream-rows", str(stream_rows)]
+    log = workdir.with_suffix(".log")
+    workdir.mkdir(parents=True)
+    started = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(log.read_text()[-3000:])
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--stream-rows", type=int, default=250_000)
+    parser.add_argument("--eager-up-to", type=int, default=2_000_000, help="skip the in-memory path above this size")
+    args = parser.parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    config, size = generate(args.config.resolve(), args.rows, scratch)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(scratch / "prefect"), "PREFECT_LOCAL_STORAGE_PATH": str(scratch / "results"),
+            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    (scratch / "prefect").mkdir()
+    results = [("streaming", *run_prepare(config, scratch / "stream", args.stream_rows, env))]
+    if args.rows <= args.eager_up_to:
+        results.append(("in memory", *run_prepare(config, scratch / "eager", None, env)))
+    print(f"\n## Prepare larger than memory — {args.rows:,} rows ({size:,.0f} MiB as a Polars frame of text)")
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores · "
+          f"slices of {args.stream_rows:,} rows\n")  # fmt: skip
+    print("| path | seconds | rows/s | peak RSS MiB | peak RSS / table size |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds, peak in results:
+        print(f"| {name} | {seconds:.1f} | {args.rows / seconds:,.0f} | {peak:.0f} | {peak / size:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

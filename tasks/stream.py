@@ -1,0 +1,165 @@
+"""The prepare phase for tables larger than memory: Polars lazy scans read the source a
+slice at a time; each slice is validated, quarantined, cleaned, featured, split and written
+as Parquet parts, so memory holds one slice, never the table.
+
+The split is by a hash of each row's content (the same row always lands in the same split;
+no shuffle of the whole table is needed); the data version is the sha256 of the kept rows
+with their split, like the in-memory path's, so an unchanged input gives the same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+from prefect import get_run_logger, task
+
+from tasks import features
+from tasks.common import UNCACHED
+from tasks.data import (
+    SPLIT_COLUMN,
+    SPLITS,
+    FailingCheck,
+    QuarantineReport,
+    RowCounts,
+    SnapshotManifest,
+    SourceFingerprint,
+    check_tolerance,
+    quarantine_path,
+    snapshot_dir,
+    split_quarantine,
+)
+from tasks.spec import DatasetSpec, clean, find_failures
+
+DEFAULT_SLICE_ROWS = 250_000
+_HASH_SEED = 20261122
+
+
+def scan_source(spec: DatasetSpec) -> pl.LazyFrame:
+    """A lazy scan of the file source (CSV read as text, so bad values reach validation)."""
+    src = spec.source
+    if src.path is None:
+        raise ValueError("streaming prepare reads files (CSV or Parquet), not database queries")
+    path = spec.resolve(src.path)
+    if src.file_format == "parquet":
+        return pl.scan_parquet(path).select(spec.input_columns)
+    return pl.scan_csv(path, infer_schema=False).select(spec.input_columns)
+
+
+def assign_splits_by_hash(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Split by a seeded hash of the row: deterministic per row, no whole-table shuffle."""
+    position = pl.struct(pl.all()).hash(seed=_HASH_SEED + spec.split.seed) % 1_000_000 / 1_000_000
+    test, val = spec.split.test, spec.split.validation
+    label = (
+        pl.when(position < test)
+        .then(pl.lit("test"))
+        .when(position < test + val)
+        .then(pl.lit("validation"))
+        .otherwise(pl.lit("train"))
+    )
+    return frame.with_columns(label.alias(SPLIT_COLUMN))
+
+
+def stream_snapshot(
+    spec: DatasetSpec, fingerprint: SourceFingerprint, workdir: Path, slice_rows: int = DEFAULT_SLICE_ROWS
+) -> tuple[SnapshotManifest, Path, QuarantineReport]:
+    """Write the snapshot slice by slice. Returns (manifest, manifest path, quarantine report)."""
+    scan = scan_source(spec)
+    total = scan.select(pl.len()).collect().item()
+    staging = Path(workdir) / "snapshots" / spec.name / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    for split in SPLITS:
+        (staging / split).mkdir(parents=True)
+    quarantine = quarantine_path(Path(workdir), spec, fingerprint).with_suffix("")
+    shutil.rmtree(quarantine, ignore_errors=True)
+    quarantine.mkdir(parents=True)
+
+    digest, schema = None, None
+    kept_rows, quarantined_rows = 0, 0
+    per_split: Counter[str] = Counter()
+    checks: Counter[tuple[str, str]] = Counter()
+    examples: dict[tuple[str, str], str | None] = {}
+    for part, offset in enumerate(range(0, total, slice_rows)):
+        raw = scan.slice(offset, slice_rows).collect()
+        failures = find_failures(raw, spec)
+        kept, rejected = split_quarantine(raw, failures)
+        if rejected.height:
+            rejected.with_columns(pl.col("source_row") + offset).write_parquet(quarantine / f"part-{part:05d}.parquet")
+        for row in failures.group_by("column", "check").agg(pl.col("row").n_unique(), pl.col("value").first()).rows():
+            checks[(row[0], row[1])] += row[2]
+            examples.setdefault((row[0], row[1]), row[3])
+        split = assign_splits_by_hash(features.add_features(clean(kept, spec), spec), spec)
+        if digest is None:
+            digest = hashlib.sha256(",".join(split.columns).encode())
+            schema = {k: str(v) for k, v in split.drop(SPLIT_COLUMN).schema.items()}
+        digest.update(split.write_csv(include_header=False).encode())
+        for name in SPLITS:
+            rows = split.filter(pl.col(SPLIT_COLUMN) == name).drop(SPLIT_COLUMN)
+            per_split[name] += rows.height
+            rows.write_parquet(staging / name / f"part-{part:05d}.parquet")
+        kept_rows += kept.height
+        quarantined_rows += rejected.height
+        del raw, failures, kept, rejected, split
+
+    if kept_rows + quarantined_rows != total:
+        raise AssertionError(f"rows lost: {total} in, {kept_rows} kept, {quarantined_rows} quarantined")
+    top = sorted(checks.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    report = QuarantineReport(
+        path=str(quarantine),
+        rows_in=total,
+        rows_quarantined=quarantined_rows,
+        max_fraction=spec.quarantine.max_fraction,
+        top_checks=[FailingCheck(column=c, check=k, rows=n, example=examples[(c, k)]) for (c, k), n in top],
+    )
+    version = (digest or hashlib.sha256()).hexdigest()[:16]
+    manifest = SnapshotManifest(
+        dataset=spec.name,
+        data_version=version,
+        spec_hash=spec.spec_hash,
+        source=fingerprint,
+        created_at=datetime.now(UTC),
+        rows=RowCounts(rows_in=total, rows_kept=kept_rows, rows_quarantined=quarantined_rows, **per_split),
+        files={split: f"{split}/*.parquet" for split in SPLITS},
+        feature_names=spec.feature_names,
+        target=spec.target.column,
+        positive_label=spec.target.positive,
+        columns=schema or {},
+        quarantine_path=str(quarantine),
+    )
+    if report.fraction > report.max_fraction:  # no snapshot from a table that breaks its contract
+        shutil.rmtree(staging)
+        check_tolerance(report)
+    folder = snapshot_dir(Path(workdir), spec.name, version)
+    if (folder / "manifest.json").is_file():
+        shutil.rmtree(staging)
+        return (
+            SnapshotManifest.model_validate_json((folder / "manifest.json").read_text()),
+            folder / "manifest.json",
+            report,
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    (folder / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return manifest, folder / "manifest.json", report
+
+
+# -- Prefect task ------------------------------------------------------------------------------
+@task(name="stream-snapshot", **UNCACHED)
+def stream_snapshot_task(
+    spec: DatasetSpec, fingerprint: SourceFingerprint, workdir: Path, slice_rows: int
+) -> tuple[SnapshotManifest, Path]:
+    """Slice by slice; the quarantine tolerance is checked once every row has been seen."""
+    from tasks.data import _publish_quarantine
+
+    manifest, path, report = stream_snapshot(spec, fingerprint, workdir, slice_rows)
+    _publish_quarantine(report, spec)
+    get_run_logger().info(
+        "streamed %d rows in slices of %d: %d kept, %d quarantined → %s",
+        report.rows_in, slice_rows, manifest.rows.rows_kept, report.rows_quarantined, manifest.data_version,
+    )  # fmt: skip
+    return manifest, path
