@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.measure import ROOT, isolated_env, run_measured
 
 
 def measure(config: Path, workdir: Path, size: int, runs: int) -> dict:
@@ -76,10 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-drift-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    env |= {"PREFECT_HOME": str(scratch / "prefect"), "PREFECT_LOCAL_STORAGE_PATH": str(scratch / "results"),
-            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "BENTOML_HOME": str(scratch / "bentoml")}  # fmt: skip
+    env = isolated_env(scratch)
     work = scratch / "work"
     subprocess.run(
         [sys.executable, "-m", "flows.lifecycle", "--config", str(config), "--workdir", str(work), "--n-trials", "5"],
@@ -87,15 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     rows = []
     for size in args.sizes:
-        with (scratch / f"measure-{size}.log").open("w") as log:
-            cmd = [sys.executable, "-m", "benchmarks.drift", "--config", str(config), "--runs", str(args.runs),
-                   "--measure", str(work), str(size)]  # fmt: skip
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
-            out = proc.stdout.read()
-            _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError((scratch / f"measure-{size}.log").read_text()[-3000:])
-        rows.append((size, json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024))
+        cmd = [sys.executable, "-m", "benchmarks.drift", "--config", str(config), "--runs", str(args.runs),
+               "--measure", str(work), str(size)]  # fmt: skip
+        result = scratch / f"measure-{size}.json"
+        _, peak = run_measured(cmd, env, scratch / f"measure-{size}.log", stdout=result)
+        rows.append((size, json.loads(result.read_text().strip().splitlines()[-1]), peak))
 
     print(f"\n## Drift check time — {config.stem}, medians of {args.runs} warm runs")
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores\n")

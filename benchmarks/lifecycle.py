@@ -26,7 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.measure import ROOT, isolated_env, run_measured
 
 
 # -- the bare script: the same work, no orchestration ----------------------------------------
@@ -144,28 +144,14 @@ def large_config(config: Path, rows: int, folder: Path) -> Path:
 
 
 # -- the driver ------------------------------------------------------------------------------------
-def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB of the process itself)."""
-    started = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {log.read_text()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024
-
-
 def start_server(scratch: Path, home: Path) -> tuple[subprocess.Popen, str]:
     """A `prefect server start` on loopback, as `make stack` runs it."""
-    import socket
-
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = environment(scratch, scratch / "server-home")
+    from benchmarks.serve import free_port
+
+    port = free_port()
+    env = isolated_env(scratch, scratch / "server-home")
     log = (scratch / "server.log").open("w")
     prefect = str(Path(sys.executable).with_name("prefect"))
     proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
@@ -177,18 +163,6 @@ def start_server(scratch: Path, home: Path) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             time.sleep(0.5)
     raise RuntimeError("the Prefect server did not start")
-
-
-def environment(folder: Path, home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "MLFLOW_TRACKING_URI"))}
-    home.mkdir(parents=True, exist_ok=True)
-    return env | {
-        "PREFECT_HOME": str(home),
-        "PREFECT_LOCAL_STORAGE_PATH": str(folder / "results"),
-        "BENTOML_HOME": str(folder / "bentoml"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     config = large_config(args.config.resolve(), args.rows, scratch) if args.rows else args.config.resolve()
     py = sys.executable
     home = scratch / "prefect-home"  # one Prefect home, like a user's: its database exists after the first run
-    warm = environment(scratch, home) | {"PREFECT_LOCAL_STORAGE_PATH": str(scratch / "warm-up")}
+    warm = isolated_env(scratch, home) | {"PREFECT_LOCAL_STORAGE_PATH": str(scratch / "warm-up")}
     subprocess.run(
         [py, "-c", "from prefect import flow; flow(lambda: None)()"], env=warm, check=True, capture_output=True
     )
@@ -219,16 +193,16 @@ def main(argv: list[str] | None = None) -> None:
                 folder = scratch / f"{variant}-{run}"
                 work = folder / "work"
                 work.mkdir(parents=True)
-                env = environment(folder, home) | ({"PREFECT_API_URL": api} if variant == "server" else {})
+                env = isolated_env(folder, home) | ({"PREFECT_API_URL": api} if variant == "server" else {})
                 if variant == "bare":
                     cmd = [py, "-m", "benchmarks.lifecycle", "--config", str(config), "--n-trials", str(args.n_trials),
                            "--bare-run", str(work)]  # fmt: skip
                 else:
                     cmd = [py, "-m", "flows.lifecycle", "--config", str(config), "--workdir", str(work),
                            "--n-trials", str(args.n_trials)]  # fmt: skip
-                figures[variant].append(timed(cmd, env, folder / "run.log"))
+                figures[variant].append(run_measured(cmd, env, folder / "run.log"))
                 if variant == "flow":
-                    figures["cached"].append(timed(cmd, env, folder / "cached.log"))
+                    figures["cached"].append(run_measured(cmd, env, folder / "cached.log"))
                 print(f"run {run + 1}/{args.runs} {variant}: {figures[variant][-1][0]:.1f}s", file=sys.stderr)
     finally:
         server.terminate()

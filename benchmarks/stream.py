@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.measure import ROOT, isolated_env, run_measured
 
 
 def generate(config: Path, rows: int, folder: Path, chunk: int = 1_000_000) -> tuple[Path, float]:
@@ -52,15 +50,8 @@ def run_prepare(config: Path, workdir: Path, stream_rows: int | None, env: dict)
     cmd = [sys.executable, "-m", "flows.prepare", "--config", str(config), "--workdir", str(workdir)]
     if stream_rows:
         cmd += ["--stream-rows", str(stream_rows)]
-    log = workdir.with_suffix(".log")
     workdir.mkdir(parents=True)
-    started = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(log.read_text()[-3000:])
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    return run_measured(cmd, env, workdir.with_suffix(".log"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,10 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     config, size = generate(args.config.resolve(), args.rows, scratch)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env |= {"PREFECT_HOME": str(scratch / "prefect"), "PREFECT_LOCAL_STORAGE_PATH": str(scratch / "results"),
-            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
-    (scratch / "prefect").mkdir()
+    env = isolated_env(scratch)
     results = [("streaming", *run_prepare(config, scratch / "stream", args.stream_rows, env))]
     if args.rows <= args.eager_up_to:
         results.append(("in memory", *run_prepare(config, scratch / "eager", None, env)))

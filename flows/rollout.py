@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.naming import named_after_config
 from flows.package import package
+from tasks.common import artifact_key
 from tasks.data import load_spec_task
 from tasks.registry import tracking_task
 from tasks.serving import (
@@ -78,7 +79,7 @@ def rollout(
     retire_task(current.live if current.live and current.live.ident != new.ident else None)
     previous = current.live.model_version if current.live else None
     create_markdown_artifact(
-        key=f"{spec.name.lower().replace('_', '-')}-rollout",
+        key=f"{artifact_key(spec.name)}-rollout",
         description=f"v{packaged.model_version} live on :{port}",
         markdown=f"### Roll-out: v{packaged.model_version} live on http://127.0.0.1:{port}\n\n"
         f"- backend: {target} `{artifact}` on :{new.port}\n- previous: v{previous}\n",

@@ -22,7 +22,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from tasks.common import UNCACHED
+from tasks.common import UNCACHED, artifact_key
 from tasks.registry import TrackingConfig, VersionInfo, load_model, version_by_alias
 from tasks.spec import DatasetSpec
 
@@ -214,7 +214,7 @@ def build_bento_task(spec: DatasetSpec, model_tag: str, workdir: Path, base_imag
     tag, built = build_bento(spec, model_tag, workdir, base_image)
     get_run_logger().info("%s bento %s", "built" if built else "found", tag)
     create_markdown_artifact(
-        key=f"{bento_name(spec).replace('_', '-')}-bento",
+        key=f"{artifact_key(bento_name(spec))}-bento",
         markdown=f"### Bento `{tag}`\n\nModel `{model_tag}`. Serve it: `bentoml serve {tag}`\n",
         description=f"Bento {tag} of model {model_tag}",
     )

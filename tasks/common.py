@@ -35,6 +35,11 @@ def content_key(task_ctx: Any, inputs: dict[str, Any]) -> str | None:
     return hash_objects(TASK_SOURCE.compute_key(task_ctx, inputs, {}), *parts)
 
 
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+
+
 def retry_unless_data_error(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient failures (I/O, network); never a broken data contract."""
     exc = state.result(raise_on_failure=False)

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from tasks import features
-from tasks.common import CACHED, UNCACHED
+from tasks.common import CACHED, UNCACHED, artifact_key
 from tasks.errors import QuarantineToleranceExceeded, SpecError
 from tasks.spec import DatasetSpec, clean, find_failures, load_spec
 
@@ -221,7 +221,12 @@ def assign_splits(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
         return ordered.with_columns(label.alias(SPLIT_COLUMN))
     target = spec.target.column
     rank = pl.int_range(pl.len()).shuffle(seed=spec.split.seed).over(target)
-    position = rank / pl.len().over(target)
+    return frame.with_columns(split_by_position(rank / pl.len().over(target), spec))
+
+
+def split_by_position(position: pl.Expr, spec: DatasetSpec) -> pl.Expr:
+    """The split column from a position in [0, 1): the first `test` share is test, then validation."""
+    test, val = spec.split.test, spec.split.validation
     label = (
         pl.when(position < test)
         .then(pl.lit("test"))
@@ -229,7 +234,7 @@ def assign_splits(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
         .then(pl.lit("validation"))
         .otherwise(pl.lit("train"))
     )
-    return frame.with_columns(label.alias(SPLIT_COLUMN))
+    return label.alias(SPLIT_COLUMN)
 
 
 def snapshot_dir(workdir: Path, dataset: str, data_version: str) -> Path:
@@ -343,7 +348,7 @@ def quarantine_task(
 
 def _publish_quarantine(report: QuarantineReport, spec: DatasetSpec) -> None:
     create_table_artifact(
-        key=f"{_artifact_key(spec.name)}-quarantine",
+        key=f"{artifact_key(spec.name)}-quarantine",
         table=[c.model_dump() for c in report.top_checks] or [{"column": "-", "check": "no failures", "rows": 0}],
         description=(
             f"Top quarantine reasons: {report.rows_quarantined} of {report.rows_in} rows "
@@ -383,12 +388,12 @@ def snapshot_task(
     manifest, path = write_snapshot(split_frame, spec, fingerprint, quarantine, workdir)
     rows = manifest.rows
     create_table_artifact(
-        key=f"{_artifact_key(spec.name)}-rows",
+        key=f"{artifact_key(spec.name)}-rows",
         table=[{"stage": k, "rows": v} for k, v in rows.model_dump().items()],
         description=f"Row counts of `{spec.name}` data version `{manifest.data_version}` ({path})",
     )
     create_markdown_artifact(
-        key=f"{_artifact_key(spec.name)}-snapshot",
+        key=f"{artifact_key(spec.name)}-snapshot",
         description=f"Snapshot {manifest.data_version}: {rows.rows_kept} rows kept of {rows.rows_in}",
         markdown=(
             f"### Snapshot `{manifest.data_version}` of `{spec.name}`\n\n"
@@ -409,8 +414,3 @@ def load_manifest_task(path: Path) -> SnapshotManifest:
 @task(name="read-split", **UNCACHED)
 def read_split_task(manifest_path: Path, split: str) -> pl.DataFrame:
     return read_split(manifest_path, split)
-
-
-def _artifact_key(name: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    return "".join(ch if ch.isalnum() else "-" for ch in name.lower())

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
-from tasks.common import UNCACHED
+from tasks.common import UNCACHED, artifact_key
 from tasks.events import DRIFT_DETECTED, emit_model_event
 from tasks.spec import DatasetSpec, DriftPolicy, cast_to_spec, find_failures
 
@@ -330,7 +330,7 @@ def log_drift_task(cfg, result: DriftResult) -> str:
 
 @task(name="publish-drift", **UNCACHED)
 def publish_drift_task(result: DriftResult) -> None:
-    key = result.dataset.lower().replace("_", "-")
+    key = artifact_key(result.dataset)
     create_table_artifact(
         key=f"{key}-drift",
         table=[c.model_dump() for c in sorted(result.columns, key=lambda c: not c.drifted)]

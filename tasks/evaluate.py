@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
-from tasks.common import CACHED, UNCACHED
+from tasks.common import CACHED, UNCACHED, artifact_key
 from tasks.data import SnapshotManifest
 from tasks.registry import TrackingConfig, TrainResult
 from tasks.spec import DatasetSpec, GateRule
@@ -479,7 +479,7 @@ def log_evaluation_task(
     )
     registry.log_text(cfg, trained.run_id, card, "model_card.md")
     registry.set_tags(cfg, trained.run_id, {"gate_passed": decision.passed, "gate_reasons": decision.reasons[:5000]})
-    key = "".join(ch if ch.isalnum() else "-" for ch in spec.name.lower())
+    key = artifact_key(spec.name)
     create_markdown_artifact(key=f"{key}-model-card", markdown=card, description=f"Model card of run {trained.run_id}")
     rows = [{"model": "candidate", **_headline(scores.candidate)}]
     rows += [{"model": name, **_headline(m)} for name, m in comparators.items() if m]

@@ -17,7 +17,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from tasks.common import UNCACHED
+from tasks.common import UNCACHED, artifact_key
 from tasks.events import MODEL_PROMOTED, emit_model_event
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -380,7 +380,7 @@ def register_task(cfg: TrackingConfig, run_id: str) -> RegisterResult:
     logger.info(decision)
     champion = version_by_alias(cfg, CHAMPION)
     create_markdown_artifact(
-        key="".join(ch if ch.isalnum() else "-" for ch in cfg.model_name.lower()) + "-registry",
+        key=f"{artifact_key(cfg.model_name)}-registry",
         markdown=f"### {cfg.model_name} v{info.version}\n\n{decision}\n\nGate: {reason}\n",
         description=decision[:200],
     )

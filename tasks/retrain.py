@@ -19,7 +19,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from tasks.common import UNCACHED
+from tasks.common import UNCACHED, artifact_key
 from tasks.data import (
     SPLIT_COLUMN,
     SPLITS,
@@ -278,7 +278,7 @@ def record_task(
     get_run_logger().info("retrain of %s: %s — %s", spec.name, status, summary)
     digest = hashlib.sha256(fresh.batch.encode()).hexdigest()[:8]
     create_markdown_artifact(
-        key=f"{''.join(ch if ch.isalnum() else '-' for ch in spec.name.lower())}-retrain",
+        key=f"{artifact_key(spec.name)}-retrain",
         description=f"retrain decision for batch {digest}",
         markdown=f"### Retrain: **{status}** (champion v{result.champion_version})\n\n"
         f"- trigger: {reason or 'manual'}\n- drift measured against: v{fresh.base_version}\n"

@@ -32,7 +32,9 @@ from tasks.data import (
     check_tolerance,
     quarantine_path,
     snapshot_dir,
+    split_by_position,
     split_quarantine,
+    top_failing_checks,
 )
 from tasks.spec import DatasetSpec, clean, find_failures
 
@@ -54,15 +56,7 @@ def scan_source(spec: DatasetSpec) -> pl.LazyFrame:
 def assign_splits_by_hash(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """Split by a seeded hash of the row: deterministic per row, no whole-table shuffle."""
     position = pl.struct(pl.all()).hash(seed=_HASH_SEED + spec.split.seed) % 1_000_000 / 1_000_000
-    test, val = spec.split.test, spec.split.validation
-    label = (
-        pl.when(position < test)
-        .then(pl.lit("test"))
-        .when(position < test + val)
-        .then(pl.lit("validation"))
-        .otherwise(pl.lit("train"))
-    )
-    return frame.with_columns(label.alias(SPLIT_COLUMN))
+    return frame.with_columns(split_by_position(position, spec))
 
 
 def stream_snapshot(
@@ -90,9 +84,9 @@ def stream_snapshot(
         kept, rejected = split_quarantine(raw, failures)
         if rejected.height:
             rejected.with_columns(pl.col("source_row") + offset).write_parquet(quarantine / f"part-{part:05d}.parquet")
-        for row in failures.group_by("column", "check").agg(pl.col("row").n_unique(), pl.col("value").first()).rows():
-            checks[(row[0], row[1])] += row[2]
-            examples.setdefault((row[0], row[1]), row[3])
+        for check in top_failing_checks(failures, limit=max(failures.height, 1)):  # every check of this slice
+            checks[(check.column, check.check)] += check.rows
+            examples.setdefault((check.column, check.check), check.example)
         split = assign_splits_by_hash(features.add_features(clean(kept, spec), spec), spec)
         if digest is None:
             digest = hashlib.sha256(",".join(split.columns).encode())

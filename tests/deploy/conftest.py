@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import ROOT
@@ -47,6 +50,52 @@ def prefect_server(tmp_path_factory, docker_engine):
     wait_until_ok(f"http://127.0.0.1:{port}/api/health", 120, lambda: (home / "server.log").read_text()[-3000:])
     yield {"env": env, "home": home, "port": port}
     _stop(server)
+
+
+class PrefectApi:
+    """The few REST calls the checks need, against a real server."""
+
+    def __init__(self, env: dict):
+        self.url = env["PREFECT_API_URL"]
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        response = httpx.request(method, f"{self.url}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict):
+        return self.request("POST", path, body)
+
+    def flow_run(self, flow_run_id: str) -> dict:
+        return self.request("GET", f"/flow_runs/{flow_run_id}")
+
+    def flow_runs(self, deployment: str) -> list[dict]:
+        body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 50}
+        return self.post("/flow_runs/filter", body)
+
+    def events(self, name: str, since: datetime) -> list[dict]:
+        body = {"filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}}, "limit": 50}
+        return self.post("/events/filter", body)["events"]
+
+    def artifact(self, flow_run_id: str, key_suffix: str) -> dict | None:
+        """The flow run's artifact whose key ends with `key_suffix`."""
+        found = self.post("/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+        return next((a for a in found if (a.get("key") or "").endswith(key_suffix)), None)
+
+
+def flow_run_id(cli_output: str) -> str:
+    """The id `prefect deployment run` prints."""
+    return re.search(r"UUID: ([0-9a-f-]{36})", cli_output).group(1)
+
+
+def wait_for(check, timeout: float, what: str, every: float = 0.5):
+    """Poll `check` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(every)
+    raise TimeoutError(f"{what} within {timeout:.0f}s")
 
 
 def prefect(env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

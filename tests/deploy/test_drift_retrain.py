@@ -4,7 +4,6 @@ retrain deployment → gate → roll-out of the new champion behind the stable e
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,48 +20,10 @@ from tasks.serving import read_state, state_dir, stop_backend, stop_proxy
 from tasks.simulate import DriftRecipe, drifted_batch, valid_rows
 from tasks.spec import load_spec
 from tests.conftest import CONFIGS
-from tests.deploy.conftest import prefect
+from tests.deploy.conftest import PrefectApi, flow_run_id, prefect, wait_for
 from tests.serving.server import free_port
 
 N_TRIALS = 5
-
-
-class Api:
-    """The few REST calls the checks need, against the real server."""
-
-    def __init__(self, env: dict):
-        self.url = env["PREFECT_API_URL"]
-
-    def post(self, path: str, body: dict):
-        response = httpx.post(f"{self.url}{path}", json=body, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def flow_runs(self, deployment: str) -> list[dict]:
-        body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 50}
-        return self.post("/flow_runs/filter", body)
-
-    def flow_run(self, flow_run_id: str) -> dict:
-        response = httpx.get(f"{self.url}/flow_runs/{flow_run_id}", timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def drift_events(self, since: datetime) -> list[dict]:
-        body = {"filter": {"event": {"name": [DRIFT_EVENT]}, "occurred": {"since": since.isoformat()}}, "limit": 50}
-        return self.post("/events/filter", body)["events"]
-
-    def artifact(self, flow_run_id: str, key_suffix: str) -> dict | None:
-        found = self.post("/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
-        return next((a for a in found if (a.get("key") or "").endswith(key_suffix)), None)
-
-
-def wait_for(check, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(every)
-    raise TimeoutError(f"{what} within {timeout:.0f}s")
 
 
 def finished(runs: list[dict]) -> bool:
@@ -110,7 +71,7 @@ def run_monitor(loop, batch: Path, watch: bool = True):
     out = prefect(loop["env"], *args, *(["--watch"] if watch else []), timeout=600)
     log = (loop["home"] / "worker.log").read_text()[-3000:]
     assert out.returncode == 0, out.stdout[-3000:] + log
-    return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+    return flow_run_id(out.stdout)
 
 
 def tracking(loop):
@@ -126,7 +87,7 @@ def test_retrain_deployment_has_its_trigger_and_a_concurrency_limit(loop):
 
 
 def test_a_batch_like_the_training_data_reports_but_does_not_retrain(loop):
-    api = Api(loop["env"])
+    api = PrefectApi(loop["env"])
     since = datetime.now(UTC) - timedelta(seconds=1)
     monitor_run = api.flow_run(run_monitor(loop, loop["batches"] / "same.csv"))
     assert monitor_run["state_type"] == "COMPLETED"
@@ -135,19 +96,19 @@ def test_a_batch_like_the_training_data_reports_but_does_not_retrain(loop):
     assert report and "**no_drift**" in report["data"] and ".html" in report["data"]
     assert table and table["type"] == "table"
     time.sleep(5)  # an automation acts within a second or two: give it room to misbehave
-    assert api.drift_events(since) == []
+    assert api.events(DRIFT_EVENT, since) == []
     assert api.flow_runs("retrain") == []
     reports = list((loop["workdir"] / "monitoring" / loop["spec"].name).glob("drift-*.html"))
     assert reports, "no HTML report written"
 
 
 def test_a_drifted_batch_retrains_and_the_new_champion_serves(loop):
-    api, port, cfg = Api(loop["env"]), loop["stable_port"], tracking(loop)
+    api, port, cfg = PrefectApi(loop["env"]), loop["stable_port"], tracking(loop)
     before = registry.version_by_alias(cfg, registry.CHAMPION).version
     assert served_version(port) == before
     since = datetime.now(UTC) - timedelta(seconds=1)
     run_monitor(loop, loop["batches"] / "drifted-2.csv", watch=False)
-    event = wait_for(lambda: api.drift_events(since), 300, "no drift event")[0]
+    event = wait_for(lambda: api.events(DRIFT_EVENT, since), 300, "no drift event")[0]
     occurred = datetime.fromisoformat(event["occurred"])
     assert event["resource"]["prefect.resource.id"] == f"model.{loop['spec'].name}"
     assert event["payload"]["model_version"] == before and event["payload"]["drift_share"] >= 0.3
@@ -174,13 +135,13 @@ def test_a_drifted_batch_retrains_and_the_new_champion_serves(loop):
 
 
 def test_two_drifted_batches_in_quick_succession_promote_at_most_once(loop):
-    api, cfg = Api(loop["env"]), tracking(loop)
+    api, cfg = PrefectApi(loop["env"]), tracking(loop)
     before = registry.version_by_alias(cfg, registry.CHAMPION).version
     known = {r["id"] for r in api.flow_runs("retrain")}
     since = datetime.now(UTC)
     run_monitor(loop, loop["batches"] / "drifted-3.csv", watch=False)
     run_monitor(loop, loop["batches"] / "drifted-4.csv", watch=False)
-    wait_for(lambda: len(api.drift_events(since)) >= 2, 300, "two drift events")
+    wait_for(lambda: len(api.events(DRIFT_EVENT, since)) >= 2, 300, "two drift events")
 
     def new_runs():
         runs = [r for r in api.flow_runs("retrain") if r["id"] not in known]

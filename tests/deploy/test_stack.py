@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from tests.conftest import CONFIGS, ROOT
+from tests.deploy.conftest import PrefectApi, flow_run_id, prefect, wait_for
 from tests.serving.server import free_port
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 STACK = ROOT / "deployments" / "stack.sh"
 DATASET = "telco_churn"
 
@@ -82,38 +82,14 @@ def stack(receiver, tmp_path_factory):
         print(down.stdout)
 
 
-def prefect(stack, *args, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([PREFECT, *args], env=stack["env"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
 def python(stack, code: str) -> str:
     out = subprocess.run([sys.executable, "-c", code], env=stack["env"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
 
-def api(stack, method: str, path: str, body: dict | None = None):
-    response = httpx.request(method, f"{stack['env']['PREFECT_API_URL']}{path}", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def run_id(output: str) -> str:
-    return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
-
-
-def artifact(stack, flow_run_id: str, suffix: str) -> str:
-    found = api(stack, "POST", "/artifacts/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
-    return next(a["data"] for a in found if (a.get("key") or "").endswith(suffix))
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    raise TimeoutError(what)
+def artifact(stack, run: str, suffix: str) -> str:
+    return PrefectApi(stack["env"]).artifact(run, suffix)["data"]
 
 
 @pytest.fixture(scope="module")
@@ -121,16 +97,16 @@ def lifecycle_run(stack):
     """`prefect deployment run` of the lifecycle deployment, through the stack's worker."""
     started = time.monotonic()
     args = ["--param", f"workdir={stack['work']}", "--param", "n_trials=5"]
-    out = prefect(stack, "deployment", "run", "lifecycle/lifecycle", *args, "--watch")
+    out = prefect(stack["env"], "deployment", "run", "lifecycle/lifecycle", *args, "--watch")
     worker_log = (stack["stack_dir"] / "worker.log").read_text()[-3000:]
     assert out.returncode == 0 and "Completed" in out.stdout, out.stdout[-3000:] + worker_log
     print(f"\nlifecycle deployment through the stack's worker: {time.monotonic() - started:.0f}s")
-    return run_id(out.stdout)
+    return flow_run_id(out.stdout)
 
 
 def test_make_stack_serves_prefect_mlflow_and_runs_the_lifecycle(stack, lifecycle_run):
     assert f"http://127.0.0.1:{stack['PREFECT_PORT']}" in stack["up"] and "make stack-down" in stack["up"]
-    run = api(stack, "GET", f"/flow_runs/{lifecycle_run}")
+    run = PrefectApi(stack["env"]).flow_run(lifecycle_run)
     assert run["name"] == f"lifecycle-{DATASET}" and "lifecycle" in run["tags"]
     model = httpx.get(
         f"http://127.0.0.1:{stack['MLFLOW_PORT']}/api/2.0/mlflow/registered-models/get", params={"name": DATASET}
@@ -139,16 +115,17 @@ def test_make_stack_serves_prefect_mlflow_and_runs_the_lifecycle(stack, lifecycl
 
 
 def test_blocks_are_registered_with_default_documents(stack):
-    register = prefect(stack, "block", "register", "-m", "blocks")
+    register = prefect(stack["env"], "block", "register", "-m", "blocks")
     assert register.returncode == 0, register.stdout + register.stderr
     for kind in ("Lifecycle Tracking", "Lifecycle Serving Target", "Lifecycle Drift Policy"):
         assert kind in register.stdout
-    documents = api(stack, "POST", "/block_documents/filter", {"include_secrets": False})
+    api = PrefectApi(stack["env"])
+    documents = api.post("/block_documents/filter", {"include_secrets": False})
     saved = {(d["block_type"]["slug"], d["name"]) for d in documents}
     for slug in ("lifecycle-tracking", "lifecycle-serving-target", "lifecycle-drift-policy"):
         assert {(slug, "telco-churn"), (slug, "credit-data")} <= saved, saved
     assert ("custom-webhook", "lifecycle-alerts") in saved
-    automations = {a["name"] for a in api(stack, "POST", "/automations/filter", {})}
+    automations = {a["name"] for a in api.post("/automations/filter", {})}
     assert {"retrain-on-drift", "alert-flow-run-failed", "alert-drift-detected"} <= automations, automations
 
 
@@ -167,16 +144,16 @@ def test_an_edited_drift_block_changes_the_next_monitor_run_and_drift_alerts_onc
     params = ["--param", f"workdir={stack['work']}", "--param", f"batch={batches / 'drifted.csv'}"]
     try:
         _set_drift_share(stack, 0.99)
-        out = prefect(stack, "deployment", "run", "monitor/monitor", *params, "--watch")
+        out = prefect(stack["env"], "deployment", "run", "monitor/monitor", *params, "--watch")
         assert out.returncode == 0, out.stdout[-3000:]
-        assert "**no_drift**" in artifact(stack, run_id(out.stdout), "-drift-report")
+        assert "**no_drift**" in artifact(stack, flow_run_id(out.stdout), "-drift-report")
         time.sleep(3)
         assert receiver.subjects("^Drift on") == []
     finally:
         _set_drift_share(stack, 0.3)
-    out = prefect(stack, "deployment", "run", "monitor/monitor", *params, "--watch")
+    out = prefect(stack["env"], "deployment", "run", "monitor/monitor", *params, "--watch")
     assert out.returncode == 0, out.stdout[-3000:]
-    assert "**drift**" in artifact(stack, run_id(out.stdout), "-drift-report")
+    assert "**drift**" in artifact(stack, flow_run_id(out.stdout), "-drift-report")
     wait_for(lambda: receiver.subjects("^Drift on"), 60, "no drift notification")
     time.sleep(5)  # a duplicate would arrive within this
     assert receiver.subjects("^Drift on") == [f"Drift on {DATASET}"]
@@ -184,7 +161,7 @@ def test_an_edited_drift_block_changes_the_next_monitor_run_and_drift_alerts_onc
 
 def test_a_failed_run_sends_exactly_one_notification(stack, receiver):
     params = ["--param", f"workdir={stack['work']}", "--param", "config=configs/no-such-table.yaml"]
-    out = prefect(stack, "deployment", "run", "lifecycle/lifecycle", *params, "--watch")
+    out = prefect(stack["env"], "deployment", "run", "lifecycle/lifecycle", *params, "--watch")
     assert "Failed" in out.stdout, out.stdout[-3000:]
     wait_for(lambda: receiver.subjects(r"^Flow run .* Failed"), 60, "no failure notification")
     time.sleep(5)
