@@ -14,6 +14,7 @@ from tasks.evaluate import (
     explain_task,
     gate_task,
     log_evaluation_task,
+    recorded_evaluation_task,
     score_task,
 )
 from tasks.registry import tracking_task, train_result_task
@@ -26,7 +27,8 @@ def evaluate(
     workdir: Path = Path("artifacts"),
     tracking_uri: str | None = None,
 ) -> EvaluationResult:
-    """Score a trained candidate on the untouched test split and apply the promotion gate.
+    """Score a trained candidate on the untouched test split and apply the promotion gate
+    (once per run, config and champion: a re-run reuses the recorded evaluation).
 
     Args:
         config: dataset config (YAML)
@@ -37,6 +39,9 @@ def evaluate(
     spec = load_spec_task(config)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     trained = train_result_task(tracking, run_id)
+    recorded = recorded_evaluation_task(tracking, spec, trained)
+    if recorded:
+        return recorded
     manifest = load_manifest_task(trained.manifest_path)
     scores = score_task(tracking, spec, trained)
     cv = cross_validate_task(spec, manifest, trained.manifest_path, trained)

@@ -20,6 +20,7 @@ from tasks.data import (
     snapshot_task,
     split_task,
     validate_task,
+    written_snapshot_task,
 )
 from tasks.stream import stream_snapshot_task
 
@@ -53,7 +54,8 @@ class PrepareResult(BaseModel):
 def prepare(
     config: Path, source: str | None = None, workdir: Path = Path("artifacts"), stream_rows: int | None = None
 ) -> PrepareResult:
-    """Validate a table against its dataset config and write a training snapshot.
+    """Validate a table against its dataset config and write a training snapshot
+    (once per source content and data contract: a re-run reuses the snapshot).
 
     Args:
         config: dataset config (YAML) describing the table
@@ -67,6 +69,9 @@ def prepare(
     if stream_rows:
         manifest, manifest_path = stream_snapshot_task(spec, fingerprint, workdir, stream_rows)
         return PrepareResult.of(manifest, manifest_path)
+    written = written_snapshot_task(spec, fingerprint, workdir)
+    if written:
+        return PrepareResult.of(*written)
     raw = ingest_task(spec, fingerprint)
     failures = validate_task(raw, spec, fingerprint)
     kept, report = quarantine_task(raw, failures, spec, fingerprint, workdir)

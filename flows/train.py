@@ -16,6 +16,7 @@ from tasks.train import (
     fit_baselines_task,
     fit_final_task,
     log_training_task,
+    logged_training_task,
     matrices_task,
     shared_study_task,
     study_result_task,
@@ -34,7 +35,8 @@ def train(
     workers: int = 1,
     optuna_storage: str | None = None,
 ) -> TrainResult:
-    """Fit the baselines, tune LightGBM with Optuna and log the candidate to MLflow.
+    """Fit the baselines, tune LightGBM with Optuna and log the candidate to MLflow
+    (once per data version and training config: a re-run reuses the logged candidate).
 
     Args:
         config: dataset config (YAML)
@@ -49,6 +51,9 @@ def train(
     spec = load_spec_task(config, n_trials=n_trials)
     manifest = load_manifest_task(manifest_path)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
+    logged = logged_training_task(tracking, spec, manifest)
+    if logged:
+        return logged
     train_rows = read_split_task(manifest_path, "train")
     matrices = matrices_task(train_rows, read_split_task(manifest_path, "validation"), spec)
     baselines = fit_baselines_task(matrices, spec, manifest)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
@@ -81,6 +81,7 @@ class SnapshotManifest(BaseModel):
     positive_label: str
     columns: dict[str, str]
     quarantine_path: str
+    streamed: bool = False
 
     def cache_token(self) -> str:
         return f"{self.data_version}:{self.spec_hash}"
@@ -287,6 +288,23 @@ def write_snapshot(
     return manifest, manifest_file
 
 
+def written_snapshot(
+    spec: DatasetSpec, fingerprint: SourceFingerprint, workdir: Path
+) -> tuple[SnapshotManifest, Path] | None:
+    """A complete snapshot already written from these source bytes under this data contract."""
+    for manifest_file in sorted((Path(workdir) / "snapshots" / spec.name).glob("*/manifest.json")):
+        manifest = load_manifest(manifest_file)
+        if (
+            manifest.source.sha256 == fingerprint.sha256
+            and manifest.spec_hash == spec.spec_hash
+            and not manifest.streamed
+            and all((manifest_file.parent / f).is_file() for f in manifest.files.values())
+            and Path(manifest.quarantine_path).is_file()
+        ):
+            return manifest, manifest_file
+    return None
+
+
 def _atomic_write(target: Path, write) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     write(tmp)
@@ -310,6 +328,17 @@ load_spec_task = task(name="load-spec", **UNCACHED)(load_spec)
 @task(name="fingerprint-source", **UNCACHED)
 def fingerprint_task(spec: DatasetSpec) -> SourceFingerprint:
     return fingerprint_source(spec)
+
+
+@task(name="find-snapshot", **UNCACHED)
+def written_snapshot_task(
+    spec: DatasetSpec, fingerprint: SourceFingerprint, workdir: Path
+) -> tuple[SnapshotManifest, Path] | None:
+    """The snapshot of this source and contract if the workdir has it: nothing is read again."""
+    found = written_snapshot(spec, fingerprint, workdir)
+    if found:
+        get_run_logger().info("snapshot %s already written from this source: reusing it", found[0].data_version)
+    return found
 
 
 @task(name="ingest", **CACHED)

@@ -338,6 +338,25 @@ class EvaluationResult(BaseModel):
     champion_version: str | None
     candidate_is_champion: bool
     gate: GateDecision
+    reused: bool = False
+
+
+EVALUATION_RESULT = "evaluation/result.json"
+
+
+def evaluation_key(spec: DatasetSpec, champion_version: str | None) -> str:
+    """What an evaluation depends on besides the run: the config (metrics, gate) and the champion."""
+    return f"{spec.cache_token()}-v{champion_version or 'none'}"
+
+
+def evaluation_still_valid(recorded_key: str | None, spec: DatasetSpec, champion, run_id: str) -> bool:
+    """A recorded evaluation holds while the config and the champion are those it was made with;
+    once the candidate itself is champion, the evaluation that promoted it stands."""
+    if not recorded_key:
+        return False
+    if champion is not None and champion.run_id == run_id:
+        return recorded_key.startswith(f"{spec.cache_token()}-")
+    return recorded_key == evaluation_key(spec, champion.version if champion else None)
 
 
 @dataclass
@@ -348,6 +367,23 @@ class Scores:
     champion_version: str | None
     candidate_is_champion: bool
     slices: list[dict]
+
+
+@task(name="recorded-evaluation", **UNCACHED)
+def recorded_evaluation_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> EvaluationResult | None:
+    """The evaluation already on the run for this config and champion, if any: a re-run reuses it."""
+    import mlflow
+
+    from tasks import registry
+
+    recorded = registry.run_tags(cfg, trained.run_id).get("evaluation_key")
+    champion = registry.version_by_alias(cfg, registry.CHAMPION)
+    if not evaluation_still_valid(recorded, spec, champion, trained.run_id):
+        return None
+    cfg.activate()
+    result = EvaluationResult.model_validate(mlflow.artifacts.load_dict(f"runs:/{trained.run_id}/{EVALUATION_RESULT}"))
+    get_run_logger().info("run %s was evaluated with this config and champion: reusing it", trained.run_id)
+    return result.model_copy(update={"reused": True})
 
 
 @task(name="score-models", **UNCACHED)
@@ -484,7 +520,7 @@ def log_evaluation_task(
     rows = [{"model": "candidate", **_headline(scores.candidate)}]
     rows += [{"model": name, **_headline(m)} for name, m in comparators.items() if m]
     create_table_artifact(key=f"{key}-test-metrics", table=rows, description="Test metrics on the same rows")
-    return EvaluationResult(
+    result = EvaluationResult(
         dataset=spec.name,
         data_version=trained.data_version,
         run_id=trained.run_id,
@@ -496,6 +532,9 @@ def log_evaluation_task(
         candidate_is_champion=scores.candidate_is_champion,
         gate=decision,
     )
+    registry.log_json(cfg, trained.run_id, result.model_dump(), EVALUATION_RESULT)
+    registry.set_tags(cfg, trained.run_id, {"evaluation_key": evaluation_key(spec, scores.champion_version)})
+    return result
 
 
 def _headline(m: Metrics) -> dict:

@@ -322,6 +322,12 @@ def train_result(cfg: TrackingConfig, run_id: str) -> TrainResult:
     return TrainResult.model_validate(mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAIN_RESULT}"))
 
 
+def logged_training(cfg: TrackingConfig, data_version: str, training_hash: str) -> TrainResult | None:
+    """The candidate already logged for this data version and training config, if any."""
+    run_id = find_run(cfg, training_key(data_version, training_hash))
+    return train_result(cfg, run_id).model_copy(update={"reused_run": True}) if run_id else None
+
+
 def version_manifest(cfg: TrackingConfig, model_version: str) -> str:
     """The snapshot manifest a registry version was trained on."""
     run_id = cfg.client().get_model_version(cfg.model_name, model_version).run_id

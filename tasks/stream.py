@@ -124,6 +124,7 @@ def stream_snapshot(
         positive_label=spec.target.positive,
         columns=schema or {},
         quarantine_path=str(quarantine),
+        streamed=True,
     )
     if report.fraction > report.max_fraction:  # no snapshot from a table that breaks its contract
         shutil.rmtree(staging)

@@ -317,6 +317,15 @@ def fit_final(m: Matrices, spec: DatasetSpec, tuning: TuningResult) -> str:
 
 
 # -- Prefect tasks --------------------------------------------------------------------------
+@task(name="find-training-run", **UNCACHED)
+def logged_training_task(cfg: TrackingConfig, spec: DatasetSpec, manifest: SnapshotManifest) -> TrainResult | None:
+    """The candidate of this data version and training config if MLflow has it: nothing is refit."""
+    found = registry.logged_training(cfg, manifest.data_version, spec.training_hash)
+    if found:
+        get_run_logger().info("candidate already logged as run %s: reusing it", found.run_id)
+    return found
+
+
 @task(name="fit-baselines", **CACHED)
 def fit_baselines_task(m: Matrices, spec: DatasetSpec, manifest: SnapshotManifest) -> Baselines:
     return fit_baselines(m, spec)
@@ -414,6 +423,10 @@ def log_training_task(
 
     from tasks.model import TabularModel, input_example, pip_requirements, signature
 
+    existing = registry.logged_training(cfg, manifest.data_version, spec.training_hash)
+    if existing:
+        get_run_logger().info("candidate already logged as run %s: reusing it", existing.run_id)
+        return existing
     key = registry.training_key(manifest.data_version, spec.training_hash)
     threshold = choose_threshold_on_validation(m, booster_text, spec)
     baseline_auc = {
@@ -430,11 +443,6 @@ def log_training_task(
         n_trials=tuning.n_trials,
         n_pruned=tuning.n_pruned,
     )
-    existing = registry.find_run(cfg, key)
-    if existing:
-        get_run_logger().info("candidate already logged as run %s: reusing it", existing)
-        return registry.train_result(cfg, existing).model_copy(update={"reused_run": True})
-
     experiment_id = cfg.activate()
     model = TabularModel(
         spec,

@@ -105,15 +105,31 @@ def test_the_model_carries_its_preprocessing_and_spec(first, tracking):
     assert inner.spec.feature_names == spec.feature_names
 
 
-def test_second_run_is_cached_through_training_and_explains_the_decision(second):
+def test_second_run_reuses_snapshot_candidate_and_evaluation(first, second):
     result, run_id = second
     runs = {r.name.split("-")[0]: r.id for r in child_flow_runs(run_id)}
     prepare_states, train_states = task_states(runs["prepare"]), task_states(runs["train"])
-    assert all(prepare_states[t] == "Cached" for t in ("ingest", "validate", "clean", "features", "split"))
-    assert all(train_states[t] == "Cached" for t in ("fit-baselines", "tune", "fit-final")), train_states
-    assert result.train.reused_run
+    evaluate_states = task_states(runs["evaluate"])
+    assert prepare_states["find-snapshot"] == "Completed" and "ingest" not in prepare_states, prepare_states
+    assert train_states["find-training-run"] == "Completed" and "tune" not in train_states, train_states
+    assert "score-models" not in evaluate_states and "explain" not in evaluate_states, evaluate_states
+    assert result.train.reused_run and result.train.run_id == first[0].train.run_id
+    assert result.evaluate.reused and result.evaluate.gate == first[0].evaluate.gate
     assert not result.registry.created and not result.registry.promoted
     assert "already the champion" in result.registry.reason
+
+
+def test_a_crash_after_tuning_resumes_from_prefects_cache(second, workdir):
+    """Same snapshot, but the MLflow store lost the run (as if logging crashed): the
+    baselines, the study and the final fit come from the cache, the run is logged again."""
+    from flows.train import train
+
+    lost = f"sqlite:///{workdir / 'another-store.db'}"
+    state = train(config=TELCO, manifest_path=second[0].prepare.manifest_path, workdir=workdir, tracking_uri=lost,
+                  return_state=True)  # fmt: skip
+    states = task_states(state.state_details.flow_run_id)
+    assert all(states[t] == "Cached" for t in ("fit-baselines", "tune", "fit-final")), states
+    assert states["log-training-run"] == "Completed" and not state.result().reused_run
 
 
 def test_a_bad_candidate_is_not_promoted_and_the_champion_still_loads(bad, first, tracking):

@@ -35,16 +35,27 @@ def _telco_copy(tmp_path, telco_raw):
     return path
 
 
-def test_second_run_on_unchanged_data_hits_the_cache(tmp_path, telco_raw):
+def test_unchanged_data_reuses_the_snapshot_or_the_cache(tmp_path, telco_raw):
     source = _telco_copy(tmp_path, telco_raw)
     first, first_id = _run(config=TELCO, source=str(source), workdir=tmp_path / "wd")
     second, second_id = _run(config=TELCO, source=str(source), workdir=tmp_path / "wd")
 
-    assert second.data_version == first.data_version
+    assert second == first  # same snapshot, same counts
     assert first.rows_in == first.rows_kept + first.rows_quarantined == 7043
     states_1, states_2 = task_states(first_id), task_states(second_id)
     assert all(states_1[t] == "Completed" for t in CACHED_TASKS), states_1
-    assert all(states_2[t] == "Cached" for t in CACHED_TASKS), states_2
+    assert states_2["find-snapshot"] == "Completed" and not set(CACHED_TASKS) & set(states_2), states_2
+
+    # another workdir has no snapshot: the steps come from Prefect's cache, the snapshot is rewritten
+    other, other_id = _run(config=TELCO, source=str(source), workdir=tmp_path / "other")
+    assert other.data_version == first.data_version and Path(other.manifest_path).is_file()
+    assert all(task_states(other_id)[t] == "Cached" for t in CACHED_TASKS)
+
+    # a snapshot with a file missing is not reused
+    (Path(first.manifest_path).parent / "test.parquet").unlink()
+    again, again_id = _run(config=TELCO, source=str(source), workdir=tmp_path / "wd")
+    assert again.data_version == first.data_version and (Path(first.manifest_path).parent / "test.parquet").is_file()
+    assert task_states(again_id)["write-snapshot"] == "Completed"
 
     # one changed cell: new content hash, so nothing is served from the cache
     changed = telco_raw.with_columns(
