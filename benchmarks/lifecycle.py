@@ -45,7 +45,15 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
         top_failing_checks,
         write_snapshot,
     )
-    from tasks.evaluate import apply_gate, binary_metrics, cross_validate, global_importance, save_plots, shap_values
+    from tasks.evaluate import (
+        apply_gate,
+        binary_metrics,
+        cross_validate,
+        explain_sample,
+        global_importance,
+        save_plots,
+        shap_values,
+    )
     from tasks.features import add_features, encode_target, feature_matrix
     from tasks.model import TabularModel, input_example, pip_requirements, signature
     from tasks.spec import clean, find_failures, load_spec
@@ -97,9 +105,10 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
     rounds = loaded.booster.current_iteration()
     cv = cross_validate(x_train, y_train, base_params(spec) | tuning.best_params, rounds, spec.evaluation.cv_folds,
                         categorical, spec.training.seed)  # fmt: skip
-    contributions = shap_values(loaded.booster, x_test)
+    sample = explain_sample(x_test, spec.evaluation.explain_rows, spec.training.seed)
+    contributions = shap_values(loaded.booster, sample)
     importance = global_importance(loaded.booster, contributions, spec.feature_names)
-    save_plots(workdir / "plots", y, loaded.predict_proba(test), threshold, importance, contributions, x_test,
+    save_plots(workdir / "plots", y, loaded.predict_proba(test), threshold, importance, contributions, sample,
                spec.feature_names)  # fmt: skip
     others["champion"] = None
     decision = apply_gate(spec.gate, candidate | cv, others)

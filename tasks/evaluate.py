@@ -124,6 +124,14 @@ def cross_validate(
     return {"cv_roc_auc_mean": float(np.mean(scores)), "cv_roc_auc_std": float(np.std(scores))}
 
 
+def explain_sample(x: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    """At most `rows` rows of `x`, drawn with a seed. TreeSHAP costs ~1 ms per row here, while
+    the mean |SHAP| ranking settles after a few thousand rows."""
+    if len(x) <= rows:
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(len(x), rows, replace=False))]
+
+
 def shap_values(booster, x: np.ndarray) -> np.ndarray:
     """Per-row SHAP contributions from LightGBM's own `pred_contrib` (last column, the bias, dropped)."""
     return booster.predict(x, pred_contrib=True)[:, :-1]
@@ -464,9 +472,10 @@ def explain_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, f
     test = read_split(trained.manifest_path, "test")
     x, y = feature_matrix(test, spec), encode_target(test, spec)
     proba = model.booster.predict(x)
-    contributions = shap_values(model.booster, x)
+    sample = explain_sample(x, spec.evaluation.explain_rows, spec.training.seed)
+    contributions = shap_values(model.booster, sample)
     importance = global_importance(model.booster, contributions, spec.feature_names)
-    plots = save_plots(folder, y, proba, model.threshold, importance, contributions, x, spec.feature_names)
+    plots = save_plots(folder, y, proba, model.threshold, importance, contributions, sample, spec.feature_names)
     return importance, plots
 
 

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from prediction_log import PredictionLog
-from tasks.spec import DatasetSpec, cast_to_spec, example_record, find_failures, record_model, records_frame
+from tasks.spec import DatasetSpec, example_record, record_model, records_frame, typed_with_failures
 
 BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
 SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
@@ -165,11 +165,15 @@ class TabularService:
 
     # -- scoring -------------------------------------------------------------------------
     def _score(self, frame: pl.DataFrame, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
+        proba = self._proba(frame, endpoint)
+        labels = np.where(proba >= self.model.threshold, SPEC.target.positive, self.negative)
+        return proba, labels
+
+    def _proba(self, frame: pl.DataFrame, endpoint: str) -> np.ndarray:
         started = time.perf_counter()
         proba = self.model.predict_proba(frame)
         LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
-        labels = np.where(proba >= self.model.threshold, SPEC.target.positive, self.negative)
-        return proba, labels
+        return proba
 
     def _log(self, records: list[dict], proba, labels, request_ids: list[str], endpoint: str) -> None:
         now = time.time()
@@ -188,11 +192,12 @@ class TabularService:
                 for r, rid, p, y in zip(records, request_ids, proba, labels, strict=True)
             ]
         )
-        self._count(labels, endpoint)
+        self._count(int(np.count_nonzero(proba >= self.model.threshold)), len(proba), endpoint)
 
-    def _count(self, labels, endpoint: str) -> None:
-        for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
-            PREDICTIONS.labels(label=str(label), model_version=MODEL_VERSION, endpoint=endpoint).inc(int(count))
+    def _count(self, positives: int, rows: int, endpoint: str) -> None:
+        for label, count in ((SPEC.target.positive, positives), (self.negative, rows - positives)):
+            if count:
+                PREDICTIONS.labels(label=label, model_version=MODEL_VERSION, endpoint=endpoint).inc(count)
 
     @staticmethod
     def _request_id(ctx: bentoml.Context) -> str:
@@ -269,38 +274,46 @@ class TabularService:
 
     def _score_table(self, raw: pl.DataFrame, request_id: str) -> tuple[pl.DataFrame, int]:
         keep = [c for c in (SPEC.id_column,) if c and c in raw.columns]
-        raw = raw.select(*keep, *SPEC.base_features)  # other columns are ignored
-        failures = find_failures(raw, SPEC, SPEC.base_features)
+        typed, failures = typed_with_failures(raw, SPEC, SPEC.base_features)  # one cast for checks and scoring
         reason = pl.format("{}: {} (value={})", "column", "check", pl.col("value").fill_null("null"))
         reasons = failures.group_by("row", maintain_order=True).agg(reason.first().alias("reason"))
         for check, count in failures.group_by("check").len().iter_rows():
             REJECTED.labels(check=check).inc(count)
-        indexed = raw.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-        good = indexed.join(reasons, on="row", how="anti")
-        scored = good.select("row")
+        rejected = np.zeros(raw.height, dtype=bool)
+        rejected[reasons.get_column("row").to_numpy()] = True
+        accepted = pl.Series(~rejected)
+        good = typed.hstack(raw.select(keep)).filter(accepted) if reasons.height else typed.hstack(raw.select(keep))
+        proba = np.full(raw.height, np.nan)
+        label = (  # in Polars: no array of Python strings
+            pl.when(pl.col("probability").is_null())
+            .then(None)
+            .when(pl.col("probability") >= self.model.threshold)
+            .then(pl.lit(SPEC.target.positive))
+            .otherwise(pl.lit(self.negative))
+            .alias("label")
+        )
         if good.height:
-            typed = cast_to_spec(good, SPEC, SPEC.base_features)[0]
-            proba, labels = self._score(typed, "score_file")
-            logged = typed.hstack(good.select(keep)).with_columns(
+            proba[~rejected] = self._proba(good, "score_file")
+            logged = good.with_columns(
                 pl.lit(request_id).alias("request_id"),
                 pl.lit(time.time()).alias("logged_at"),
                 pl.lit(MODEL_VERSION).alias("model_version"),
                 pl.lit(DATA_VERSION).alias("data_version"),
                 pl.lit("score_file").alias("endpoint"),
-                pl.Series("probability", proba, dtype=pl.Float64),
-                pl.Series("label", labels, dtype=pl.String),
-            )
+                pl.Series("probability", proba[~rejected], dtype=pl.Float64),
+            ).with_columns(label)
             self.log.append_frame(logged.select([c for c in LOG_SCHEMA if c in logged.columns]))
-            self._count(labels, "score_file")
-            scored = scored.with_columns(
-                pl.Series("probability", proba, dtype=pl.Float64), pl.Series("label", labels, dtype=pl.String)
-            )
+            self._count(int(np.count_nonzero(proba >= self.model.threshold)), good.height, "score_file")
         result = (
-            indexed.select("row", *keep)
-            .join(scored, on="row", how="left")
-            .join(reasons, on="row", how="left")
-            .with_columns(pl.lit(MODEL_VERSION).alias("model_version"))
-            .sort("row")
+            raw.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), *keep)
+            .with_columns(pl.Series("probability", proba).fill_nan(None))
+            .with_columns(
+                label,
+                pl.Series("reason", [None] * raw.height, dtype=pl.String).scatter(
+                    reasons.get_column("row"), reasons.get_column("reason")
+                ),
+                pl.lit(MODEL_VERSION).alias("model_version"),
+            )
         )
         return result, good.height
 

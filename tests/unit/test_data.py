@@ -2,6 +2,8 @@
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tasks import data
 from tasks.errors import QuarantineToleranceExceeded, SpecError
@@ -152,3 +154,50 @@ def test_tolerance_names_the_top_failing_checks():
     ):
         data.check_tolerance(report)
     data.check_tolerance(report.model_copy(update={"max_fraction": 0.1}))
+
+
+# -- the one-pass verdict (schema_holds) and Pandera agree on every frame ---------------------
+_CELLS = {
+    "order_id": ["a", "b", "a", None, " b"],
+    "ordered_at": ["2025-01-01T00:00:00", "yesterday", None],
+    "amount_eur": ["10.5", "0", "5000", "5000.01", "-1", "nan", "inf", "abc", None],
+    "items": ["1", "50", "0", "51", "2.5", "3.0", None],
+    "channel": ["web", "app", " store", "fax", None],
+    "express": ["true", "0", "maybe", None],
+    "coupon": ["VIP", "NONE", "vip", None],
+    "note": ["x", None],
+    "outcome": ["kept", "returned", "lost", None],
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_one_pass_verdict_matches_pandera(orders_spec, data_):
+    from tasks.spec import cast_to_spec, schema_failures, schema_holds
+
+    rows = data_.draw(st.integers(1, 6))
+    frame = pl.DataFrame(
+        {k: [data_.draw(st.sampled_from(v)) for _ in range(rows)] for k, v in _CELLS.items()},
+        schema={k: pl.String for k in _CELLS},
+    )
+    typed, _ = cast_to_spec(frame, orders_spec)
+    assert schema_holds(typed, orders_spec) == schema_failures(typed, orders_spec).is_empty(), frame.to_dicts()
+    features = orders_spec.base_features  # the subset serving checks
+    typed_features, _ = cast_to_spec(frame, orders_spec, features)
+    assert (
+        schema_holds(typed_features, orders_spec, features)
+        == schema_failures(typed_features, orders_spec, features).is_empty()
+    )
+
+
+def test_one_pass_verdict_matches_pandera_on_every_planted_corruption(telco_spec, telco_raw):
+    from tasks.spec import cast_to_spec, schema_failures, schema_holds
+    from tests.corruption import corrupt_telco
+
+    corruption = corrupt_telco(telco_raw)
+    spec = telco_spec.model_copy(update={"id_column": "customer_id"})
+    for row in sorted(corruption.broken):
+        typed, _ = cast_to_spec(corruption.frame[[0, 1, row]], spec)
+        assert schema_holds(typed, spec) == schema_failures(typed, spec).is_empty(), corruption.broken[row]
+    typed, _ = cast_to_spec(telco_raw, telco_spec)
+    assert schema_holds(typed, telco_spec) and schema_failures(typed, telco_spec).is_empty()

@@ -5,7 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from tasks.evaluate import apply_gate, binary_metrics, choose_threshold, slice_metrics
+from tasks.evaluate import (
+    apply_gate,
+    binary_metrics,
+    choose_threshold,
+    explain_sample,
+    global_importance,
+    shap_values,
+    slice_metrics,
+)
 from tasks.spec import GateRule
 
 Y = np.array([0, 0, 1, 1])
@@ -91,3 +99,21 @@ def test_gate_rules_are_validated():
         GateRule(metric="auc", min=0.8)
     with pytest.raises(ValueError, match="either min/max or vs"):
         GateRule(metric="roc_auc")
+
+
+def test_shap_on_a_seeded_sample_ranks_features_like_all_rows():
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20_000, 6))
+    logit = 2.0 * x[:, 0] - 1.2 * x[:, 1] + 0.6 * x[:, 2] + 0.2 * x[:, 3]
+    y = (rng.uniform(size=len(x)) < 1 / (1 + np.exp(-logit))).astype(int)
+    booster = lgb.train({"objective": "binary", "verbosity": -1, "seed": 0}, lgb.Dataset(x, y), 60)
+    names = [f"f{i}" for i in range(6)]
+
+    sample = explain_sample(x, 2000, seed=7)
+    assert sample.shape == (2000, 6) and np.array_equal(sample, explain_sample(x, 2000, seed=7))
+    assert explain_sample(x[:500], 2000, seed=7).shape == (500, 6)  # fewer rows than the cap: all of them
+    ranked = [r["feature"] for r in global_importance(booster, shap_values(booster, sample), names)]
+    full = [r["feature"] for r in global_importance(booster, shap_values(booster, x), names)]
+    assert ranked[:4] == full[:4] == ["f0", "f1", "f2", "f3"]
