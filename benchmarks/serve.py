@@ -57,13 +57,25 @@ def server(cmd: list[str], ready_url: str, env: dict, log: Path, timeout: float 
                 if time.monotonic() > deadline:
                     raise TimeoutError(log.read_text()[-2000:])
                 time.sleep(0.5)
-            yield
+            yield proc
         finally:
             os.killpg(proc.pid, 15)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
+
+
+def peak_rss_mib(pid: int) -> tuple[float, int]:
+    """Sum of the peak RSS (VmHWM) of a process and its descendants, and how many there are."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    total = 0
+    for p in procs:
+        status = Path(f"/proc/{p.pid}/status").read_text()
+        total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+    return total / 1024, len(procs)
 
 
 def hey(url: str, body: Path, clients: int, seconds: float) -> dict:
@@ -149,14 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     bulk_rows: list[dict] = []
     with ExitStack() as stack:
-        stack.enter_context(
+        bento_proc = stack.enter_context(
             server(
                 [str(Path(sys.executable).with_name("bentoml")), "serve", str(bento.tag), "--host", "127.0.0.1",
                  "--port", str(bento_port)],
                 f"http://127.0.0.1:{bento_port}/readyz", bento_env, tmp / "bento.log",
             )
         )  # fmt: skip
-        stack.enter_context(
+        bare_proc = stack.enter_context(
             server(
                 [*uvicorn, "--port", str(bare_port), "--workers", str(args.workers), "--log-level", "warning"],
                 f"http://127.0.0.1:{bare_port}/predict", bare_env, tmp / "bare.log",
@@ -201,15 +213,16 @@ def main(argv: list[str] | None = None) -> None:
                 ("bento /v1/score_file", bento_rate),
             ):
                 bulk_rows.append({"rows": n, "target": name, "rows_per_s": rate, "ratio_to_raw": rate / raw})
+        memory = {"bento": peak_rss_mib(bento_proc.pid), "bare ASGI": peak_rss_mib(bare_proc.pid)}
 
-    report = render(rows, bulk_rows, spec.name, str(bento.tag), args)
+    report = render(rows, bulk_rows, spec.name, str(bento.tag), args, memory, model.booster.num_trees())
     print(report)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report)
 
 
-def render(rows, bulk_rows, dataset, bento_tag, args) -> str:
+def render(rows, bulk_rows, dataset, bento_tag, args, memory, trees) -> str:
     import importlib.metadata as md
 
     lines = [
@@ -217,7 +230,7 @@ def render(rows, bulk_rows, dataset, bento_tag, args) -> str:
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores · "
         f"bentoml {md.version('bentoml')} · lightgbm {md.version('lightgbm')} · {args.workers} workers each · "
-        f"hey, {args.seconds:g} s per point after a 2 s warm-up, one record per request",
+        f"hey, {args.seconds:g} s per point after a 2 s warm-up, one record per request · model: {trees} trees",
         "",
         "| clients | target | req/s | p50 ms | p95 ms | p99 ms | errors | ratio to bare |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -230,6 +243,8 @@ def render(rows, bulk_rows, dataset, bento_tag, args) -> str:
     lines += ["", "| bulk rows | target | rows/s | ratio to raw predict |", "|---:|---|---:|---:|"]
     for r in bulk_rows:
         lines.append(f"| {r['rows']:,} | {r['target']} | {r['rows_per_s']:,.0f} | {r['ratio_to_raw']:.2f} |")
+    lines += ["", "| server | peak RSS MiB (sum over its processes) | processes |", "|---|---:|---:|"]
+    lines += [f"| {name} | {mib:,.0f} | {n} |" for name, (mib, n) in memory.items()]
     return "\n".join(lines) + "\n"
 
 
