@@ -50,6 +50,7 @@ serve: setup
 
 BENCH_RUNS ?= 3
 BENCH_ROWS ?= 1000000
+BENCH_MEMORY_CAP ?= 3072
 
 # Every benchmark table (docs/benchmarks.md holds the latest figures).
 bench: bench-lifecycle bench-large bench-drift bench-stream bench-serve
@@ -64,7 +65,7 @@ bench-drift: setup
 	$(PY) -m benchmarks.drift --config $(CONFIG) --sizes 10000 100000 --runs $(BENCH_RUNS)
 
 bench-stream: setup
-	$(PY) -m benchmarks.stream --config $(CONFIG) --rows 10000000 --eager-up-to 2000000
+	$(PY) -m benchmarks.stream --config $(CONFIG) --rows 10000000 --memory-cap-mib $(BENCH_MEMORY_CAP)
 
 bench-serve: setup
 	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; apt-get install -y -qq hey; }

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
+import json
 import sys
 
 import polars as pl
@@ -13,9 +12,10 @@ import yaml
 from flows.prepare import prepare
 from tasks.data import load_manifest, read_split
 from tasks.errors import QuarantineToleranceExceeded
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS
 
 ROWS, BAD_AT = 60_000, (5, 25_003, 59_999)
+CAP_MIB = 1_600  # streaming 1M rows peaks at ~0.75 GB RSS, the in-memory path at ~3 GB
 
 
 def _table(tmp_path, rows: int, bad: tuple[int, ...] = ()) -> tuple:
@@ -58,14 +58,20 @@ def test_streaming_fails_a_table_beyond_its_tolerance_and_writes_no_snapshot(tmp
     assert not list((tmp_path / "w" / "snapshots").rglob("manifest.json"))
 
 
-def test_streaming_holds_one_slice_in_memory_not_the_table(tmp_path, cli_env):
+def test_streaming_fits_a_memory_cap_that_stops_the_in_memory_path(tmp_path, cli_env):
+    """1M rows, each path in a memory cgroup of CAP_MIB (the process, its children, its page cache)."""
+    from benchmarks.measure import OutOfMemory, run_measured
+
     config, _ = _table(tmp_path, 1_000_000)
-    peaks = {}
-    for name, extra in (("stream", ["--stream-rows", "100000"]), ("eager", [])):
-        cmd = [sys.executable, "-m", "flows.prepare", "--config", str(config), "--workdir", str(tmp_path / name)]
-        proc = subprocess.Popen([*cmd, *extra], env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        peaks[name] = usage.ru_maxrss / 1024
-    print(f"\npeak RSS on 1M rows: streaming {peaks['stream']:.0f} MiB, in memory {peaks['eager']:.0f} MiB")
-    assert peaks["stream"] < 0.6 * peaks["eager"], peaks
+
+    def cmd(name: str) -> list[str]:
+        return [sys.executable, "-m", "flows.prepare", "--config", str(config), "--workdir", str(tmp_path / name)]
+
+    out = tmp_path / "stream.json"
+    _, peak = run_measured([*cmd("stream"), "--stream-rows", "100000"], cli_env, tmp_path / "stream.log", out,
+                           memory_cap_mib=CAP_MIB)  # fmt: skip
+    print(f"\npeak RSS on 1M rows, streaming under a {CAP_MIB} MiB cap: {peak:.0f} MiB")
+    summary = json.loads(out.read_text().strip().splitlines()[-1])
+    assert summary["rows_in"] == 1_000_000 == summary["rows_kept"] + summary["rows_quarantined"]
+    with pytest.raises(OutOfMemory):
+        run_measured(cmd("eager"), cli_env, tmp_path / "eager.log", memory_cap_mib=CAP_MIB)

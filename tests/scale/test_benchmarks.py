@@ -27,3 +27,8 @@ def test_the_lifecycle_benchmark_compares_flow_cached_and_server_runs_with_bare(
 def test_the_drift_benchmark_compares_the_monitor_flow_with_bare_evidently():
     table = _run("benchmarks.drift", "--config", ORDERS, "--sizes", "400", "--runs", "1")
     assert "| 400 |" in table and "ratio to bare" in table, table
+
+
+def test_the_stream_benchmark_compares_streaming_with_the_in_memory_path():
+    table = _run("benchmarks.stream", "--rows", "200000", "--stream-rows", "50000", "--eager-up-to", "200000")
+    assert "| streaming | completed |" in table and "| in memory | completed |" in table, table
