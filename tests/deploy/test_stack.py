@@ -188,8 +188,9 @@ def test_the_prefect_ui_shows_the_lifecycle_run_and_its_artifacts(stack, lifecyc
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(f"{base}/runs")
         page.get_by_text(f"lifecycle-{DATASET}").first.wait_for(timeout=60_000)
-        page.get_by_text(f"lifecycle-{DATASET}").first.click()
-        page.wait_for_url(re.compile(r".*/runs/flow-run/.*"), timeout=30_000)
+        page.screenshot(path=str(shots / "runs.png"), full_page=True)
+        page.goto(f"{base}/runs/flow-run/{lifecycle_run}")  # the run's own page, by the id `deployment run` gave
+        page.get_by_text(f"lifecycle-{DATASET}").first.wait_for(timeout=30_000)
         page.get_by_text("Subflow Runs", exact=True).click()
         page.get_by_text(f"prepare-{DATASET}").first.wait_for(timeout=30_000)
         page.screenshot(path=str(shots / "lifecycle-run.png"), full_page=True)
