@@ -157,7 +157,7 @@ def start_server(scratch: Path, home: Path) -> tuple[subprocess.Popen, str]:
     """A `prefect server start` on loopback, as `make stack` runs it."""
     import httpx
 
-    from benchmarks.serve import free_port
+    from tasks.serving import free_port
 
     port = free_port()
     env = isolated_env(scratch, scratch / "server-home")

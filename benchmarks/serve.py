@@ -29,15 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.measure import ROOT
 
 
 @contextmanager
@@ -126,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.bento import bento_name
     from tasks.data import read_source
     from tasks.features import feature_matrix
+    from tasks.serving import free_port
     from tasks.spec import clean, load_spec
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -481,11 +481,12 @@ def cast_to_spec(
     columns = spec.input_columns if columns is None else columns
     raw = raw.select(columns)
     typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in columns)
-    if not any((raw.get_column(n).is_not_null() & typed.get_column(n).is_null()).any() for n in columns):
-        return typed, pl.DataFrame(schema=FAILURE_SCHEMA)  # nothing was lost to a type error
+    lost_to_type = {n: raw.get_column(n).is_not_null() & typed.get_column(n).is_null() for n in columns}
+    if not any(mask.any() for mask in lost_to_type.values()):
+        return typed, pl.DataFrame(schema=FAILURE_SCHEMA)
     lost = [
         raw.with_row_index("row")
-        .filter(pl.col(name).is_not_null() & typed.get_column(name).is_null())
+        .filter(lost_to_type[name])
         .select(
             pl.col("row").cast(pl.Int64),
             pl.lit(name).alias("column"),

@@ -192,10 +192,11 @@ class TabularService:
                 for r, rid, p, y in zip(records, request_ids, proba, labels, strict=True)
             ]
         )
-        self._count(int(np.count_nonzero(proba >= self.model.threshold)), len(proba), endpoint)
+        self._count(proba, endpoint)
 
-    def _count(self, positives: int, rows: int, endpoint: str) -> None:
-        for label, count in ((SPEC.target.positive, positives), (self.negative, rows - positives)):
+    def _count(self, proba: np.ndarray, endpoint: str) -> None:
+        positives = int(np.count_nonzero(proba >= self.model.threshold))
+        for label, count in ((SPEC.target.positive, positives), (self.negative, len(proba) - positives)):
             if count:
                 PREDICTIONS.labels(label=label, model_version=MODEL_VERSION, endpoint=endpoint).inc(count)
 
@@ -279,10 +280,11 @@ class TabularService:
         reasons = failures.group_by("row", maintain_order=True).agg(reason.first().alias("reason"))
         for check, count in failures.group_by("check").len().iter_rows():
             REJECTED.labels(check=check).inc(count)
-        rejected = np.zeros(raw.height, dtype=bool)
-        rejected[reasons.get_column("row").to_numpy()] = True
-        accepted = pl.Series(~rejected)
-        good = typed.hstack(raw.select(keep)).filter(accepted) if reasons.height else typed.hstack(raw.select(keep))
+        accepted = np.ones(raw.height, dtype=bool)
+        accepted[reasons.get_column("row").to_numpy()] = False
+        good = typed.hstack(raw.select(keep))
+        if reasons.height:
+            good = good.filter(pl.Series(accepted))
         proba = np.full(raw.height, np.nan)
         label = (  # in Polars: no array of Python strings
             pl.when(pl.col("probability").is_null())
@@ -293,17 +295,17 @@ class TabularService:
             .alias("label")
         )
         if good.height:
-            proba[~rejected] = self._proba(good, "score_file")
+            proba[accepted] = self._proba(good, "score_file")
             logged = good.with_columns(
                 pl.lit(request_id).alias("request_id"),
                 pl.lit(time.time()).alias("logged_at"),
                 pl.lit(MODEL_VERSION).alias("model_version"),
                 pl.lit(DATA_VERSION).alias("data_version"),
                 pl.lit("score_file").alias("endpoint"),
-                pl.Series("probability", proba[~rejected], dtype=pl.Float64),
+                pl.Series("probability", proba[accepted], dtype=pl.Float64),
             ).with_columns(label)
             self.log.append_frame(logged.select([c for c in LOG_SCHEMA if c in logged.columns]))
-            self._count(int(np.count_nonzero(proba >= self.model.threshold)), good.height, "score_file")
+            self._count(proba[accepted], "score_file")
         result = (
             raw.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), *keep)
             .with_columns(pl.Series("probability", proba).fill_nan(None))
