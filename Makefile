@@ -13,8 +13,6 @@ WORKDIR ?= artifacts
 PYTEST_ARGS ?=
 
 export UV_PYTHON_DOWNLOADS := never
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
 
 .PHONY: setup run test lint clean serve bench bench-lifecycle bench-large bench-drift bench-stream bench-serve stack stack-down
 
@@ -31,7 +29,9 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 run: setup
 	$(PY) -m flows.lifecycle --config $(CONFIG) --workdir $(WORKDIR)
 
+# The real-server layers need Debian packages: installed first when missing (root or sudo).
 test: setup
+	deployments/system-deps.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -44,9 +44,10 @@ clean:
 PORT ?= 3000
 BENCH_ARGS ?=
 
-# Serve the latest bento of CONFIG's dataset (built by `make run`).
+# Serve the latest bento of CONFIG's dataset (built by `make run`); the prediction log goes to
+# WORKDIR/predictions/<dataset>/, where `python -m flows.monitor` reads by default.
 serve: setup
-	$(VENV)/bin/bentoml serve $$($(PY) -c "from tasks.spec import load_spec; from tasks.bento import bento_name; print(bento_name(load_spec('$(CONFIG)')))"):latest --host 127.0.0.1 --port $(PORT)
+	LIFECYCLE_PREDICTION_LOG_DIR=$(abspath $(WORKDIR))/predictions $(VENV)/bin/bentoml serve $$($(PY) -c "from tasks.spec import load_spec; from tasks.bento import bento_name; print(bento_name(load_spec('$(CONFIG)')))"):latest --host 127.0.0.1 --port $(PORT)
 
 BENCH_RUNS ?= 3
 BENCH_ROWS ?= 1000000
@@ -68,7 +69,7 @@ bench-stream: setup
 	$(PY) -m benchmarks.stream --config $(CONFIG) --rows 10000000 --memory-cap-mib $(BENCH_MEMORY_CAP)
 
 bench-serve: setup
-	@command -v hey >/dev/null || { echo "installing hey (Debian package)"; apt-get install -y -qq hey; }
+	deployments/system-deps.sh hey
 	$(PY) -m benchmarks.serve --config $(CONFIG) $(BENCH_ARGS)
 
 # The local stack: Prefect server + pools + blocks + deployments + worker + MLflow UI (loopback).

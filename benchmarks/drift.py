@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.measure import ROOT, isolated_env, run_measured
+from flows.cli import local_defaults
 
 
 def measure(config: Path, workdir: Path, size: int, runs: int) -> dict:
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = args.config.resolve()
     if args.measure:
-        print(json.dumps(measure(config, Path(args.measure[0]), int(args.measure[1]), args.runs)))
+        with local_defaults():
+            print(json.dumps(measure(config, Path(args.measure[0]), int(args.measure[1]), args.runs)))
         return
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-drift-"))

@@ -9,11 +9,38 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import Flow
+from prefect.settings import (
+    PREFECT_SERVER_ANALYTICS_ENABLED,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    temporary_settings,
+)
+
+# Prefect's temporary API gives itself 20 s to start; creating and migrating a new ~/.prefect
+# database takes 25-42 s on a new or busy 2-core machine.
+EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 180
+
+
+@contextmanager
+def local_defaults() -> Iterator[None]:
+    """Run flows on one machine quietly and patiently: a start-up limit for Prefect's temporary API
+    that holds on a new or busy machine, and no telemetry (no network here to send it to). What
+    the user has set (environment, Prefect profile) wins."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    with temporary_settings(
+        set_defaults={
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+            PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        }
+    ):
+        yield
 
 
 def build_parser(flow: Flow) -> argparse.ArgumentParser:
@@ -49,7 +76,8 @@ def run(flow: Flow, argv: list[str] | None = None) -> None:
     args = vars(build_parser(flow).parse_args(argv))
     params = {k: _parse_value(v) for k, v in args.items()}
     try:
-        result = flow(**params)
+        with local_defaults():
+            result = flow(**params)
     except Exception as exc:  # the flow's own logs already hold the traceback
         print(json.dumps({"flow": flow.name, "ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
         sys.exit(1)

@@ -47,10 +47,12 @@ def prefect_api(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    from flows.cli import EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
     results = tmp_path_factory.mktemp("prefect-results")
     with (
         temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: str(results)}),
-        prefect_test_harness(server_startup_timeout=120),
+        prefect_test_harness(server_startup_timeout=EPHEMERAL_STARTUP_TIMEOUT_SECONDS),
     ):
         yield {"api_url": PREFECT_API_URL.value(), "results": results}
 

@@ -15,6 +15,14 @@ from pathlib import Path
 import polars as pl
 
 
+def log_root(environ=os.environ) -> Path:
+    """Where the log goes: LIFECYCLE_PREDICTION_LOG_DIR (default `artifacts/predictions`, the default
+    workdir's). A relative path is taken from the folder `bentoml serve` was started in ($PWD), not
+    from the bento's folder in the BentoML store, where the workers run."""
+    root = Path(environ.get("LIFECYCLE_PREDICTION_LOG_DIR", "artifacts/predictions"))
+    return root if root.is_absolute() else Path(environ.get("PWD", os.getcwd())) / root
+
+
 class PredictionLog:
     def __init__(self, root: Path, dataset: str, schema: dict, flush_rows: int = 5000, flush_seconds: float = 2.0):
         self.folder = Path(root) / dataset

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import time
 import uuid
@@ -24,13 +25,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from prediction_log import PredictionLog
+from prediction_log import PredictionLog, log_root
 from tasks.spec import DatasetSpec, example_record, record_model, records_frame, typed_with_failures
 
 BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
 SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
 Record = record_model(SPEC)
 MODEL_VERSION = str(BUNDLE["model_version"])
+logger = logging.getLogger("bentoml.lifecycle")  # BentoML's handlers print it with the server's lines
 
 MAX_ROWS = int(os.environ.get("LIFECYCLE_MAX_ROWS", "1000"))
 MAX_REQUEST_BYTES = int(os.environ.get("LIFECYCLE_MAX_REQUEST_BYTES", str(4 * 1024 * 1024)))
@@ -160,8 +162,8 @@ class TabularService:
         self.model = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model()
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
         self.negative = next(label for label in SPEC.target.labels if label != SPEC.target.positive)
-        log_root = Path(os.environ.get("LIFECYCLE_PREDICTION_LOG_DIR", "artifacts/predictions"))
-        self.log = PredictionLog(log_root, SPEC.name, LOG_SCHEMA)
+        self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
+        logger.info("prediction log: %s", self.log.folder)
 
     # -- scoring -------------------------------------------------------------------------
     def _score(self, frame: pl.DataFrame, endpoint: str) -> tuple[np.ndarray, np.ndarray]:

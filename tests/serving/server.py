@@ -1,4 +1,4 @@
-"""Start a real `bentoml serve` on a free loopback port, and stop it."""
+"""Start a real `bentoml serve` on a free loopback port, stop it, and read its prediction log."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import polars as pl
 
 from tasks.serving import free_port
 
@@ -35,16 +36,12 @@ def wait_until_ok(url: str, timeout: float, why_not, exited=lambda: None) -> Non
 
 
 @contextmanager
-def bento_server(target: str, log_file: Path, env: dict | None = None, timeout: float = 180):
-    """`target` is a bento tag (or service path); yields the base URL once /readyz answers 200."""
-    port = free_port()
+def serving(cmd: list[str], port: int, log_file: Path, env: dict | None = None, timeout: float = 180, cwd=None):
+    """Run `cmd` (a server on loopback `port`) in its own process group; yield its base URL once
+    /readyz answers 200; stop the whole group after."""
     with log_file.open("w") as log:
         proc = subprocess.Popen(
-            [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-            env=os.environ | (env or {}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, env=os.environ | (env or {}), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -57,3 +54,25 @@ def bento_server(target: str, log_file: Path, env: dict | None = None, timeout: 
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@contextmanager
+def bento_server(target: str, log_file: Path, env: dict | None = None, timeout: float = 180):
+    """`target` is a bento tag (or service path); yields the base URL once /readyz answers 200."""
+    port = free_port()
+    cmd = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    with serving(cmd, port, log_file, env, timeout) as url:
+        yield url
+
+
+def logged_rows(folder: Path, dataset: str, request_ids: set[str], want: int, timeout: float = 30) -> pl.DataFrame:
+    """The prediction-log rows of these requests under `folder`, once the flusher has written all
+    `want` of them (or the time is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted((folder / dataset).glob("date=*/part-*.parquet"))
+        frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
+        mine = frame.filter(pl.col("request_id").is_in(request_ids)) if frame.height else frame
+        if mine.height >= want or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.5)

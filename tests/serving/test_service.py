@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ from tasks import registry
 from tasks.data import read_split
 from tasks.spec import load_spec
 from tests.conftest import CONFIGS, FIXTURES
+from tests.serving.server import logged_rows
 
 TELCO = load_spec(CONFIGS / "telco_churn.yaml")
 
@@ -30,18 +30,6 @@ def _records(result, n: int, spec=TELCO) -> list[dict]:
 
 def _post(url: str, path: str, payload, **kw) -> httpx.Response:
     return httpx.post(f"{url}/{path}", json=payload, timeout=30, **kw)
-
-
-def _logged(folder: Path, dataset: str, request_id: str, want: int, timeout: float = 30) -> pl.DataFrame:
-    """The logged rows of one request, once the flusher has written all `want` of them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        files = sorted((folder / dataset).glob("date=*/part-*.parquet"))
-        frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
-        mine = frame.filter(pl.col("request_id") == request_id) if frame.height else frame
-        if mine.height >= want or time.monotonic() > deadline:
-            return mine
-        time.sleep(0.5)
 
 
 def test_prediction_matches_the_registered_mlflow_model(telco_server):
@@ -123,7 +111,7 @@ def test_every_prediction_is_logged_with_its_model_version(telco_server):
     url, result = telco_server["url"], telco_server["result"]
     response = _post(url, "predict", {"records": _records(result, 7)}, headers={"x-request-id": "req-log-test"})
     assert response.status_code == 200
-    mine = _logged(telco_server["logs"], TELCO.name, "req-log-test", want=7)
+    mine = logged_rows(telco_server["logs"], TELCO.name, {"req-log-test"}, want=7)
     assert mine.height == 7
     assert set(mine.get_column("model_version")) == {result.package.model_version}
     assert set(TELCO.base_features) <= set(mine.columns)
@@ -202,7 +190,7 @@ def test_second_dataset_serves_and_never_logs_sensitive_columns(orders_server):
     response = _post(orders_server["url"], "predict", {"records": records}, headers={"x-request-id": "orders-1"})
     assert response.status_code == 200, response.text
     assert {p["label"] for p in response.json()["predictions"]} <= {"kept", "returned"}
-    log = _logged(orders_server["logs"], spec.name, "orders-1", want=4)
+    log = logged_rows(orders_server["logs"], spec.name, {"orders-1"}, want=4)
     assert log.height == 4
     assert "note" not in log.columns  # marked sensitive in the config
     assert "order_id" in log.columns and "amount_eur" in log.columns
