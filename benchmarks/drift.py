@@ -32,10 +32,10 @@ def measure(config: Path, workdir: Path, size: int, runs: int) -> dict:
     from evidently.presets import DataDriftPreset
 
     from flows.monitor import monitor
-    from tasks import registry
-    from tasks.data import read_split
+    from tasks.core.spec import load_spec
     from tasks.simulate import DriftRecipe, drifted_batch, valid_rows
-    from tasks.spec import load_spec
+    from tasks.stores import registry
+    from tasks.stores.snapshots import read_split
 
     spec = load_spec(config)
     cfg = registry.default_tracking(workdir, spec.name, spec.registered_model_name)

@@ -33,31 +33,20 @@ from benchmarks.measure import ROOT, isolated_env, run_measured
 def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
     import mlflow
 
-    from tasks import registry
-    from tasks.bento import build_bento, import_model
-    from tasks.data import (
-        QuarantineReport,
-        assign_splits,
-        fingerprint_source,
-        read_source,
-        read_split,
-        split_quarantine,
-        top_failing_checks,
-        write_snapshot,
-    )
-    from tasks.evaluate import (
-        apply_gate,
-        binary_metrics,
-        cross_validate,
-        explain_sample,
-        global_importance,
-        save_plots,
-        shap_values,
-    )
-    from tasks.features import add_features, encode_target, feature_matrix
-    from tasks.model import TabularModel, input_example, pip_requirements, signature
-    from tasks.spec import clean, find_failures, load_spec
-    from tasks.train import base_params, choose_threshold_on_validation, fit_baselines, fit_final, matrices, tune
+    from tasks.core.cast import clean
+    from tasks.core.features import add_features, encode_target, feature_matrix
+    from tasks.core.gate import apply_gate
+    from tasks.core.metrics import binary_metrics
+    from tasks.core.model import TabularModel
+    from tasks.core.prepare import QuarantineReport, assign_splits, split_quarantine, top_failing_checks
+    from tasks.core.schema import find_failures
+    from tasks.core.spec import load_spec
+    from tasks.evaluate import cross_validate, explain_sample, global_importance, save_plots, shap_values
+    from tasks.stores import mlflow_model, registry
+    from tasks.stores.bentos import build_bento, import_model
+    from tasks.stores.snapshots import fingerprint_source, read_source, read_split, write_snapshot
+    from tasks.train import base_params, choose_threshold_on_validation, fit_baselines, fit_final, matrices
+    from tasks.tune import tune
 
     spec = load_spec(config, n_trials=n_trials)
     # prepare
@@ -89,10 +78,7 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
         registry.log_trials(cfg, experiment_id, run.info.run_id, tuning.trials)
         for name, baseline in baselines.items():
             registry.save_object(cfg, run.info.run_id, baseline, f"{name}.joblib")
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=model, code_paths=[str(ROOT / "tasks")], pip_requirements=pip_requirements(),
-            signature=signature(spec), input_example=input_example(train, spec),
-        )  # fmt: skip
+        info = mlflow_model.log_model(model, train, metadata)
     # evaluate
     test = read_split(manifest_path, "test")
     y = encode_target(test, spec)
@@ -128,8 +114,8 @@ def large_config(config: Path, rows: int, folder: Path) -> Path:
     import polars as pl
     import yaml
 
-    from tasks.data import read_source
-    from tasks.spec import load_spec
+    from tasks.core.spec import load_spec
+    from tasks.stores.snapshots import read_source
 
     spec = load_spec(config)
     raw = read_source(spec)
@@ -157,7 +143,7 @@ def start_server(scratch: Path, home: Path) -> tuple[subprocess.Popen, str]:
     """A `prefect server start` on loopback, as `make stack` runs it."""
     import httpx
 
-    from tasks.serving import free_port
+    from tasks.stores.backends import free_port
 
     port = free_port()
     env = isolated_env(scratch, scratch / "server-home")

@@ -115,11 +115,12 @@ def median_rate(fn, rows: int, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     import bentoml
 
-    from tasks.bento import bento_name
-    from tasks.data import read_source
-    from tasks.features import feature_matrix
-    from tasks.serving import free_port
-    from tasks.spec import clean, load_spec
+    from tasks.core.cast import clean
+    from tasks.core.features import feature_matrix
+    from tasks.core.spec import load_spec
+    from tasks.stores.backends import free_port
+    from tasks.stores.bentos import bento_name
+    from tasks.stores.snapshots import read_source
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/default.yaml")
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = load_spec(args.config)
     bento = bentoml.get(args.bento or f"{bento_name(spec)}:latest")
     model_tag = json.loads((Path(bento.path) / "src" / "bundle.json").read_text())["model_tag"]
-    model = bentoml.mlflow.load_model(model_tag).unwrap_python_model()
+    model = bentoml.mlflow.load_model(model_tag).unwrap_python_model().model
     table = clean(read_source(spec), spec).select(spec.base_features)
     record = table.row(0, named=True)
 

@@ -24,8 +24,8 @@ def generate(config: Path, rows: int, folder: Path, chunk: int = 1_000_000) -> t
     import pyarrow.parquet as pq
     import yaml
 
-    from tasks.data import read_source
-    from tasks.spec import load_spec
+    from tasks.core.spec import load_spec
+    from tasks.stores.snapshots import read_source
 
     spec = load_spec(config)
     raw = read_source(spec)

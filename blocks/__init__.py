@@ -4,7 +4,8 @@ load them by name (the dataset's name, dashes for underscores) and fall back to 
 dataset config when none is saved, so nothing here needs a server.
 
 `prefect block register -m blocks` registers the types; `python -m deployments.bootstrap`
-saves default documents. This package imports nothing of the project's own.
+saves default documents. Of the project's own, this package imports only the pure core
+(the drift policy's fields are the config's `DriftPolicy`, declared once).
 """
 
 from blocks.lifecycle import DriftPolicySettings, ServingTarget, TrackingSettings, block_name

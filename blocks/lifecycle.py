@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from prefect_docker.credentials import DockerRegistryCredentials
-from pydantic import Field
+from pydantic import BaseModel, Field, create_model
+
+from tasks.core.spec import DriftPolicy
 
 
 def block_name(dataset: str) -> str:
@@ -46,17 +48,28 @@ class ServingTarget(Block):
     memory: str | None = Field(default=None, description="container memory limit, e.g. 2g")
 
 
-class DriftPolicySettings(Block):
-    """When a batch counts as drift. Empty fields keep the config's `monitoring` values."""
+def _optional_fields(model: type[BaseModel]) -> dict:
+    """Every field of `model` with its type, bounds and description, empty by default."""
+    fields = {}
+    for name, info in model.model_fields.items():
+        kind = info.annotation | None
+        fields[name] = (
+            Annotated[kind, *info.metadata] if info.metadata else kind,
+            Field(None, description=info.description),
+        )
+    return fields
 
-    _block_type_name = "Lifecycle Drift Policy"
-    _block_type_slug = "lifecycle-drift-policy"
-    _description = "Minimum rows, share of drifted columns, method/threshold and performance drop for drift."
 
-    min_rows: int | None = Field(default=None, ge=1)
-    drift_share: float | None = Field(default=None, gt=0, le=1)
-    method: str | None = Field(default=None, description="Evidently drift method, e.g. psi, wasserstein, jensenshannon")
-    threshold: float | None = Field(default=None)
-    performance_metric: Literal["roc_auc", "pr_auc", "f1", "accuracy"] | None = None
-    max_performance_drop: float | None = Field(default=None, ge=0)
-    schedule_hint: str | None = Field(default=None, description="cron the monitor deployment should run on")
+# The config's `monitoring:` fields (DriftPolicy), declared there once; empty keeps the config's value.
+DriftPolicySettings = create_model(
+    "DriftPolicySettings",
+    __base__=Block,
+    __module__=__name__,
+    __doc__="When a batch counts as drift. Empty fields keep the config's `monitoring` values.",
+    **_optional_fields(DriftPolicy),
+)
+DriftPolicySettings._block_type_name = "Lifecycle Drift Policy"
+DriftPolicySettings._block_type_slug = "lifecycle-drift-policy"
+DriftPolicySettings._description = (
+    "Minimum rows, share of drifted columns, method/threshold and performance drop for drift."
+)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from prefect.automations import Automation
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import EventTrigger, Posture
+
 ALERT_BLOCK = "lifecycle-alerts"
 MODEL = {"prefect.resource.id": "model.*"}
 
@@ -44,9 +48,6 @@ ALERTS: dict[str, tuple[dict, str, str]] = {
 
 def apply(block_document_id: UUID) -> list[str]:
     """Create the alert automations, replacing any of the same name (idempotent)."""
-    from prefect.automations import Automation
-    from prefect.events.actions import SendNotification
-    from prefect.events.schemas.automations import EventTrigger, Posture
 
     names = []
     for name, (trigger, subject, body) in ALERTS.items():

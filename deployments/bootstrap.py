@@ -15,8 +15,11 @@ import argparse
 import os
 from pathlib import Path
 
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
 from blocks import DriftPolicySettings, ServingTarget, TrackingSettings, block_name
 from deployments.automations import ALERT_BLOCK, apply
+from tasks.core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +35,6 @@ def register_block_types() -> list[str]:
 
 def save_defaults(config: Path, serving_kind: str, port: int) -> list[str]:
     """Default documents for one dataset: the config's own values, shown (and editable) in the UI."""
-    from tasks.spec import load_spec
 
     spec = load_spec(config)
     name = block_name(spec.name)
@@ -52,7 +54,6 @@ def save_defaults(config: Path, serving_kind: str, port: int) -> list[str]:
 
 
 def save_alert_block(url: str):
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
     block = CustomWebhookNotificationBlock(
         name=ALERT_BLOCK,

@@ -6,10 +6,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.cli import run
 from flows.naming import named_after_run
-from tasks.data import load_manifest_task, load_spec_task
 from tasks.evaluate import (
-    EvaluationResult,
     cross_validate_task,
     explain_task,
     gate_task,
@@ -17,7 +16,10 @@ from tasks.evaluate import (
     recorded_evaluation_task,
     score_task,
 )
-from tasks.registry import tracking_task, train_result_task
+from tasks.prepare import load_manifest_task, load_spec_task
+from tasks.register import tracking_task, train_result_task
+from tasks.results import EvaluationResult
+from tasks.stores.workdir import Workdir
 
 
 @flow(name="evaluate", flow_run_name=named_after_run("evaluate"))
@@ -45,12 +47,10 @@ def evaluate(
     manifest = load_manifest_task(trained.manifest_path)
     scores = score_task(tracking, spec, trained)
     cv = cross_validate_task(spec, manifest, trained.manifest_path, trained)
-    importance, plots = explain_task(tracking, spec, trained, workdir / "evaluation" / run_id)
+    importance, plots = explain_task(tracking, spec, trained, Workdir(workdir).evaluation(run_id))
     decision = gate_task(spec, scores, cv)
     return log_evaluation_task(tracking, spec, trained, scores, cv, importance, plots, decision)
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(evaluate)

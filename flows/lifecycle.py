@@ -5,25 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from pydantic import BaseModel
 
+from flows.cli import run
 from flows.evaluate import evaluate
 from flows.naming import named_after_config
 from flows.package import package
-from flows.prepare import PrepareResult, prepare
+from flows.prepare import prepare
 from flows.register import register
 from flows.train import train
-from tasks.bento import PackageResult
-from tasks.evaluate import EvaluationResult
-from tasks.registry import RegisterResult, TrainResult
-
-
-class LifecycleResult(BaseModel):
-    prepare: PrepareResult
-    train: TrainResult
-    evaluate: EvaluationResult
-    registry: RegisterResult
-    package: PackageResult
+from tasks.results import LifecycleResult
 
 
 @flow(name="lifecycle", flow_run_name=named_after_config("lifecycle"))
@@ -58,6 +48,4 @@ def lifecycle(
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(lifecycle)

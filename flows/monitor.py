@@ -6,12 +6,10 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.cli import run
 from flows.naming import named_after_config
-from tasks.bento import resolve_alias_task
-from tasks.data import load_spec_task
-from tasks.drift import (
+from tasks.monitor import (
     DriftPolicy,
-    DriftResult,
     drift_task,
     emit_drift_task,
     load_batch_task,
@@ -20,8 +18,12 @@ from tasks.drift import (
     publish_drift_task,
     reference_task,
 )
-from tasks.registry import tracking_task
+from tasks.package import resolve_alias_task
+from tasks.prepare import load_spec_task
+from tasks.register import tracking_task
+from tasks.results import DriftResult
 from tasks.settings import drift_policy_task
+from tasks.stores.workdir import Workdir
 
 
 @flow(name="monitor", flow_run_name=named_after_config("monitor"))
@@ -47,7 +49,7 @@ def monitor(
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     champion = resolve_alias_task(tracking, "champion")
     reference = reference_task(tracking, champion.version)
-    source = batch or workdir / "predictions" / spec.name
+    source = batch or Workdir(workdir).prediction_log(spec.name)
     current, n_quarantined, quarantine_path = load_batch_task(source, spec, workdir)
     performance = performance_task(tracking, champion.version, current, policy)
     result = drift_task(
@@ -59,7 +61,7 @@ def monitor(
         (n_quarantined, quarantine_path),
         performance,
         policy,
-        workdir / "monitoring" / spec.name,
+        workdir,
     )
     result = result.model_copy(update={"mlflow_run_id": log_drift_task(tracking, result)})
     publish_drift_task(result)
@@ -69,6 +71,4 @@ def monitor(
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(monitor)

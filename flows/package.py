@@ -7,17 +7,12 @@ from typing import Literal
 
 from prefect import flow
 
+from flows.cli import run
 from flows.naming import named_after_config
-from tasks.bento import (
-    PackageResult,
-    base_image_task,
-    build_bento_task,
-    containerize_task,
-    import_model_task,
-    resolve_alias_task,
-)
-from tasks.data import load_spec_task
-from tasks.registry import tracking_task
+from tasks.package import base_image_task, build_bento_task, containerize_task, import_model_task, resolve_alias_task
+from tasks.prepare import load_spec_task
+from tasks.register import tracking_task
+from tasks.results import PackageResult
 from tasks.settings import push_image_task, serving_target_task
 
 
@@ -63,6 +58,4 @@ def package(
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(package)

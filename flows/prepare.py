@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from pydantic import BaseModel
 
+from flows.cli import run
 from flows.naming import named_after_config
-from tasks.data import (
-    SnapshotManifest,
+from tasks.prepare import (
     check_tolerance_task,
     clean_task,
     features_task,
@@ -22,32 +21,8 @@ from tasks.data import (
     validate_task,
     written_snapshot_task,
 )
+from tasks.results import PrepareResult
 from tasks.stream import stream_snapshot_task
-
-
-class PrepareResult(BaseModel):
-    dataset: str
-    data_version: str
-    spec_hash: str
-    rows_in: int
-    rows_kept: int
-    rows_quarantined: int
-    train: int
-    validation: int
-    test: int
-    manifest_path: str
-    quarantine_path: str
-
-    @classmethod
-    def of(cls, manifest: SnapshotManifest, manifest_path: Path) -> PrepareResult:
-        return cls(
-            dataset=manifest.dataset,
-            data_version=manifest.data_version,
-            spec_hash=manifest.spec_hash,
-            **manifest.rows.model_dump(),
-            manifest_path=str(manifest_path),
-            quarantine_path=manifest.quarantine_path,
-        )
 
 
 @flow(name="prepare", flow_run_name=named_after_config("prepare"))
@@ -84,6 +59,4 @@ def prepare(
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(prepare)

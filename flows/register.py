@@ -6,9 +6,11 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.cli import run
 from flows.naming import named_after_run
-from tasks.data import load_spec_task
-from tasks.registry import RegisterResult, register_task, tracking_task
+from tasks.prepare import load_spec_task
+from tasks.register import register_task, tracking_task
+from tasks.results import RegisterResult
 
 
 @flow(name="register", flow_run_name=named_after_run("register"))
@@ -32,6 +34,4 @@ def register(
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(register)

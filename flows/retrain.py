@@ -8,21 +8,16 @@ from typing import Literal
 
 from prefect import flow
 
+from flows.cli import run
 from flows.evaluate import evaluate
 from flows.naming import named_after_config
 from flows.register import register
 from flows.rollout import rollout
 from flows.train import train
-from tasks.data import load_spec_task
-from tasks.registry import tracking_task
-from tasks.retrain import (
-    RetrainResult,
-    base_version_task,
-    endpoints_task,
-    fresh_snapshot_task,
-    record_task,
-    stale_task,
-)
+from tasks.prepare import load_spec_task
+from tasks.register import tracking_task
+from tasks.results import RetrainResult
+from tasks.retrain import base_version_task, endpoints_task, fresh_snapshot_task, record_task, stale_task
 
 
 @flow(name="retrain", flow_run_name=named_after_config("retrain"))
@@ -73,6 +68,4 @@ def retrain(
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(retrain)

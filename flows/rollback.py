@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from pydantic import BaseModel
 
+from flows.cli import run
 from flows.naming import named_after_config
-from tasks.data import load_spec_task
-from tasks.registry import rollback_task, tracking_task
-
-
-class RollbackResult(BaseModel):
-    model_name: str
-    from_version: str
-    to_version: str
+from tasks.prepare import load_spec_task
+from tasks.register import rollback_task, tracking_task
+from tasks.results import RollbackResult
 
 
 @flow(name="rollback", flow_run_name=named_after_config("rollback"))
@@ -34,6 +29,4 @@ def rollback(config: Path, workdir: Path = Path("artifacts"), tracking_uri: str 
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(rollback)

@@ -8,16 +8,15 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import run
 from flows.naming import named_after_config
 from flows.package import package
 from tasks.common import artifact_key
-from tasks.data import load_spec_task
-from tasks.registry import tracking_task
-from tasks.serving import (
-    RolloutFailed,
-    RolloutResult,
+from tasks.prepare import load_spec_task
+from tasks.register import tracking_task
+from tasks.results import RolloutResult
+from tasks.rollout import (
     abort_task,
-    read_state,
     retire_task,
     smoke_rows_task,
     smoke_test_task,
@@ -26,6 +25,8 @@ from tasks.serving import (
     wait_ready_task,
 )
 from tasks.settings import serving_target_task
+from tasks.stores.backends import RolloutFailed, read_state
+from tasks.stores.workdir import Workdir
 
 
 @flow(name="rollout", flow_run_name=named_after_config("rollout"))
@@ -63,12 +64,12 @@ def rollout(
     packaged = package(config=config, workdir=workdir, tracking_uri=tracking_uri, alias=alias, target=target)
     current = read_state(workdir, spec.name, port)
     records, expected = smoke_rows_task(tracking, packaged.model_version, smoke_rows)
-    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str((workdir / "predictions").resolve())} | (backend_env or {})
+    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(Workdir(workdir).predictions)} | (backend_env or {})
     artifact = packaged.image if target == "docker" else packaged.bento_tag
     new = None
     try:
         new = start_backend_task(
-            target, artifact, packaged.model_version, env, workdir / "serving" / spec.name, serving
+            target, artifact, packaged.model_version, env, Workdir(workdir).serving(spec.name), serving
         )
         wait_ready_task(new, ready_timeout)
         smoke_test_task(new, records, expected)
@@ -95,6 +96,4 @@ def rollout(
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(rollout)

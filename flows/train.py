@@ -7,22 +7,16 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.cli import run
 from flows.naming import named_after_snapshot
-from tasks.data import SnapshotManifest, load_manifest_task, load_spec_task, read_split_task
-from tasks.registry import TrainResult, tracking_task
-from tasks.spec import DatasetSpec
-from tasks.train import (
-    TuningResult,
-    fit_baselines_task,
-    fit_final_task,
-    log_training_task,
-    logged_training_task,
-    matrices_task,
-    shared_study_task,
-    study_result_task,
-    tune_task,
-    tune_worker_task,
-)
+from tasks.core.spec import DatasetSpec
+from tasks.prepare import load_manifest_task, load_spec_task, read_split_task
+from tasks.register import tracking_task
+from tasks.results import TrainResult, TuningResult
+from tasks.stores.snapshots import SnapshotManifest
+from tasks.stores.workdir import Workdir
+from tasks.train import fit_baselines_task, fit_final_task, log_training_task, logged_training_task, matrices_task
+from tasks.tune import shared_study_task, study_result_task, tune_task, tune_worker_task
 
 
 @flow(name="train", flow_run_name=named_after_snapshot("train"))
@@ -59,7 +53,7 @@ def train(
     baselines = fit_baselines_task(matrices, spec, manifest)
     if workers > 1:
         storage = optuna_storage or os.environ.get("LIFECYCLE_OPTUNA_STORAGE")
-        tuning = tune_in_parallel(spec, manifest, manifest_path, workers, storage, workdir / "optuna")
+        tuning = tune_in_parallel(spec, manifest, manifest_path, workers, storage, Workdir(workdir).optuna)
     else:
         tuning = tune_task(matrices, spec, manifest)
     booster = fit_final_task(matrices, spec, manifest, tuning)
@@ -88,6 +82,4 @@ def tune_parallel(
 
 
 if __name__ == "__main__":
-    from flows.cli import run
-
     run(train)

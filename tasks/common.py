@@ -7,7 +7,7 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE
 from prefect.utilities.hashing import hash_objects
 
-from tasks.errors import DataError
+from tasks.core.errors import DataError
 
 
 def content_key(task_ctx: Any, inputs: dict[str, Any]) -> str | None:

@@ -1,5 +1,6 @@
-"""Evaluation: test metrics, threshold, slices, cross-validation, explanations, plots,
-the promotion gate and the model card. Pure functions (no Prefect, no MLflow)."""
+"""Evaluation: test metrics of the candidate, the baselines and the champion on the same rows,
+cross-validation, explanations, plots and the model card; the metrics and the gate themselves
+are pure (`tasks/core/metrics.py`, `tasks/core/gate.py`). Functions first, `@task` wrappers below."""
 
 from __future__ import annotations
 
@@ -11,81 +12,19 @@ import numpy as np
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel
 
 from tasks.common import CACHED, UNCACHED, artifact_key
-from tasks.data import SnapshotManifest
-from tasks.registry import TrackingConfig, TrainResult
-from tasks.spec import DatasetSpec, GateRule
-
-Metrics = dict[str, float]
-
+from tasks.core.features import encode_target, feature_matrix
+from tasks.core.gate import GateDecision, apply_gate
+from tasks.core.metrics import Metrics, binary_metrics, choose_threshold, slice_metrics
+from tasks.core.spec import DatasetSpec
+from tasks.results import EvaluationResult, TrainResult
+from tasks.stores import mlflow_model, registry
+from tasks.stores.registry import TrackingConfig
+from tasks.stores.snapshots import SnapshotManifest, read_split
+from tasks.train import base_params
 
 # -- metrics --------------------------------------------------------------------------------
-def binary_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> Metrics:
-    """Ranking and probability metrics, plus the confusion matrix at `threshold`."""
-    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
-
-    y = np.asarray(y).astype(int)
-    proba = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
-    pred = (proba >= threshold).astype(int)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    both_classes = 0 < y.sum() < len(y)
-    return {
-        "roc_auc": float(roc_auc_score(y, proba)) if both_classes else float("nan"),
-        "pr_auc": float(average_precision_score(y, proba)) if both_classes else float("nan"),
-        "log_loss": float(log_loss(y, proba, labels=[0, 1])),
-        "brier": float(brier_score_loss(y, proba)),
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "accuracy": (tp + tn) / len(y),
-        "threshold": float(threshold),
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "tn": tn,
-    }
-
-
-def choose_threshold(y: np.ndarray, proba: np.ndarray, rule: str | float) -> float:
-    """The decision threshold, chosen on validation rows: best F1, best Youden J, or fixed."""
-    if isinstance(rule, int | float):
-        return float(rule)
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    if rule == "youden":
-        fpr, tpr, thresholds = roc_curve(y, proba)
-        return float(np.clip(thresholds[np.argmax(tpr - fpr)], 0.0, 1.0))
-    precision, recall, thresholds = precision_recall_curve(y, proba)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
-    return float(thresholds[np.argmax(f1[:-1])])
-
-
-def slice_metrics(frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: float, columns: list[str]):
-    """Metrics per value of each named category column (rows, positives, ROC AUC, F1)."""
-    rows = []
-    for column in columns:
-        values = frame.get_column(column).cast(pl.String).fill_null("<null>").to_numpy()
-        for value in sorted(set(values)):
-            mask = values == value
-            m = binary_metrics(y[mask], proba[mask], threshold)
-            rows.append(
-                {
-                    "column": column,
-                    "value": value,
-                    "rows": int(mask.sum()),
-                    "positives": int(y[mask].sum()),
-                    "roc_auc": m["roc_auc"],
-                    "f1": m["f1"],
-                }
-            )
-    return rows
 
 
 def latency(predict, rows: pl.DataFrame, repeats: int = 50) -> Metrics:
@@ -200,73 +139,6 @@ def save_plots(folder: Path, y, proba, threshold, importance: list[dict], contri
     return paths
 
 
-# -- the gate -----------------------------------------------------------------------------
-class GateCheck(BaseModel):
-    rule: str
-    passed: bool
-    detail: str
-
-
-class GateDecision(BaseModel):
-    passed: bool
-    checks: list[GateCheck]
-
-    @property
-    def reasons(self) -> str:
-        failed = [c for c in self.checks if not c.passed]
-        return "; ".join(f"{c.rule}: {c.detail}" for c in (failed or self.checks))
-
-
-def _describe(rule: GateRule) -> str:
-    if rule.vs:
-        return f"{rule.metric} vs {rule.vs} (max drop {rule.max_drop:g})"
-    bounds = [f">= {rule.min:g}" if rule.min is not None else "", f"<= {rule.max:g}" if rule.max is not None else ""]
-    return f"{rule.metric} {' and '.join(b for b in bounds if b)}"
-
-
-def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and np.isnan(value))
-
-
-def apply_gate(rules: list[GateRule], candidate: Metrics, others: dict[str, Metrics | None]) -> GateDecision:
-    """Check every rule; fails closed: a missing candidate metric is a failure.
-
-    `others` maps a comparator name to its metrics on the same test rows; a comparator
-    that does not exist (no champion yet) passes its rule with that said."""
-    checks = []
-    for rule in rules:
-        name = _describe(rule)
-        value = candidate.get(rule.metric)
-        if not _present(value):
-            checks.append(GateCheck(rule=name, passed=False, detail=f"candidate has no {rule.metric}"))
-            continue
-        if rule.vs is None:
-            ok = (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
-            checks.append(GateCheck(rule=name, passed=ok, detail=f"candidate {rule.metric}={value:.4f}"))
-            continue
-        if rule.vs not in others:
-            checks.append(GateCheck(rule=name, passed=False, detail=f"no {rule.vs} metrics to compare with"))
-            continue
-        other = others[rule.vs]
-        if other is None:
-            checks.append(GateCheck(rule=name, passed=True, detail=f"no {rule.vs} yet"))
-            continue
-        reference = other.get(rule.metric)
-        if not _present(reference):
-            checks.append(GateCheck(rule=name, passed=False, detail=f"{rule.vs} has no {rule.metric}"))
-            continue
-        drop = (reference - value) if rule.higher_is_better else (value - reference)
-        ok = drop <= rule.max_drop + 1e-12
-        checks.append(
-            GateCheck(
-                rule=name,
-                passed=ok,
-                detail=f"candidate {value:.4f} vs {rule.vs} {reference:.4f} (worse by {max(drop, 0):.4f})",
-            )
-        )
-    return GateDecision(passed=all(c.passed for c in checks), checks=checks)
-
-
 # -- model card ------------------------------------------------------------------------------
 def model_card(
     spec: DatasetSpec,
@@ -335,18 +207,6 @@ Largest mean |SHAP| (LightGBM `pred_contrib`): {top}.
 
 
 # -- Prefect tasks ---------------------------------------------------------------------------
-class EvaluationResult(BaseModel):
-    dataset: str
-    data_version: str
-    run_id: str
-    threshold: float
-    candidate: Metrics
-    baselines: dict[str, Metrics]
-    champion: Metrics | None
-    champion_version: str | None
-    candidate_is_champion: bool
-    gate: GateDecision
-    reused: bool = False
 
 
 EVALUATION_RESULT = "evaluation/result.json"
@@ -382,8 +242,6 @@ def recorded_evaluation_task(cfg: TrackingConfig, spec: DatasetSpec, trained: Tr
     """The evaluation already on the run for this config and champion, if any: a re-run reuses it."""
     import mlflow
 
-    from tasks import registry
-
     recorded = registry.run_tags(cfg, trained.run_id).get("evaluation_key")
     champion = registry.version_by_alias(cfg, registry.CHAMPION)
     if not evaluation_still_valid(recorded, spec, champion, trained.run_id):
@@ -397,9 +255,6 @@ def recorded_evaluation_task(cfg: TrackingConfig, spec: DatasetSpec, trained: Tr
 @task(name="score-models", **UNCACHED)
 def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> Scores:
     """Candidate, baselines and the current champion, all on the same untouched test rows."""
-    from tasks import registry
-    from tasks.data import read_split
-    from tasks.features import encode_target, feature_matrix
 
     logger = get_run_logger()
     test = read_split(trained.manifest_path, "test")
@@ -437,10 +292,6 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> 
 def cross_validate_task(spec: DatasetSpec, manifest: SnapshotManifest, manifest_path: Path, trained: TrainResult):
     import lightgbm as lgb
 
-    from tasks.data import read_split
-    from tasks.features import encode_target, feature_matrix
-    from tasks.train import base_params
-
     train = read_split(manifest_path, "train")
     rounds = lgb.Booster(model_str=_booster_text(trained)).current_iteration()
     categorical = [spec.feature_names.index(c) for c in spec.categorical_features]
@@ -456,17 +307,12 @@ def cross_validate_task(spec: DatasetSpec, manifest: SnapshotManifest, manifest_
 
 
 def _booster_text(trained: TrainResult) -> str:
-    import mlflow.pyfunc
-
-    return mlflow.pyfunc.load_model(trained.model_uri).unwrap_python_model().booster_text
+    return mlflow_model.load_model(trained.model_uri).booster_text
 
 
 @task(name="explain", **UNCACHED)
 def explain_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, folder: Path):
     """SHAP values from LightGBM's pred_contrib, global importance and every plot."""
-    from tasks import registry
-    from tasks.data import read_split
-    from tasks.features import encode_target, feature_matrix
 
     model = registry.load_model(cfg, trained.model_uri)
     test = read_split(trained.manifest_path, "test")
@@ -498,7 +344,6 @@ def log_evaluation_task(
     decision: GateDecision,
 ) -> EvaluationResult:
     """Metrics, plots, model card and the gate decision: to the MLflow run and as Prefect artifacts."""
-    from tasks import registry
 
     scores.candidate = scores.candidate | cv
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.events import emit_event
+
 DRIFT_DETECTED = "model.drift.detected"
 MODEL_PROMOTED = "model.promoted"
 ROLLOUT_ROLLED_BACK = "model.rollout.rolled_back"
@@ -16,7 +18,6 @@ def model_resource(dataset: str) -> dict[str, str]:
 
 def emit_model_event(event: str, dataset: str, payload: dict[str, Any]) -> str | None:
     """Emit `event` about the dataset's model; returns the event id (None when events are off)."""
-    from prefect.events import emit_event
 
     sent = emit_event(event=event, resource=model_resource(dataset), payload=payload)
     return str(sent.id) if sent else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 from prefect import get_run_logger, task
@@ -20,26 +19,35 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from tasks.common import UNCACHED, artifact_key
-from tasks.data import (
+from tasks.core.cast import clean
+from tasks.core.errors import DataError
+from tasks.core.features import add_features
+from tasks.core.prepare import (
     SPLIT_COLUMN,
     SPLITS,
     QuarantineReport,
-    SourceFingerprint,
     assign_splits,
     check_tolerance,
     frame_digest,
-    load_manifest,
-    read_split,
     split_quarantine,
     top_failing_checks,
-    write_snapshot,
 )
-from tasks.drift import read_batch
-from tasks.errors import DataError
-from tasks.features import add_features
-from tasks.registry import CHAMPION, RegisterResult, TrackingConfig, VersionInfo, version_by_alias, version_manifest
-from tasks.serving import RolloutResult, read_state
-from tasks.spec import DatasetSpec, RetrainingSpec, clean, find_failures
+from tasks.core.schema import find_failures
+from tasks.core.spec import DatasetSpec, RetrainingSpec
+from tasks.monitor import read_batch
+from tasks.results import RegisterResult, RetrainResult, RolloutResult
+from tasks.stores.backends import read_state
+from tasks.stores.registry import (
+    CHAMPION,
+    TrackingConfig,
+    VersionInfo,
+    set_version_tags,
+    version_by_alias,
+    version_manifest,
+    versions,
+)
+from tasks.stores.snapshots import SourceFingerprint, load_manifest, read_split, write_snapshot
+from tasks.stores.workdir import Workdir
 
 
 class FreshSnapshot(BaseModel):
@@ -56,17 +64,6 @@ class FreshSnapshot(BaseModel):
     data_version: str | None = None
     manifest_path: str | None = None
     skip_reason: str | None = None
-
-
-class RetrainResult(BaseModel):
-    dataset: str
-    status: Literal["promoted", "kept", "stale", "skipped"]
-    reasons: list[str]
-    base_version: str
-    champion_version: str | None
-    challenger_version: str | None = None
-    data_version: str | None = None
-    served: list[str] = []
 
 
 # -- pure ------------------------------------------------------------------------------------
@@ -129,7 +126,7 @@ def stale_reason(base: VersionInfo, champion: VersionInfo | None, data_version: 
 
 def live_endpoints(workdir: Path, dataset: str) -> list[tuple[int, str, str]]:
     """(stable port, backend kind, live version) of every endpoint serving this dataset from `workdir`."""
-    root = Path(workdir).resolve() / "serving" / dataset
+    root = Workdir(workdir).serving(dataset)
     found = []
     for folder in sorted(root.glob("*")) if root.is_dir() else []:
         if folder.name.isdigit():
@@ -143,7 +140,6 @@ def live_endpoints(workdir: Path, dataset: str) -> list[tuple[int, str, str]]:
 @task(name="base-version", **UNCACHED)
 def base_version_task(cfg: TrackingConfig, version: str | None) -> VersionInfo:
     """The version the drift was measured against (default: the current champion)."""
-    from tasks.registry import versions
 
     if version:
         found = [v for v in versions(cfg) if v.version == str(version)]
@@ -183,7 +179,7 @@ def fresh_snapshot_task(
     reference = {split: read_split(base_manifest, split) for split in SPLITS}
     merged = merge_for_retraining(reference, new_rows, spec, policy)
     fingerprint = fresh_fingerprint(base_data_version, Path(batch), merged)
-    where = Path(workdir) / "quarantine" / spec.name / f"retrain-{fingerprint.sha256[:16]}.parquet"
+    where = Workdir(workdir).quarantine(spec.name, f"retrain-{fingerprint.sha256[:16]}")
     where.parent.mkdir(parents=True, exist_ok=True)
     quarantined.write_parquet(where)
     report = QuarantineReport(
@@ -246,7 +242,6 @@ def record_task(
     served: list[RolloutResult] | None = None,
 ) -> RetrainResult:
     """The decision, why, and what serves now: a Prefect artifact, tags in the registry."""
-    from tasks.registry import set_version_tags
 
     champion = version_by_alias(cfg, CHAMPION)
     served_versions = [f"{r.endpoint} → v{r.model_version}" for r in served or []]

@@ -14,8 +14,8 @@ from pydantic import BaseModel
 
 from blocks import DriftPolicySettings, ServingTarget, TrackingSettings, block_name
 from tasks.common import UNCACHED
-from tasks.errors import SettingsError
-from tasks.spec import DatasetSpec, DriftPolicy
+from tasks.core.errors import SettingsError
+from tasks.core.spec import DatasetSpec, DriftPolicy
 
 DEFAULT_TARGET, DEFAULT_PORT = "docker", 3000
 

@@ -18,7 +18,11 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.spec import DatasetSpec, load_spec
+from tasks.core.cast import clean
+from tasks.core.prepare import split_quarantine
+from tasks.core.schema import find_failures
+from tasks.core.spec import DatasetSpec, load_spec
+from tasks.stores.snapshots import read_source
 
 
 class DriftRecipe(BaseModel):
@@ -43,8 +47,6 @@ class DriftRecipe(BaseModel):
 
 def valid_rows(spec: DatasetSpec) -> pl.DataFrame:
     """The dataset's rows that pass its own validation, typed."""
-    from tasks.data import read_source, split_quarantine
-    from tasks.spec import clean, find_failures
 
     raw = read_source(spec)
     kept, _ = split_quarantine(raw, find_failures(raw, spec))

@@ -10,7 +10,6 @@ with their split, like the in-memory path's, so an unchanged input gives the sam
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from collections import Counter
 from datetime import UTC, datetime
@@ -19,24 +18,26 @@ from pathlib import Path
 import polars as pl
 from prefect import get_run_logger, task
 
-from tasks import features
 from tasks.common import UNCACHED
-from tasks.data import (
+from tasks.core import features
+from tasks.core.cast import clean
+from tasks.core.errors import SpecError
+from tasks.core.prepare import (
     SPLIT_COLUMN,
     SPLITS,
     FailingCheck,
     QuarantineReport,
     RowCounts,
-    SnapshotManifest,
-    SourceFingerprint,
     check_tolerance,
-    quarantine_path,
-    snapshot_dir,
     split_by_position,
     split_quarantine,
     top_failing_checks,
 )
-from tasks.spec import DatasetSpec, clean, find_failures
+from tasks.core.schema import find_failures
+from tasks.core.spec import DatasetSpec
+from tasks.prepare import publish_quarantine
+from tasks.stores.snapshots import SnapshotManifest, SourceFingerprint, quarantine_path, snapshot_dir
+from tasks.stores.workdir import Workdir
 
 DEFAULT_SLICE_ROWS = 250_000
 _HASH_SEED = 20261122
@@ -46,7 +47,7 @@ def scan_source(spec: DatasetSpec) -> pl.LazyFrame:
     """A lazy scan of the file source (CSV read as text, so bad values reach validation)."""
     src = spec.source
     if src.path is None:
-        raise ValueError("streaming prepare reads files (CSV or Parquet), not database queries")
+        raise SpecError("streaming prepare reads files (CSV or Parquet), not database queries")
     path = spec.resolve(src.path)
     if src.file_format == "parquet":
         return pl.scan_parquet(path).select(spec.input_columns)
@@ -65,7 +66,7 @@ def stream_snapshot(
     """Write the snapshot slice by slice. Returns (manifest, manifest path, quarantine report)."""
     scan = scan_source(spec)
     total = scan.select(pl.len()).collect().item()
-    staging = Path(workdir) / "snapshots" / spec.name / f".staging-{os.getpid()}"
+    staging = Workdir(workdir).snapshot_staging(spec.name)
     shutil.rmtree(staging, ignore_errors=True)
     for split in SPLITS:
         (staging / split).mkdir(parents=True)
@@ -149,10 +150,9 @@ def stream_snapshot_task(
     spec: DatasetSpec, fingerprint: SourceFingerprint, workdir: Path, slice_rows: int
 ) -> tuple[SnapshotManifest, Path]:
     """Slice by slice; the quarantine tolerance is checked once every row has been seen."""
-    from tasks.data import _publish_quarantine
 
     manifest, path, report = stream_snapshot(spec, fingerprint, workdir, slice_rows)
-    _publish_quarantine(report, spec)
+    publish_quarantine(report, spec)
     get_run_logger().info(
         "streamed %d rows in slices of %d: %d kept, %d quarantined → %s",
         report.rows_in, slice_rows, manifest.rows.rows_kept, report.rows_quarantined, manifest.data_version,

@@ -1,29 +1,28 @@
-"""Training: honest baselines, a LightGBM candidate tuned by Optuna, the final fit.
+"""Training: honest baselines, the final LightGBM fit with the tuned parameters, the threshold
+chosen on validation, the candidate logged to MLflow once (tuning is `tasks/tune.py`).
 
-Pure functions first (no Prefect, no MLflow); the `@task` wrappers are at the bottom.
-"""
+Functions first (LightGBM and scikit-learn, no Prefect, no MLflow); the `@task` wrappers below."""
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from pydantic import BaseModel
 
-from tasks import features, registry
 from tasks.common import CACHED, UNCACHED
-from tasks.data import SnapshotManifest
-from tasks.registry import TrackingConfig, TrainResult
-from tasks.spec import DatasetSpec
+from tasks.core import features
+from tasks.core.metrics import choose_threshold
+from tasks.core.model import TabularModel
+from tasks.core.spec import DatasetSpec
+from tasks.results import TrainResult, TuningResult
+from tasks.stores import mlflow_model, registry
+from tasks.stores.registry import TrackingConfig
+from tasks.stores.snapshots import SnapshotManifest
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +107,22 @@ def fit_baselines(m: Matrices, spec: DatasetSpec) -> Baselines:
 
 
 # -- LightGBM + Optuna --------------------------------------------------------------------
-class TrialRecord(BaseModel):
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, float | int]
-    best_iteration: int | None
-    started_at: datetime
-    finished_at: datetime
 
 
-class TuningResult(BaseModel):
-    best_params: dict[str, float | int]
-    best_value: float
-    best_iteration: int
-    n_trials: int
-    n_pruned: int
-    seconds: float
-    trials: list[TrialRecord]
+def lgb_datasets(m: Matrices):
+    """LightGBM datasets of the training and validation matrices (the validation one binned like training)."""
+    import lightgbm as lgb
+
+    params = {"feature_pre_filter": False, "verbosity": -1}
+    train = lgb.Dataset(
+        m.x_train,
+        m.y_train,
+        feature_name=m.feature_names,
+        categorical_feature=m.categorical,
+        params=params,
+        free_raw_data=False,
+    )
+    return train, lgb.Dataset(m.x_val, m.y_val, reference=train, params=params)
 
 
 def base_params(spec: DatasetSpec) -> dict:
@@ -142,165 +139,7 @@ def base_params(spec: DatasetSpec) -> dict:
     }
 
 
-def _datasets(m: Matrices):
-    import lightgbm as lgb
-
-    params = {"feature_pre_filter": False, "verbosity": -1}
-    train = lgb.Dataset(
-        m.x_train,
-        m.y_train,
-        feature_name=m.feature_names,
-        categorical_feature=m.categorical,
-        params=params,
-        free_raw_data=False,
-    )
-    return train, lgb.Dataset(m.x_val, m.y_val, reference=train, params=params)
-
-
-def objective_for(m: Matrices, spec: DatasetSpec, threads: int | None = None):
-    """The Optuna objective: LightGBM with early stopping and median pruning on validation AUC."""
-    import lightgbm as lgb
-    import optuna
-    from optuna_integration import LightGBMPruningCallback
-
-    t = spec.training
-    dtrain, dval = _datasets(m)
-    fixed = base_params(spec) | ({"num_threads": threads} if threads else {})
-
-    def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker_pid", os.getpid())
-        params = dict(fixed)
-        for name, p in t.search_space.items():
-            if p.integer:
-                params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
-            else:
-                params[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
-        booster = lgb.train(
-            params,
-            dtrain,
-            num_boost_round=t.max_boost_rounds,
-            valid_sets=[dval],
-            valid_names=["validation"],
-            callbacks=[
-                lgb.early_stopping(t.early_stopping_rounds, verbose=False),
-                LightGBMPruningCallback(trial, "auc", valid_name="validation"),
-            ],
-        )
-        trial.set_user_attr("best_iteration", booster.best_iteration)
-        return booster.best_score["validation"]["auc"]
-
-    return objective
-
-
-def open_study(spec: DatasetSpec, storage=None, study_name: str | None = None, seed_offset: int = 0):
-    """Create (or join, with shared storage) the study: seeded TPE, median pruning."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    t = spec.training
-    return optuna.create_study(
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=t.seed + seed_offset),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=t.pruner_warmup_steps),
-        storage=storage,
-        study_name=study_name,
-        load_if_exists=storage is not None,
-    )
-
-
-def tune(
-    m: Matrices,
-    spec: DatasetSpec,
-    on_trial: Callable[[TrialRecord, int], None] | None = None,
-    storage: str | None = None,
-    study_name: str | None = None,
-) -> TuningResult:
-    """TPE search (seeded) with median pruning and early stopping on the validation AUC."""
-    import optuna
-
-    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if on_trial:
-            on_trial(_record(trial), len(study.trials))
-
-    study = open_study(spec, storage, study_name)
-    started = time.perf_counter()
-    study.optimize(
-        objective_for(m, spec), n_trials=spec.training.n_trials, timeout=spec.training.timeout_seconds,
-        callbacks=[record],
-    )  # fmt: skip
-    return study_result(study, time.perf_counter() - started)
-
-
-def study_result(study, seconds: float) -> TuningResult:
-    best = study.best_trial
-    trials = [_record(tr) for tr in study.trials if tr.state.is_finished()]
-    return TuningResult(
-        best_params=best.params,
-        best_value=best.value,
-        best_iteration=best.user_attrs["best_iteration"],
-        n_trials=len(trials),
-        n_pruned=sum(tr.state == "PRUNED" for tr in trials),
-        seconds=seconds,
-        trials=trials,
-    )
-
-
 # -- parallel tuning: workers sharing one study -------------------------------------------
-class SharedStudy(BaseModel):
-    """Where the workers meet: an Optuna RDB URL (PostgreSQL, MySQL…) or a journal file."""
-
-    storage: str
-    name: str
-
-    def open(self):
-
-        if "://" in self.storage:
-            return self.storage
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(self.storage))
-
-
-def shared_study(spec: DatasetSpec, data_version: str, storage: str | None, folder: Path) -> SharedStudy:
-    """One study per data version and training config: a rerun resumes it instead of starting over."""
-    name = f"{spec.name}-{data_version}-{spec.training_hash}"
-    if not storage:
-        folder.mkdir(parents=True, exist_ok=True)
-        storage = str(folder / f"{name}.journal")
-    study = SharedStudy(storage=storage, name=name)
-    open_study(spec, study.open(), name)
-    return study
-
-
-def tune_share(m: Matrices, spec: DatasetSpec, study: SharedStudy, worker: int, workers: int) -> int:
-    """One worker's part: trials until the study holds the whole budget. Returns trials run here."""
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
-    joined = open_study(spec, study.open(), study.name, seed_offset=worker)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    before = len(joined.trials)
-    budget = MaxTrialsCallback(spec.training.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    finished = [t for t in joined.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    if len(finished) < spec.training.n_trials:
-        joined.optimize(
-            objective_for(m, spec, threads), n_trials=spec.training.n_trials, callbacks=[budget],
-            timeout=spec.training.timeout_seconds,
-        )  # fmt: skip
-    return len(joined.trials) - before
-
-
-def _record(trial) -> TrialRecord:
-    return TrialRecord(
-        number=trial.number,
-        state=trial.state.name,
-        value=trial.value,
-        params=trial.params,
-        best_iteration=trial.user_attrs.get("best_iteration"),
-        started_at=trial.datetime_start or datetime.now(UTC),
-        finished_at=trial.datetime_complete or datetime.now(UTC),
-    )
 
 
 def final_params(spec: DatasetSpec, tuning: TuningResult) -> dict:
@@ -311,7 +150,7 @@ def fit_final(m: Matrices, spec: DatasetSpec, tuning: TuningResult) -> str:
     """Refit on the training split with the best parameters for the best number of rounds."""
     import lightgbm as lgb
 
-    dtrain, _ = _datasets(m)
+    dtrain, _ = lgb_datasets(m)
     booster = lgb.train(final_params(spec, tuning), dtrain, num_boost_round=max(tuning.best_iteration, 1))
     return booster.model_to_string()
 
@@ -331,61 +170,6 @@ def fit_baselines_task(m: Matrices, spec: DatasetSpec, manifest: SnapshotManifes
     return fit_baselines(m, spec)
 
 
-@task(name="tune", **CACHED)
-def tune_task(m: Matrices, spec: DatasetSpec, manifest: SnapshotManifest) -> TuningResult:
-    """The Optuna study, with a progress artifact (trials done / budget) and a log line per trial."""
-    logger = get_run_logger()
-    budget = spec.training.n_trials
-    progress_id = create_progress_artifact(0.0, description=f"Optuna trials done of {budget}")
-    best = [float("-inf")]
-
-    def on_trial(trial: TrialRecord, done: int) -> None:
-        if trial.value is not None and trial.state == "COMPLETE":
-            best[0] = max(best[0], trial.value)
-        logger.info(
-            "trial %d/%d %s auc=%s best=%.4f",
-            done,
-            budget,
-            trial.state.lower(),
-            f"{trial.value:.4f}" if trial.value is not None else "-",
-            best[0],
-        )
-        update_progress_artifact(progress_id, 100.0 * done / budget)
-
-    result = tune(m, spec, on_trial)
-    update_progress_artifact(progress_id, 100.0)
-    return result
-
-
-@task(name="shared-study", **UNCACHED)
-def shared_study_task(spec: DatasetSpec, manifest: SnapshotManifest, storage: str | None, folder: Path) -> SharedStudy:
-    return shared_study(spec, manifest.data_version, storage, folder)
-
-
-@task(name="tune-worker", **UNCACHED)
-def tune_worker_task(spec: DatasetSpec, manifest_path: Path, study: SharedStudy, worker: int, workers: int) -> int:
-    from tasks.data import read_split
-
-    m = matrices(read_split(manifest_path, "train"), read_split(manifest_path, "validation"), spec)
-    done = tune_share(m, spec, study, worker, workers)
-    get_run_logger().info("worker %d (pid %d) ran %d trials of study %s", worker, os.getpid(), done, study.name)
-    return done
-
-
-@task(name="study-result", **UNCACHED)
-def study_result_task(spec: DatasetSpec, study: SharedStudy, trials_run: list[int]) -> TuningResult:
-    import optuna
-
-    loaded = optuna.load_study(study_name=study.name, storage=study.open())
-    finished = [t for t in loaded.trials if t.datetime_start and t.datetime_complete]
-    seconds = (
-        (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
-        if finished
-        else 0.0
-    )
-    return study_result(loaded, seconds)
-
-
 @task(name="fit-final", **CACHED)
 def fit_final_task(m: Matrices, spec: DatasetSpec, manifest: SnapshotManifest, tuning: TuningResult) -> str:
     return fit_final(m, spec, tuning)
@@ -398,8 +182,6 @@ def matrices_task(train: pl.DataFrame, validation: pl.DataFrame, spec: DatasetSp
 
 def choose_threshold_on_validation(m: Matrices, booster_text: str, spec: DatasetSpec) -> float:
     import lightgbm as lgb
-
-    from tasks.evaluate import choose_threshold
 
     proba = lgb.Booster(model_str=booster_text).predict(m.x_val)
     return choose_threshold(m.y_val, proba, spec.evaluation.threshold)
@@ -420,8 +202,6 @@ def log_training_task(
     """Log the candidate to MLflow once: a rerun with the same data and config finds the run."""
     import mlflow
     from sklearn.metrics import roc_auc_score
-
-    from tasks.model import TabularModel, input_example, pip_requirements, signature
 
     existing = registry.logged_training(cfg, manifest.data_version, spec.training_hash)
     if existing:
@@ -486,14 +266,8 @@ def log_training_task(
         registry.log_trials(cfg, experiment_id, run_id, tuning.trials)
         for name, baseline in baselines.items():
             registry.save_object(cfg, run_id, baseline, f"{name}.joblib")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=model,
-            code_paths=[str(Path(__file__).parent)],
-            pip_requirements=pip_requirements(),
-            signature=signature(spec),
-            input_example=input_example(train_frame, spec),
-            metadata=model.metadata | {"dataset": spec.name, "threshold": str(threshold)},
+        info = mlflow_model.log_model(
+            model, train_frame, metadata=model.metadata | {"dataset": spec.name, "threshold": str(threshold)}
         )
         registry.set_tags(cfg, run_id, {"model_uri": info.model_uri})
         trained = TrainResult(run_id=run_id, model_uri=info.model_uri, reused_run=False, **result)

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.spec import DatasetSpec, load_spec
+from tasks.core.spec import DatasetSpec, load_spec
 
 # Tests never touch the user's BentoML store (~/bentoml): set before bentoml is imported.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-home-")

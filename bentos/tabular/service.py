@@ -3,7 +3,8 @@
 `bundle.json` beside this file (written by the package phase) names the BentoML
 model and carries the dataset spec; the request model is generated from that spec,
 so it must be read when this module is imported — the one file read at import.
-Preprocessing is the shared `tasks.features` code, through the model itself.
+Preprocessing is the shared `tasks.core.features` code, through the model itself; the service
+imports nothing of ours but `tasks.core` (and the prediction log beside it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from prediction_log import PredictionLog, log_root
-from tasks.spec import DatasetSpec, example_record, record_model, records_frame, typed_with_failures
+from tasks.core.model import TabularModel, is_positive
+from tasks.core.records import example_record, record_model, records_frame
+from tasks.core.schema import typed_with_failures
+from tasks.core.spec import DatasetSpec
 
 BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
 SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
@@ -159,17 +163,15 @@ class TabularService:
     bento_model = bentoml.models.BentoModel(BUNDLE["model_tag"])
 
     def __init__(self) -> None:
-        self.model = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model()
+        self.model: TabularModel = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model().model
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
-        self.negative = next(label for label in SPEC.target.labels if label != SPEC.target.positive)
         self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
         logger.info("prediction log: %s", self.log.folder)
 
     # -- scoring -------------------------------------------------------------------------
     def _score(self, frame: pl.DataFrame, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
         proba = self._proba(frame, endpoint)
-        labels = np.where(proba >= self.model.threshold, SPEC.target.positive, self.negative)
-        return proba, labels
+        return proba, self.model.labels(proba)
 
     def _proba(self, frame: pl.DataFrame, endpoint: str) -> np.ndarray:
         started = time.perf_counter()
@@ -197,8 +199,8 @@ class TabularService:
         self._count(proba, endpoint)
 
     def _count(self, proba: np.ndarray, endpoint: str) -> None:
-        positives = int(np.count_nonzero(proba >= self.model.threshold))
-        for label, count in ((SPEC.target.positive, positives), (self.negative, len(proba) - positives)):
+        positives = int(np.count_nonzero(is_positive(proba, self.model.threshold)))
+        for label, count in ((SPEC.target.positive, positives), (self.model.negative, len(proba) - positives)):
             if count:
                 PREDICTIONS.labels(label=label, model_version=MODEL_VERSION, endpoint=endpoint).inc(count)
 
@@ -288,14 +290,6 @@ class TabularService:
         if reasons.height:
             good = good.filter(pl.Series(accepted))
         proba = np.full(raw.height, np.nan)
-        label = (  # in Polars: no array of Python strings
-            pl.when(pl.col("probability").is_null())
-            .then(None)
-            .when(pl.col("probability") >= self.model.threshold)
-            .then(pl.lit(SPEC.target.positive))
-            .otherwise(pl.lit(self.negative))
-            .alias("label")
-        )
         if good.height:
             proba[accepted] = self._proba(good, "score_file")
             logged = good.with_columns(
@@ -305,14 +299,15 @@ class TabularService:
                 pl.lit(DATA_VERSION).alias("data_version"),
                 pl.lit("score_file").alias("endpoint"),
                 pl.Series("probability", proba[accepted], dtype=pl.Float64),
-            ).with_columns(label)
+                self.model.label_series(proba[accepted]),
+            )
             self.log.append_frame(logged.select([c for c in LOG_SCHEMA if c in logged.columns]))
             self._count(proba[accepted], "score_file")
         result = (
             raw.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), *keep)
             .with_columns(pl.Series("probability", proba).fill_nan(None))
             .with_columns(
-                label,
+                self.model.label_series(proba),
                 pl.Series("reason", [None] * raw.height, dtype=pl.String).scatter(
                     reasons.get_column("row"), reasons.get_column("reason")
                 ),

@@ -8,9 +8,9 @@ import httpx
 import mlflow.pyfunc
 import numpy as np
 
-from tasks import registry
-from tasks.data import read_split
-from tasks.spec import load_spec
+from tasks.core.spec import load_spec
+from tasks.stores import registry
+from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS
 from tests.serving.server import free_port, wait_until_ok
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from blocks import ServingTarget, block_name
-from tasks.errors import SettingsError
+from tasks.core.errors import SettingsError
 from tests.conftest import CONFIGS
 from tests.serving.server import free_port
 

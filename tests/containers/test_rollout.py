@@ -10,9 +10,11 @@ import pytest
 
 from flows.lifecycle import lifecycle
 from flows.rollout import rollout
-from tasks import registry
-from tasks.serving import RolloutFailed, read_state, state_dir, stop_backend, stop_proxy
-from tasks.spec import example_record, load_spec
+from tasks.core.records import example_record
+from tasks.core.spec import load_spec
+from tasks.stores import registry
+from tasks.stores.backends import RolloutFailed, read_state, state_dir, stop_backend
+from tasks.stores.proxy import stop_proxy
 from tests.conftest import CONFIGS
 from tests.serving.server import free_port
 

@@ -5,8 +5,11 @@ import hashlib
 import polars as pl
 import pytest
 
-from tasks import data
-from tasks.spec import DatasetSpec, clean
+from tasks.core.cast import clean
+from tasks.core.prepare import split_quarantine
+from tasks.core.schema import find_failures
+from tasks.core.spec import DatasetSpec
+from tasks.stores.snapshots import read_source
 from tests.corruption import corrupt_telco
 
 SHA256 = {
@@ -24,7 +27,7 @@ def test_bundled_file_is_the_documented_one(request, spec_name):
 
 def test_telco_sample_passes_its_contract(telco_spec, telco_raw):
     assert telco_raw.shape == (7043, 20)
-    assert data.find_failures(telco_raw, telco_spec).height == 0
+    assert find_failures(telco_raw, telco_spec).height == 0
     typed = clean(telco_raw, telco_spec)
     assert (typed.get_column("churn") == "Yes").mean() == pytest.approx(0.265, abs=0.001)
     # the table's one real quirk: empty total_charges, only for brand-new customers
@@ -33,8 +36,8 @@ def test_telco_sample_passes_its_contract(telco_spec, telco_raw):
 
 
 def test_credit_sample_keeps_its_missing_values(credit_spec):
-    raw = data.read_source(credit_spec)
-    assert data.find_failures(raw, credit_spec).height == 0
+    raw = read_source(credit_spec)
+    assert find_failures(raw, credit_spec).height == 0
     typed = clean(raw, credit_spec)
     assert typed.select(pl.col("Income", "Assets", "Debt").null_count()).row(0) == (381, 47, 18)
 
@@ -49,9 +52,9 @@ def test_corrupted_file_every_bad_row_quarantined_with_its_reason(tmp_path, telc
     path = corruption.write(tmp_path / "telco_corrupted.csv")
     spec = _telco_with_id(telco_spec, path)
 
-    raw = data.read_source(spec)
-    failures = data.find_failures(raw, spec)
-    kept, quarantined = data.split_quarantine(raw, failures)
+    raw = read_source(spec)
+    failures = find_failures(raw, spec)
+    kept, quarantined = split_quarantine(raw, failures)
 
     assert raw.height == kept.height + quarantined.height
     assert set(quarantined.get_column("source_row")) == set(corruption.broken)

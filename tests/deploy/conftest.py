@@ -59,7 +59,7 @@ class PrefectApi:
         self.url = env["PREFECT_API_URL"]
 
     def request(self, method: str, path: str, body: dict | None = None):
-        response = httpx.request(method, f"{self.url}{path}", json=body, timeout=30)
+        response = httpx.request(method, f"{self.url}{path}", json=body, timeout=60)
         response.raise_for_status()
         return response.json()
 
@@ -89,13 +89,18 @@ def flow_run_id(cli_output: str) -> str:
 
 
 def wait_for(check, timeout: float, what: str, every: float = 0.5):
-    """Poll `check` until it returns something truthy; return that."""
+    """Poll `check` until it returns something truthy; return that. A request that times out or
+    cannot connect (a busy server) is one more poll, not a failure."""
     deadline = time.monotonic() + timeout
+    last = None
     while time.monotonic() < deadline:
-        if result := check():
-            return result
+        try:
+            if result := check():
+                return result
+        except httpx.TransportError as exc:
+            last = exc
         time.sleep(every)
-    raise TimeoutError(f"{what} within {timeout:.0f}s")
+    raise TimeoutError(f"{what} within {timeout:.0f}s" + (f" (last error: {last!r})" if last else ""))
 
 
 def prefect(env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

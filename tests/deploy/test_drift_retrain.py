@@ -14,11 +14,12 @@ import yaml
 
 from flows.lifecycle import lifecycle
 from flows.rollout import rollout
-from tasks import registry
-from tasks.drift import DRIFT_EVENT
-from tasks.serving import read_state, state_dir, stop_backend, stop_proxy
+from tasks.core.spec import load_spec
+from tasks.events import DRIFT_DETECTED
 from tasks.simulate import DriftRecipe, drifted_batch, valid_rows
-from tasks.spec import load_spec
+from tasks.stores import registry
+from tasks.stores.backends import read_state, state_dir, stop_backend
+from tasks.stores.proxy import stop_proxy
 from tests.conftest import CONFIGS
 from tests.deploy.conftest import PrefectApi, flow_run_id, prefect, wait_for
 from tests.serving.server import free_port
@@ -96,7 +97,7 @@ def test_a_batch_like_the_training_data_reports_but_does_not_retrain(loop):
     assert report and "**no_drift**" in report["data"] and ".html" in report["data"]
     assert table and table["type"] == "table"
     time.sleep(5)  # an automation acts within a second or two: give it room to misbehave
-    assert api.events(DRIFT_EVENT, since) == []
+    assert api.events(DRIFT_DETECTED, since) == []
     assert api.flow_runs("retrain") == []
     reports = list((loop["workdir"] / "monitoring" / loop["spec"].name).glob("drift-*.html"))
     assert reports, "no HTML report written"
@@ -108,7 +109,7 @@ def test_a_drifted_batch_retrains_and_the_new_champion_serves(loop):
     assert served_version(port) == before
     since = datetime.now(UTC) - timedelta(seconds=1)
     run_monitor(loop, loop["batches"] / "drifted-2.csv", watch=False)
-    event = wait_for(lambda: api.events(DRIFT_EVENT, since), 300, "no drift event")[0]
+    event = wait_for(lambda: api.events(DRIFT_DETECTED, since), 300, "no drift event")[0]
     occurred = datetime.fromisoformat(event["occurred"])
     assert event["resource"]["prefect.resource.id"] == f"model.{loop['spec'].name}"
     assert event["payload"]["model_version"] == before and event["payload"]["drift_share"] >= 0.3
@@ -141,7 +142,7 @@ def test_two_drifted_batches_in_quick_succession_promote_at_most_once(loop):
     since = datetime.now(UTC)
     run_monitor(loop, loop["batches"] / "drifted-3.csv", watch=False)
     run_monitor(loop, loop["batches"] / "drifted-4.csv", watch=False)
-    wait_for(lambda: len(api.events(DRIFT_EVENT, since)) >= 2, 300, "two drift events")
+    wait_for(lambda: len(api.events(DRIFT_DETECTED, since)) >= 2, 300, "two drift events")
 
     def new_runs():
         runs = [r for r in api.flow_runs("retrain") if r["id"] not in known]

@@ -8,8 +8,9 @@ import time
 
 import httpx
 
-from tasks.serving import read_state, state_dir, stop_backend, stop_proxy
-from tasks.spec import load_spec
+from tasks.core.spec import load_spec
+from tasks.stores.backends import read_state, state_dir, stop_backend
+from tasks.stores.proxy import stop_proxy
 from tests.conftest import CONFIGS
 from tests.deploy.conftest import prefect
 from tests.serving.server import free_port

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import polars as pl
@@ -12,9 +14,9 @@ import pytest
 
 from flows.lifecycle import lifecycle
 from flows.rollback import rollback
-from tasks import registry
-from tasks.data import read_split
-from tasks.spec import load_spec
+from tasks.core.spec import load_spec
+from tasks.stores import registry
+from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS, ROOT
 from tests.flows.helpers import child_flow_runs, task_states
 
@@ -98,11 +100,31 @@ def test_the_model_carries_its_preprocessing_and_spec(first, tracking):
     spec = load_spec(TELCO)
     raw = test.select(spec.base_features).head(100).to_pandas()  # raw input columns, no features
     out = model.predict(raw)
-    inner = model.unwrap_python_model()
+    inner = model.unwrap_python_model().model
     assert np.allclose(out["probability"].to_numpy(), inner.predict_proba(test.head(100)))
     assert set(out["label"]) <= {"Yes", "No"}
     assert inner.metadata["data_version"] == result.prepare.data_version
     assert inner.spec.feature_names == spec.feature_names
+
+
+def test_the_registered_model_ships_the_core_package_only_and_nothing_pickled(first, tracking, tmp_path):
+    tracking.activate()
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{tracking.model_name}@champion", dst_path=str(tmp_path)))
+    code = sorted(str(p.relative_to(local / "code")) for p in (local / "code").rglob("*.py"))
+    core = sorted(f"tasks/core/{p.name}" for p in (ROOT / "tasks" / "core").glob("*.py"))
+    assert code == sorted(["tasks/__init__.py", *core])
+    assert not [p.name for p in local.rglob("*") if p.suffix in {".pkl", ".pickle", ".joblib"}]
+    assert (local / "artifacts" / "model" / "booster.txt").read_text().startswith("tree")
+    # a new process loads it from those files, running the core the model ships (not the repository's)
+    probe = (
+        "import mlflow.pyfunc, sys; m = mlflow.pyfunc.load_model(sys.argv[1]).unwrap_python_model().model; "
+        "print(m.threshold, sys.modules['tasks.core.model'].__file__)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(local)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    threshold, module = out.stdout.strip().splitlines()[-1].split()
+    assert float(threshold) == first[0].train.threshold
+    assert Path(module).is_relative_to(local / "code" / "tasks" / "core")
 
 
 def test_second_run_reuses_snapshot_candidate_and_evaluation(first, second):
@@ -140,7 +162,7 @@ def test_a_bad_candidate_is_not_promoted_and_the_champion_still_loads(bad, first
     assert "gate failed, v1 stays champion" in result.registry.reason
     assert result.registry.version == "2" and result.registry.champion_version == "1"
     tracking.activate()
-    champion = mlflow.pyfunc.load_model(f"models:/{tracking.model_name}@champion").unwrap_python_model()
+    champion = mlflow.pyfunc.load_model(f"models:/{tracking.model_name}@champion").unwrap_python_model().model
     assert champion.metadata["data_version"] == good.prepare.data_version
     assert registry.version_by_alias(tracking, registry.CHALLENGER).version == "2"
     tags = registry.version_by_alias(tracking, registry.CHALLENGER).tags

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from flows.monitor import monitor
-from tasks.data import read_split
-from tasks.drift import DriftPolicy
+from tasks.monitor import DriftPolicy
+from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS
 
 TELCO = CONFIGS / "telco_churn.yaml"

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from flows.prepare import prepare
-from tasks.errors import QuarantineToleranceExceeded
+from tasks.core.errors import QuarantineToleranceExceeded
 from tests.conftest import CONFIGS, FIXTURES, ROOT
 from tests.corruption import corrupt_telco
 from tests.flows.helpers import artifacts_of, task_states

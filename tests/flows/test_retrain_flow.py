@@ -9,11 +9,11 @@ import pytest
 from flows.lifecycle import lifecycle
 from flows.monitor import monitor
 from flows.retrain import retrain
-from tasks import registry
-from tasks.data import load_manifest, read_split
-from tasks.drift import MONITORING_SUFFIX
+from tasks.core.spec import load_spec
+from tasks.monitor import MONITORING_SUFFIX
 from tasks.simulate import DriftRecipe, drifted_batch, valid_rows
-from tasks.spec import load_spec
+from tasks.stores import registry
+from tasks.stores.snapshots import load_manifest, read_split
 from tests.conftest import CONFIGS
 
 TELCO = CONFIGS / "telco_churn.yaml"

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from flows.prepare import prepare
-from tasks.data import load_manifest, read_split
-from tasks.errors import QuarantineToleranceExceeded
+from tasks.core.errors import QuarantineToleranceExceeded
+from tasks.stores.snapshots import load_manifest, read_split
 from tests.conftest import CONFIGS
 
 ROWS, BAD_AT = 60_000, (5, 25_003, 59_999)

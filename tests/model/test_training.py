@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from tasks import train
-from tasks.data import assign_splits
-from tasks.features import add_features
-from tasks.model import TabularModel
-from tasks.spec import clean
+from tasks.core.cast import clean
+from tasks.core.features import add_features
+from tasks.core.model import TabularModel
+from tasks.core.prepare import assign_splits
 
 
 @pytest.fixture(scope="module")

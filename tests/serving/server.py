@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 
-from tasks.serving import free_port
+from tasks.stores.backends import free_port
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 

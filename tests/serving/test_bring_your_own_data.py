@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from flows.lifecycle import lifecycle
-from tasks import registry
-from tasks.data import read_split
-from tasks.spec import load_spec
+from tasks.core.spec import load_spec
+from tasks.stores import registry
+from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS
 from tests.serving.server import bento_server
 

@@ -10,9 +10,9 @@ import sys
 
 import httpx
 
-from tasks.data import read_split
-from tasks.serving import free_port
-from tasks.spec import load_spec
+from tasks.core.spec import load_spec
+from tasks.stores.backends import free_port
+from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS, ROOT
 from tests.serving.server import logged_rows, serving
 

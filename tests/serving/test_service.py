@@ -14,9 +14,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks import registry
-from tasks.data import read_split
-from tasks.spec import load_spec
+from tasks.core.spec import load_spec
+from tasks.stores import registry
+from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS, FIXTURES
 from tests.serving.server import logged_rows
 

@@ -3,8 +3,8 @@ from types import SimpleNamespace
 import polars as pl
 
 from tasks.common import content_key, retry_unless_data_error
-from tasks.data import SourceFingerprint
-from tasks.errors import QuarantineToleranceExceeded
+from tasks.core.errors import QuarantineToleranceExceeded
+from tasks.stores.snapshots import SourceFingerprint
 
 
 def _ctx():
@@ -47,7 +47,7 @@ def test_data_errors_are_not_retried_but_io_errors_are():
 
 
 def test_a_training_override_changes_the_key_of_a_task_taking_the_spec(telco_spec):
-    from tasks.spec import load_spec
+    from tasks.core.spec import load_spec
     from tests.conftest import CONFIGS
 
     fewer = load_spec(CONFIGS / "telco_churn.yaml", n_trials=3)

@@ -5,9 +5,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks import data
-from tasks.errors import QuarantineToleranceExceeded, SpecError
-from tasks.spec import clean
+from tasks.core.cast import clean
+from tasks.core.errors import QuarantineToleranceExceeded, SpecError
+from tasks.core.prepare import (
+    SPLIT_COLUMN,
+    SPLITS,
+    FailingCheck,
+    QuarantineReport,
+    assign_splits,
+    check_tolerance,
+    frame_digest,
+    split_quarantine,
+)
+from tasks.core.schema import find_failures
+from tasks.stores.snapshots import fingerprint_source, read_source, redact_uri
 
 
 def _orders(orders_spec, **cols) -> pl.DataFrame:
@@ -28,7 +39,7 @@ def _orders(orders_spec, **cols) -> pl.DataFrame:
 
 def test_clean_rows_pass_and_are_typed(orders_spec):
     raw = _orders(orders_spec)
-    assert data.find_failures(raw, orders_spec).height == 0
+    assert find_failures(raw, orders_spec).height == 0
     typed = clean(raw, orders_spec)
     assert typed.schema["items"] == pl.Int64
     assert typed.schema["express"] == pl.Boolean
@@ -59,9 +70,9 @@ def test_each_kind_of_bad_value_gets_one_reason_on_its_row(orders_spec, column, 
         .with_columns(pl.when(pl.col("index") == 1).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
         .drop("index")
     )
-    failures = data.find_failures(raw, orders_spec)
+    failures = find_failures(raw, orders_spec)
     assert failures.select("row", "column", "check").rows() == [(1, column, check)]
-    kept, quarantined = data.split_quarantine(raw, failures)
+    kept, quarantined = split_quarantine(raw, failures)
     assert kept.height == 2 and quarantined.height == 1
     row = quarantined.row(0, named=True)
     assert row["source_row"] == 1 and row["failed_column"] == column and row["failed_check"] == check
@@ -70,13 +81,13 @@ def test_each_kind_of_bad_value_gets_one_reason_on_its_row(orders_spec, column, 
 
 def test_a_type_error_is_not_reported_again_as_a_null(orders_spec):
     raw = _orders(orders_spec, items=["1", "x", "3"])
-    failures = data.find_failures(raw, orders_spec)
+    failures = find_failures(raw, orders_spec)
     assert failures.rows() == [(1, "items", "dtype(int)", "x")]
 
 
 def test_a_row_with_several_problems_is_quarantined_once_with_all_reasons(orders_spec):
     raw = _orders(orders_spec, items=["1", "x", "3"], channel=["web", "fax", "app"])
-    kept, quarantined = data.split_quarantine(raw, data.find_failures(raw, orders_spec))
+    kept, quarantined = split_quarantine(raw, find_failures(raw, orders_spec))
     assert (kept.height, quarantined.height) == (2, 1)
     assert len(quarantined.get_column("all_reasons")[0]) == 2
 
@@ -85,7 +96,7 @@ def test_missing_columns_are_a_spec_error(tmp_path, orders_spec):
     path = tmp_path / "o.csv"
     _orders(orders_spec).drop("channel").write_csv(path)
     with pytest.raises(SpecError, match="channel"):
-        data.read_source(orders_spec.with_source(path))
+        read_source(orders_spec.with_source(path))
 
 
 def test_database_source_reads_through_sqlalchemy(tmp_path, orders_spec):
@@ -103,31 +114,31 @@ def test_database_source_reads_through_sqlalchemy(tmp_path, orders_spec):
             )
         }
     )
-    assert data.read_source(spec).equals(raw)
-    assert data.fingerprint_source(spec).sha256 == data.frame_digest(raw)
+    assert read_source(spec).equals(raw)
+    assert fingerprint_source(spec).sha256 == frame_digest(raw)
 
 
 def test_uri_password_is_redacted():
-    assert "secret" not in data._redact_uri("postgresql://me:secret@db/x")
+    assert "secret" not in redact_uri("postgresql://me:secret@db/x")
 
 
 def test_stratified_split_keeps_class_shares_and_is_reproducible(telco_spec, telco_raw):
     typed = clean(telco_raw, telco_spec)
-    a = data.assign_splits(typed, telco_spec)
-    assert a.equals(data.assign_splits(typed, telco_spec))
-    shares = a.group_by(data.SPLIT_COLUMN).agg((pl.col("churn") == "Yes").mean().alias("pos"), pl.len())
+    a = assign_splits(typed, telco_spec)
+    assert a.equals(assign_splits(typed, telco_spec))
+    shares = a.group_by(SPLIT_COLUMN).agg((pl.col("churn") == "Yes").mean().alias("pos"), pl.len())
     overall = (typed.get_column("churn") == "Yes").mean()
     for row in shares.iter_rows(named=True):
         assert abs(row["pos"] - overall) < 0.01
-    sizes = dict(shares.select(data.SPLIT_COLUMN, "len").rows())
+    sizes = dict(shares.select(SPLIT_COLUMN, "len").rows())
     assert abs(sizes["test"] / typed.height - telco_spec.split.test) < 0.005
     assert abs(sizes["validation"] / typed.height - telco_spec.split.validation) < 0.005
 
 
 def test_time_split_puts_the_latest_rows_in_test(orders_spec):
-    typed = clean(data.read_source(orders_spec), orders_spec)
-    split = data.assign_splits(typed, orders_spec)
-    by = {s: split.filter(pl.col(data.SPLIT_COLUMN) == s).get_column("ordered_at") for s in data.SPLITS}
+    typed = clean(read_source(orders_spec), orders_spec)
+    split = assign_splits(typed, orders_spec)
+    by = {s: split.filter(pl.col(SPLIT_COLUMN) == s).get_column("ordered_at") for s in SPLITS}
     assert by["train"].max() <= by["validation"].min()
     assert by["validation"].max() <= by["test"].min()
 
@@ -137,23 +148,23 @@ def test_frame_digest_changes_with_one_cell(orders_spec):
     changed = raw.with_columns(
         pl.when(pl.int_range(pl.len()) == 2).then(pl.lit("31")).otherwise(pl.col("amount_eur")).alias("amount_eur")
     )
-    assert data.frame_digest(raw) == data.frame_digest(raw.clone())
-    assert data.frame_digest(raw) != data.frame_digest(changed)
+    assert frame_digest(raw) == frame_digest(raw.clone())
+    assert frame_digest(raw) != frame_digest(changed)
 
 
 def test_tolerance_names_the_top_failing_checks():
-    report = data.QuarantineReport(
+    report = QuarantineReport(
         path="q.parquet",
         rows_in=100,
         rows_quarantined=10,
         max_fraction=0.05,
-        top_checks=[data.FailingCheck(column="age", check="in_range(0, 120)", rows=8, example="-3")],
+        top_checks=[FailingCheck(column="age", check="in_range(0, 120)", rows=8, example="-3")],
     )
     with pytest.raises(
         QuarantineToleranceExceeded, match=r"10 of 100 rows \(10.0%\).*age in_range\(0, 120\): 8 rows.*q.parquet"
     ):
-        data.check_tolerance(report)
-    data.check_tolerance(report.model_copy(update={"max_fraction": 0.1}))
+        check_tolerance(report)
+    check_tolerance(report.model_copy(update={"max_fraction": 0.1}))
 
 
 # -- the one-pass verdict (schema_holds) and Pandera agree on every frame ---------------------
@@ -173,7 +184,8 @@ _CELLS = {
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_one_pass_verdict_matches_pandera(orders_spec, data_):
-    from tasks.spec import cast_to_spec, schema_failures, schema_holds
+    from tasks.core.cast import cast_to_spec
+    from tasks.core.schema import schema_failures, schema_holds
 
     rows = data_.draw(st.integers(1, 6))
     frame = pl.DataFrame(
@@ -191,7 +203,8 @@ def test_one_pass_verdict_matches_pandera(orders_spec, data_):
 
 
 def test_one_pass_verdict_matches_pandera_on_every_planted_corruption(telco_spec, telco_raw):
-    from tasks.spec import cast_to_spec, schema_failures, schema_holds
+    from tasks.core.cast import cast_to_spec
+    from tasks.core.schema import schema_failures, schema_holds
     from tests.corruption import corrupt_telco
 
     corruption = corrupt_telco(telco_raw)

@@ -5,16 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from tasks.evaluate import (
-    apply_gate,
-    binary_metrics,
-    choose_threshold,
-    explain_sample,
-    global_importance,
-    shap_values,
-    slice_metrics,
-)
-from tasks.spec import GateRule
+from tasks.core.gate import GateRule, apply_gate, promotion
+from tasks.core.metrics import binary_metrics, choose_threshold, slice_metrics
+from tasks.evaluate import explain_sample, global_importance, shap_values
 
 Y = np.array([0, 0, 1, 1])
 P = np.array([0.1, 0.4, 0.35, 0.8])
@@ -117,3 +110,11 @@ def test_shap_on_a_seeded_sample_ranks_features_like_all_rows():
     ranked = [r["feature"] for r in global_importance(booster, shap_values(booster, sample), names)]
     full = [r["feature"] for r in global_importance(booster, shap_values(booster, x), names)]
     assert ranked[:4] == full[:4] == ["f0", "f1", "f2", "f3"]
+
+
+def test_a_candidate_is_promoted_only_when_its_gate_passed():
+    assert promotion("3", "2", gate_passed=True) == "promote"
+    assert promotion("1", None, gate_passed=True) == "promote"
+    assert promotion("3", "2", gate_passed=False) == "keep"
+    assert promotion("1", None, gate_passed=False) == "keep"
+    assert promotion("2", "2", gate_passed=False) == "already_champion"

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import polars as pl
 
-from tasks import features
+from tasks.core import features
 
 
 def test_derived_features_are_row_wise_and_safe(orders_spec):
@@ -33,7 +33,7 @@ def test_encoding_uses_the_config_category_order(orders_spec):
 
 
 def test_one_record_gets_the_same_features_as_in_a_table(telco_spec, telco_raw):
-    from tasks.spec import clean
+    from tasks.core.cast import clean
 
     table = clean(telco_raw.head(50), telco_spec)
     one = clean(telco_raw.slice(17, 1), telco_spec)

@@ -6,14 +6,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.data import SPLIT_COLUMN
-from tasks.drift import decide, performance_drift, validate_batch
-from tasks.errors import DataError
-from tasks.registry import VersionInfo
+from tasks.core.cast import clean
+from tasks.core.errors import DataError
+from tasks.core.prepare import SPLIT_COLUMN
+from tasks.core.spec import DriftPolicy, RetrainingSpec
+from tasks.monitor import decide, performance_drift, validate_batch
 from tasks.retrain import labelled_batch, live_endpoints, merge_for_retraining, stale_reason
-from tasks.serving import Backend, ServingState, write_state
 from tasks.simulate import DriftRecipe, drifted_batch
-from tasks.spec import DriftPolicy, RetrainingSpec, clean
+from tasks.stores.backends import Backend, ServingState, write_state
+from tasks.stores.registry import VersionInfo
 
 
 def _orders(n: int = 6, **cols) -> pl.DataFrame:
@@ -97,7 +98,7 @@ def test_labelled_batch_needs_every_input_column(orders_spec):
 
 
 def _reference(orders_spec) -> dict[str, pl.DataFrame]:
-    from tasks.features import add_features
+    from tasks.core.features import add_features
 
     typed = add_features(clean(_orders(9), orders_spec), orders_spec)
     return {"train": typed.head(5), "validation": typed.slice(5, 2), "test": typed.tail(2)}
@@ -153,8 +154,8 @@ def test_the_default_recipe_comes_from_the_config(telco_spec):
 
 
 def test_a_drifted_batch_shifts_the_favoured_columns_and_keeps_labels_real(telco_spec, telco_raw):
-    from tasks.data import split_quarantine
-    from tasks.spec import find_failures
+    from tasks.core.prepare import split_quarantine
+    from tasks.core.schema import find_failures
 
     kept, _ = split_quarantine(telco_raw, find_failures(telco_raw, telco_spec))
     rows = clean(kept, telco_spec)

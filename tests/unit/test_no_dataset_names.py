@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tasks.spec import load_spec
+from tasks.core.spec import load_spec
 from tests.conftest import CONFIGS, ROOT
 
 DOCS_AND_DATA = ("configs/", "data/", "tests/", "docs/", "README.md", "uv.lock")

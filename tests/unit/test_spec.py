@@ -1,8 +1,9 @@
 import pytest
 import yaml
 
-from tasks.errors import SpecError
-from tasks.spec import DatasetSpec, build_schema, load_spec
+from tasks.core.errors import SpecError
+from tasks.core.schema import build_schema
+from tasks.core.spec import DatasetSpec, load_spec
 from tests.conftest import CONFIGS
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -22,9 +25,24 @@ PACKAGES = [
 
 def _run(*args: str, env: dict | None = None, user: str | None = None) -> subprocess.CompletedProcess:
     cmd = [str(SCRIPT), *args]
-    if user:  # a user who is not root and has no sudo
-        cmd = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *cmd]
-    return subprocess.run(cmd, env=os.environ | (env or {}), capture_output=True, text=True, timeout=120)
+    if user:  # a user who is not root and has no sudo, with the script where that user can read it
+        folder = Path(tempfile.mkdtemp(prefix="system-deps-"))
+        folder.chmod(0o755)
+        shutil.copy2(SCRIPT, folder / SCRIPT.name)
+        cmd = [
+            "setpriv",
+            f"--reuid={user}",
+            "--regid=nogroup",
+            "--clear-groups",
+            "bash",
+            str(folder / SCRIPT.name),
+            *args,
+        ]
+    try:
+        return subprocess.run(cmd, env=os.environ | (env or {}), capture_output=True, text=True, timeout=120)
+    finally:
+        if user:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_every_program_the_suite_needs_is_here_after_make_test():

@@ -12,21 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from tasks.spec import DatasetSpec, DerivedFeature, memo
+from tasks.core.errors import SpecError
+from tasks.core.ops import OPS
+from tasks.core.spec import DatasetSpec, DerivedFeature, memo
 
 
-def _derived_expr(d: DerivedFeature) -> pl.Expr:
-    cols = [pl.col(c).cast(pl.Float64) for c in d.inputs]
-    if d.op == "ratio":
-        num, den = cols
-        expr = pl.when(den != 0).then(num / den).otherwise(None)
-    elif d.op == "difference":
-        expr = cols[0] - cols[1]
-    elif d.op == "product":
-        expr = cols[0] * cols[1]
-    else:  # log1p
-        expr = pl.when(cols[0] > -1).then(cols[0].log1p()).otherwise(None)
-    return expr.alias(d.name)
+def derived_expr(d: DerivedFeature) -> pl.Expr:
+    """The expression of one derived feature; an op that is not in `OPS` is an error."""
+    op = OPS.get(d.op)
+    if op is None or len(d.inputs) != op.arity:
+        raise SpecError(
+            f"derived feature {d.name!r}: op {d.op!r} with {len(d.inputs)} input(s) is not one of {sorted(OPS)}"
+        )
+    return op.expr(*(pl.col(c).cast(pl.Float64) for c in d.inputs)).alias(d.name)
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class _Plan:
 
 def _plan(spec: DatasetSpec) -> _Plan:
     def build() -> _Plan:
-        derived = [_derived_expr(d) for d in spec.derived_features]
+        derived = [derived_expr(d) for d in spec.derived_features]
         encode = []
         for name in spec.base_features:
             expr = pl.col(name)

@@ -1,10 +1,10 @@
-"""Packaging: the champion from the MLflow registry → the BentoML model store → a bento.
+"""BentoML: a registry version imported into the local model store, the service built around it
+into a bento, and the bento containerized into an image.
 
-The bento is built from a staging folder holding the service (`bentos/tabular/`), the
-shared modules it needs from `tasks/`, and `bundle.json` (model tag, versions, spec).
-Its tag records the model version and a hash of the serving code, so packaging the
-same model with the same code again finds the bento instead of building a new one.
-"""
+The bento is built from a staging folder holding the service (`bentos/tabular/`), the core
+package (`tasks/core/`), and `bundle.json` (model tag, versions, spec). Its tag records the model
+version and a hash of the serving code, so packaging the same model with the same code again
+finds the bento instead of building a new one."""
 
 from __future__ import annotations
 
@@ -18,17 +18,14 @@ from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel
 
-from tasks.common import UNCACHED, artifact_key
-from tasks.registry import TrackingConfig, VersionInfo, load_model, version_by_alias
-from tasks.spec import DatasetSpec
+from tasks.core.spec import DatasetSpec
+from tasks.stores.registry import TrackingConfig, VersionInfo, load_model
+from tasks.stores.shipped import copy_core, core_files
+from tasks.stores.workdir import Workdir
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 SERVICE_DIR = PROJECT / "bentos" / "tabular"
-SHARED_MODULES = ("__init__.py", "errors.py", "spec.py", "features.py", "model.py")
 SERVICE_PACKAGES = (
     "bentoml",
     "mlflow",
@@ -44,18 +41,6 @@ SERVICE_PACKAGES = (
 )
 
 
-class PackageResult(BaseModel):
-    model_name: str
-    model_version: str
-    data_version: str
-    bento_model_tag: str
-    bento_tag: str
-    imported_model: bool
-    built_bento: bool
-    image: str | None = None
-    built_image: bool = False
-
-
 def bento_name(spec: DatasetSpec) -> str:
     return f"{spec.name.lower()}-service"
 
@@ -69,7 +54,7 @@ def code_hash(base_image: str = "") -> str:
     """Hash of everything the bento runs: the service folder, the shared modules, the base image."""
     digest = hashlib.sha256(base_image.encode())
     files = sorted(SERVICE_DIR.glob("*.py")) + [SERVICE_DIR / "bentofile.yaml"]
-    files += [PROJECT / "tasks" / m for m in SHARED_MODULES]
+    files += core_files()
     for path in files:
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:10]
@@ -116,13 +101,12 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
         return str(bentoml.get(tag).tag), False
     except NotFound:
         pass
-    staging = Path(workdir).resolve() / "bento-build" / tag.replace(":", "-")
+    staging = Workdir(workdir).bento_build(tag)
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "tasks").mkdir(parents=True)
+    staging.mkdir(parents=True)
     for path in SERVICE_DIR.glob("*.py"):
         shutil.copy2(path, staging / path.name)  # the recipe is written below
-    for module in SHARED_MODULES:
-        shutil.copy2(PROJECT / "tasks" / module, staging / "tasks" / module)
+    copy_core(staging)
     meta = info.metadata
     bundle = {
         "model_tag": model_tag,
@@ -181,41 +165,3 @@ def containerize(bento_tag: str, repository: str | None = None) -> tuple[str, bo
     if proc.returncode != 0:
         raise RuntimeError(f"bentoml containerize failed: {(proc.stdout + proc.stderr)[-4000:]}")
     return image, True
-
-
-# -- Prefect tasks -----------------------------------------------------------------------------
-@task(name="resolve-alias", **UNCACHED)
-def resolve_alias_task(cfg: TrackingConfig, alias: str) -> VersionInfo:
-    mv = version_by_alias(cfg, alias)
-    if mv is None:
-        raise LookupError(f"{cfg.model_name} has no version with alias {alias!r}: run train/register first")
-    return mv
-
-
-@task(name="import-model", **UNCACHED)
-def import_model_task(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tuple[str, bool]:
-    return import_model(cfg, spec, mv)
-
-
-@task(name="base-image", **UNCACHED)
-def base_image_task() -> str:
-    return base_image()
-
-
-@task(name="containerize", **UNCACHED)
-def containerize_task(bento_tag: str, repository: str | None = None) -> tuple[str, bool]:
-    image, built = containerize(bento_tag, repository)
-    get_run_logger().info("%s image %s", "built" if built else "found", image)
-    return image, built
-
-
-@task(name="build-bento", **UNCACHED)
-def build_bento_task(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: str = "") -> tuple[str, bool]:
-    tag, built = build_bento(spec, model_tag, workdir, base_image)
-    get_run_logger().info("%s bento %s", "built" if built else "found", tag)
-    create_markdown_artifact(
-        key=f"{artifact_key(bento_name(spec))}-bento",
-        markdown=f"### Bento `{tag}`\n\nModel `{model_tag}`. Serve it: `bentoml serve {tag}`\n",
-        description=f"Bento {tag} of model {model_tag}",
-    )
-    return tag, built

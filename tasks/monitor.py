@@ -2,7 +2,7 @@
 data (and, when the batch is labelled, the champion's live metrics against its test
 metrics) → a small typed result, artifacts, an MLflow run and, on drift, a Prefect event.
 
-Evidently (and pandas) appear only inside `drift_report` and `save_to_workspace`,
+Evidently (and pandas) appear only in `tasks/stores/evidently.py`,
 imported lazily (~10 s).
 """
 
@@ -11,59 +11,28 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel
 
 from tasks.common import UNCACHED, artifact_key
+from tasks.core.cast import FAILURE_SCHEMA, cast_to_spec
+from tasks.core.errors import DataError
+from tasks.core.features import encode_target
+from tasks.core.metrics import binary_metrics
+from tasks.core.prepare import frame_digest, split_quarantine
+from tasks.core.schema import find_failures
+from tasks.core.spec import DatasetSpec, DriftPolicy
 from tasks.events import DRIFT_DETECTED, emit_model_event
-from tasks.spec import DatasetSpec, DriftPolicy, cast_to_spec, find_failures
+from tasks.results import DriftResult, PerformanceDrift
+from tasks.stores import registry
+from tasks.stores.evidently import check_drift
+from tasks.stores.registry import TAG_PREFIX, version_manifest
+from tasks.stores.snapshots import atomic_write, read_split
+from tasks.stores.workdir import Workdir
 
-DRIFT_EVENT = DRIFT_DETECTED
 MONITORING_SUFFIX = "-monitoring"
-
-__all__ = ["DRIFT_EVENT", "DriftPolicy", "DriftResult", "ColumnDrift", "PerformanceDrift"]
-
-
-class ColumnDrift(BaseModel):
-    column: str
-    method: str
-    score: float
-    threshold: float
-    drifted: bool
-
-
-class PerformanceDrift(BaseModel):
-    """The champion's metric on the labelled rows of the batch vs on its own test split."""
-
-    metric: str
-    rows: int
-    live: float | None
-    reference: float | None
-    drop: float | None
-    drifted: bool
-
-
-class DriftResult(BaseModel):
-    dataset: str
-    model_version: str
-    batch: str
-    rows: int
-    rows_labelled: int = 0
-    rows_quarantined: int
-    quarantine_path: str | None = None
-    status: Literal["drift", "no_drift", "insufficient_data"]
-    drift_share: float
-    drifted_columns: list[str]
-    columns: list[ColumnDrift]
-    performance: PerformanceDrift | None = None
-    reasons: list[str] = []
-    report_path: str | None
-    mlflow_run_id: str | None = None
-    event_id: str | None = None
 
 
 # -- the batch ---------------------------------------------------------------------------
@@ -76,7 +45,7 @@ def read_batch(path: Path) -> pl.DataFrame:
             return pl.DataFrame()
         return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
     if not path.is_file():
-        raise FileNotFoundError(f"batch not found: {path}")
+        raise DataError(f"batch not found: {path}")
     if path.suffix.lower() in {".parquet", ".pq"}:
         return pl.read_parquet(path)
     return pl.read_csv(path, infer_schema=False)
@@ -86,7 +55,7 @@ def batch_columns(raw: pl.DataFrame, spec: DatasetSpec) -> list[str]:
     """The feature columns (all required) and the target when the batch has it."""
     missing = [c for c in spec.base_features if c not in raw.columns]
     if missing:
-        raise ValueError(f"the batch lacks the feature columns {missing}")
+        raise DataError(f"the batch lacks the feature columns {missing}")
     return [*spec.base_features, *([spec.target.column] if spec.target.column in raw.columns else [])]
 
 
@@ -95,7 +64,6 @@ def validate_batch(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, 
 
     Features are checked with the training schema. A missing (empty) label is not an
     error — the row is unlabelled — but a label outside the config's labels is."""
-    from tasks.data import split_quarantine
 
     columns = batch_columns(raw, spec)
     raw = raw.select(columns)
@@ -116,7 +84,6 @@ def validate_batch(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, 
 
 
 def label_failures(raw: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
-    from tasks.spec import FAILURE_SCHEMA
 
     target = spec.target.column
     bad = raw.with_row_index("row").filter(pl.col(target).is_not_null() & ~pl.col(target).is_in(spec.target.labels))
@@ -135,59 +102,11 @@ def labelled_rows(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     return frame.filter(pl.col(target).is_not_null())
 
 
-# -- data drift -----------------------------------------------------------------------------
-def drift_report(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str], policy: DriftPolicy):
-    """Run Evidently's DataDriftPreset; returns (snapshot, per-column drift, share drifted)."""
-    from evidently import Report
-    from evidently.presets import DataDriftPreset
-
-    options = {"drift_share": policy.drift_share}
-    if policy.method:
-        options["method"] = policy.method
-    if policy.threshold is not None:
-        options["threshold"] = policy.threshold
-    snapshot = Report([DataDriftPreset(columns=columns, **options)], include_tests=True).run(
-        current_data=current.select(columns).to_pandas(), reference_data=reference.select(columns).to_pandas()
-    )
-    failed = {
-        t.metric_config.params.get("column"): t.status.value == "FAIL"
-        for t in snapshot.tests_results
-        if t.metric_config.params.get("column")
-    }
-    per_column, share = [], 0.0
-    for metric in snapshot.dict()["metrics"]:
-        config = metric["config"]
-        if config["type"].endswith("ValueDrift"):
-            per_column.append(
-                ColumnDrift(
-                    column=config["column"],
-                    method=config["method"],
-                    score=float(metric["value"]),
-                    threshold=float(config["threshold"]),
-                    drifted=failed.get(config["column"], False),
-                )
-            )
-        elif config["type"].endswith("DriftedColumnsCount"):
-            share = float(metric["value"]["share"])
-    return snapshot, per_column, share
-
-
-def save_to_workspace(snapshot, folder: Path, project_name: str) -> str:
-    """Add the report to a local Evidently workspace (`evidently ui --workspace <folder>`)."""
-    from evidently.ui.workspace import Workspace
-
-    workspace = Workspace.create(str(folder))
-    found = workspace.search_project(project_name)
-    project = found[0] if found else workspace.create_project(project_name, description="drift of new batches")
-    return str(workspace.add_run(project.id, snapshot, include_data=False).id)
-
-
 # -- performance drift ---------------------------------------------------------------------
 def performance_drift(
     y: list[int] | None, proba, threshold: float, reference: float | None, policy: DriftPolicy
 ) -> PerformanceDrift:
     """Compare the champion's metric on labelled batch rows with its test-split metric."""
-    from tasks.evaluate import binary_metrics
 
     metric = policy.performance_metric
     rows = 0 if y is None else len(y)
@@ -217,7 +136,6 @@ def decide(rows: int, share: float, performance: PerformanceDrift | None, policy
 
 
 def batch_digest(frame: pl.DataFrame) -> str:
-    from tasks.data import frame_digest
 
     return frame_digest(frame)[:16]
 
@@ -226,7 +144,6 @@ def batch_digest(frame: pl.DataFrame) -> str:
 @task(name="load-batch", **UNCACHED)
 def load_batch_task(path: Path, spec: DatasetSpec, workdir: Path) -> tuple[pl.DataFrame, int, str | None]:
     """Valid typed rows, the number quarantined and where the quarantined rows were written."""
-    from tasks.data import _atomic_write
 
     raw = read_batch(path)
     if raw.is_empty():
@@ -235,9 +152,9 @@ def load_batch_task(path: Path, spec: DatasetSpec, workdir: Path) -> tuple[pl.Da
     where = None
     if quarantined.height:
         digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
-        target = Path(workdir) / "quarantine" / spec.name / f"batch-{digest}-{batch_digest(raw)}.parquet"
+        target = Workdir(workdir).quarantine(spec.name, f"batch-{digest}-{batch_digest(raw)}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(target, quarantined.write_parquet)
+        atomic_write(target, quarantined.write_parquet)
         where = str(target.resolve())
         get_run_logger().warning("%d batch rows quarantined: %s", quarantined.height, where)
     return kept, quarantined.height, where
@@ -246,8 +163,6 @@ def load_batch_task(path: Path, spec: DatasetSpec, workdir: Path) -> tuple[pl.Da
 @task(name="performance", **UNCACHED)
 def performance_task(cfg, model_version: str, current: pl.DataFrame, policy: DriftPolicy) -> PerformanceDrift | None:
     """The champion's live metric on the labelled rows (None when the batch has no labels)."""
-    from tasks import registry
-    from tasks.features import encode_target
 
     model = registry.load_model(cfg, f"models:/{cfg.model_name}/{model_version}")
     labelled = labelled_rows(current, model.spec)
@@ -269,7 +184,7 @@ def drift_task(
     quarantined: tuple[int, str | None],
     performance: PerformanceDrift | None,
     policy: DriftPolicy,
-    folder: Path,
+    workdir: Path,
 ) -> DriftResult:
     base = dict(
         dataset=spec.name,
@@ -286,11 +201,11 @@ def drift_task(
         return DriftResult(
             **base, status=status, reasons=reasons, drift_share=0.0, drifted_columns=[], columns=[], report_path=None
         )
-    snapshot, columns, share = drift_report(reference, current, spec.base_features, policy)
-    folder.mkdir(parents=True, exist_ok=True)
-    report = folder / f"drift-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.html"
-    snapshot.save_html(str(report))
-    save_to_workspace(snapshot, folder.parent / "evidently", spec.name)
+    where = Workdir(workdir)
+    report = where.monitoring(spec.name) / f"drift-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.html"
+    columns, share = check_drift(
+        reference, current, spec.base_features, policy, report, where.evidently_workspace, spec.name
+    )
     status, reasons = decide(current.height, share, performance, policy)
     return DriftResult(
         **base, status=status, reasons=reasons, drift_share=share, columns=columns,
@@ -302,8 +217,6 @@ def drift_task(
 def log_drift_task(cfg, result: DriftResult) -> str:
     """One MLflow run per check, in the `<experiment>-monitoring` experiment: scores and the report."""
     from mlflow.entities import Metric, Param, RunTag
-
-    from tasks.registry import TAG_PREFIX
 
     client = cfg.client()
     experiment_id = cfg.experiment_id(f"{cfg.experiment}{MONITORING_SUFFIX}")
@@ -360,7 +273,7 @@ def publish_drift_task(result: DriftResult) -> None:
 def emit_drift_task(result: DriftResult, config: Path, workdir: Path) -> str | None:
     """`model.drift.detected` on resource `model.<dataset>`; the payload is what `retrain` needs."""
     event_id = emit_model_event(
-        DRIFT_EVENT,
+        DRIFT_DETECTED,
         result.dataset,
         {
             "dataset": result.dataset,
@@ -382,7 +295,5 @@ def emit_drift_task(result: DriftResult, config: Path, workdir: Path) -> str | N
 @task(name="reference-data", **UNCACHED)
 def reference_task(cfg, model_version: str) -> pl.DataFrame:
     """The champion's own training split: what its inputs looked like."""
-    from tasks.data import read_split
-    from tasks.registry import version_manifest
 
     return read_split(version_manifest(cfg, model_version), "train")

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+import joblib
 from pydantic import BaseModel
 
-from tasks.common import UNCACHED, artifact_key
-from tasks.events import MODEL_PROMOTED, emit_model_event
+from tasks.core.model import TabularModel
+from tasks.results import TrainResult
+from tasks.stores import mlflow_model
+from tasks.stores.workdir import Workdir
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 DATABASE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
@@ -44,7 +48,6 @@ class TrackingConfig(BaseModel):
 
     def activate(self) -> str:
         """Point the mlflow module at this store; returns the experiment id (created if missing)."""
-        import os
 
         import mlflow
 
@@ -80,16 +83,15 @@ def default_tracking(
 
     With a database backend (SQLite, PostgreSQL, MySQL…) new experiments keep their artifacts
     under the workdir; a tracking server decides for itself where artifacts go."""
-    import os
 
+    where = Workdir(Path(workdir).resolve())
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        uri = f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+        uri = f"sqlite:///{where.mlflow_db}"
     artifacts = None
     if uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
-        workdir = Path(workdir).resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-        artifacts = (workdir / "mlartifacts").as_uri()
+        where.root.mkdir(parents=True, exist_ok=True)
+        artifacts = where.mlflow_artifacts.as_uri()
     return TrackingConfig(
         tracking_uri=uri,
         registry_uri=registry_uri,
@@ -152,7 +154,6 @@ def log_json(cfg: TrackingConfig, run_id: str, payload: Any, name: str) -> None:
 
 
 def save_object(cfg: TrackingConfig, run_id: str, obj: Any, name: str) -> None:
-    import joblib
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
@@ -161,7 +162,6 @@ def save_object(cfg: TrackingConfig, run_id: str, obj: Any, name: str) -> None:
 
 
 def load_object(cfg: TrackingConfig, run_id: str, name: str) -> Any:
-    import joblib
     import mlflow
 
     cfg.activate()
@@ -182,8 +182,6 @@ def set_tags(cfg: TrackingConfig, run_id: str, tags: dict[str, Any]) -> None:
 
 
 def log_metrics(cfg: TrackingConfig, run_id: str, metrics: dict[str, float], prefix: str = "") -> None:
-    import math
-    import time
 
     from mlflow.entities import Metric
 
@@ -283,28 +281,13 @@ def rollback(cfg: TrackingConfig) -> tuple[str, str]:
     return current.version, previous.version
 
 
-def load_model(cfg: TrackingConfig, uri: str):
+def load_model(cfg: TrackingConfig, uri: str) -> TabularModel:
     """The `TabularModel` behind a pyfunc URI (models:/name@champion, runs:/…, models:/m-…)."""
-    import mlflow.pyfunc
-
     cfg.activate()
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    return mlflow_model.load_model(uri)
 
 
 # -- results passed between phases ----------------------------------------------------------------
-class TrainResult(BaseModel):
-    dataset: str
-    data_version: str
-    run_id: str
-    model_uri: str
-    manifest_path: str
-    threshold: float
-    best_params: dict[str, float | int]
-    validation_auc: float
-    baselines_validation_auc: dict[str, float]
-    n_trials: int
-    n_pruned: int
-    reused_run: bool
 
 
 TRAIN_RESULT = "train_result.json"
@@ -332,96 +315,3 @@ def version_manifest(cfg: TrackingConfig, model_version: str) -> str:
     """The snapshot manifest a registry version was trained on."""
     run_id = cfg.client().get_model_version(cfg.model_name, model_version).run_id
     return train_result(cfg, run_id).manifest_path
-
-
-@task(name="load-train-result", **UNCACHED)
-def train_result_task(cfg: TrackingConfig, run_id: str) -> TrainResult:
-    return train_result(cfg, run_id)
-
-
-class RegisterResult(BaseModel):
-    model_name: str
-    version: str
-    created: bool
-    promoted: bool
-    champion_version: str | None
-    previous_version: str | None
-    reason: str
-
-
-@task(name="register", **UNCACHED)
-def register_task(cfg: TrackingConfig, run_id: str) -> RegisterResult:
-    """Register the run's model as `challenger`; move `champion` to it only if its gate passed.
-
-    The gate decision is read from the run's tags (written by evaluate). A run with no
-    decision is not promoted: the gate fails closed."""
-    tags = run_tags(cfg, run_id)
-    passed = tags.get("gate_passed") == "True"
-    reason = tags.get("gate_reasons", "no gate decision recorded for this run")
-    info, created = register_version(
-        cfg,
-        run_id,
-        tags["model_uri"],
-        {f"{TAG_PREFIX}{k}": tags.get(k, "") for k in ("data_version", "spec_hash", "training_hash")},
-    )
-    set_version_tags(cfg, info.version, {"gate_passed": passed, "gate_reasons": reason[:5000]})
-    current = version_by_alias(cfg, CHAMPION)
-    set_alias(cfg, CHALLENGER, info.version)
-    logger = get_run_logger()
-    if current is not None and current.version == info.version:
-        decision, promoted, previous = f"v{info.version} is already the champion", False, None
-    elif passed:
-        previous = promote(cfg, info.version)
-        was = f"previous champion: v{previous}" if previous else "first champion"
-        decision, promoted = f"promoted v{info.version} to champion ({was})", True
-        emit_model_event(
-            MODEL_PROMOTED,
-            tags.get("dataset", cfg.experiment),
-            {"model_name": cfg.model_name, "version": info.version, "previous_version": previous, "run_id": run_id},
-        )
-    else:
-        previous = None
-        keeps = f"v{current.version} stays champion" if current else "no champion yet"
-        decision, promoted = f"gate failed, {keeps}: {reason}", False
-    logger.info(decision)
-    champion = version_by_alias(cfg, CHAMPION)
-    create_markdown_artifact(
-        key=f"{artifact_key(cfg.model_name)}-registry",
-        markdown=f"### {cfg.model_name} v{info.version}\n\n{decision}\n\nGate: {reason}\n",
-        description=decision[:200],
-    )
-    return RegisterResult(
-        model_name=cfg.model_name,
-        version=info.version,
-        created=created,
-        promoted=promoted,
-        champion_version=champion.version if champion else None,
-        previous_version=previous,
-        reason=decision,
-    )
-
-
-@task(name="rollback", **UNCACHED)
-def rollback_task(cfg: TrackingConfig) -> tuple[str, str]:
-    return rollback(cfg)
-
-
-@task(name="tracking", **UNCACHED)
-def tracking_task(workdir: Path, experiment: str, model_name: str, tracking_uri: str | None) -> TrackingConfig:
-    """The flow's `tracking_uri`, else the dataset's `Lifecycle Tracking` block, else
-    MLFLOW_TRACKING_URI, else SQLite under the workdir."""
-    from blocks import TrackingSettings
-    from tasks.settings import apply_tracking_credentials, overrides, saved_block
-
-    block = saved_block(TrackingSettings, experiment)
-    apply_tracking_credentials(block)
-    saved = overrides(block)
-    cfg = default_tracking(
-        workdir,
-        saved.get("experiment", experiment),
-        saved.get("model_name", model_name),
-        tracking_uri or saved.get("tracking_uri"),
-        saved.get("registry_uri"),
-    )
-    cfg.activate()
-    return cfg

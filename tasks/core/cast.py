@@ -1,0 +1,75 @@
+"""Applying the spec's declared types to raw values: one rule for every input path (files,
+requests, batches), shared by training and serving."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from tasks.core.errors import DataError, SpecError
+from tasks.core.spec import DatasetSpec, column_kinds, polars_dtype
+
+# one row per bad value: where it is, which check it failed, what it was
+FAILURE_SCHEMA = {"row": pl.Int64, "column": pl.String, "check": pl.String, "value": pl.String}
+
+
+def _cast_expr(name: str, kind: str, source_dtype: pl.DataType) -> pl.Expr:
+    col = pl.col(name)
+    if kind in ("category", "string"):
+        return col.cast(pl.String).str.strip_chars()
+    if kind == "float":
+        return _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
+    if kind == "int":
+        as_float = _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
+        return pl.when(as_float == as_float.floor()).then(as_float).otherwise(None).cast(pl.Int64, strict=False)
+    if kind == "bool":
+        if source_dtype == pl.Boolean:
+            return col
+        text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
+        return text.replace_strict(
+            {"true": True, "1": True, "1.0": True, "yes": True, "false": False, "0": False, "0.0": False, "no": False},
+            default=None,
+            return_dtype=pl.Boolean,
+        )
+    if kind == "datetime":
+        if source_dtype.is_temporal():
+            return col.cast(pl.Datetime("us"), strict=False)
+        return col.cast(pl.String).str.strip_chars().str.to_datetime(time_unit="us", strict=False)
+    raise SpecError(f"unknown column type {kind!r}")
+
+
+def _as_text_if_string(col: pl.Expr, source_dtype: pl.DataType) -> pl.Expr:
+    return col.str.strip_chars() if source_dtype == pl.String else col
+
+
+def cast_to_spec(
+    raw: pl.DataFrame, spec: DatasetSpec, columns: list[str] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Cast columns (default: all input columns) to their declared types; a value that does
+    not parse becomes null and one failure row (row, column, check `dtype(<type>)`, value)."""
+    kinds = column_kinds(spec)
+    columns = spec.input_columns if columns is None else columns
+    raw = raw.select(columns)
+    typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in columns)
+    lost_to_type = {n: raw.get_column(n).is_not_null() & typed.get_column(n).is_null() for n in columns}
+    if not any(mask.any() for mask in lost_to_type.values()):
+        return typed, pl.DataFrame(schema=FAILURE_SCHEMA)
+    lost = [
+        raw.with_row_index("row")
+        .filter(lost_to_type[name])
+        .select(
+            pl.col("row").cast(pl.Int64),
+            pl.lit(name).alias("column"),
+            pl.lit(f"dtype({kinds[name]})").alias("check"),
+            pl.col(name).cast(pl.String).alias("value"),
+        )
+        for name in columns
+    ]
+    return typed, pl.concat(lost).cast(FAILURE_SCHEMA)
+
+
+def clean(kept: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Cast validated rows to their declared types (strictly: they passed validation)."""
+    typed, failures = cast_to_spec(kept, spec)
+    if failures.height:
+        raise DataError(f"{failures.height} values failed to cast after validation: {failures.head(3).rows()}")
+    return typed.cast({name: polars_dtype(kind) for name, kind in column_kinds(spec).items()})

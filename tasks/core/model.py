@@ -1,0 +1,104 @@
+"""The model: raw rows in, probability and label out.
+
+`TabularModel` carries everything scoring needs — the dataset spec (input schema, types,
+categories), the shared feature code, the LightGBM booster, the decision threshold and where
+it came from (data version, spec and training hashes). It is saved as plain files (the booster
+in LightGBM's text format, the rest as JSON), so loading it runs no pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+from tasks.core import features
+from tasks.core.cast import cast_to_spec
+from tasks.core.errors import DataError
+from tasks.core.spec import DatasetSpec, memo, polars_dtype
+
+SMALL_BATCH = 2048
+PROBABILITY = "probability"
+LABEL = "label"
+BOOSTER_FILE = "booster.txt"
+MODEL_FILE = "model.json"
+
+
+def is_positive(proba: np.ndarray, threshold: float) -> np.ndarray:
+    """The decision rule, in one place: a probability at or above the threshold is positive."""
+    return np.asarray(proba) >= threshold
+
+
+class TabularModel:
+    def __init__(self, spec: DatasetSpec, booster_text: str, threshold: float, metadata: dict[str, str]):
+        self.spec = spec
+        self.spec_json = spec.model_dump_json()
+        self.booster_text = booster_text
+        self.threshold = float(threshold)
+        self.metadata = dict(metadata)
+        self.negative = next(label for label in spec.target.labels if label != spec.target.positive)
+        self._booster: lgb.Booster | None = None
+
+    @property
+    def booster(self) -> lgb.Booster:
+        if self._booster is None:
+            self._booster = lgb.Booster(model_str=self.booster_text)
+        return self._booster
+
+    # -- files --------------------------------------------------------------------------
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / BOOSTER_FILE).write_text(self.booster_text)
+        body = {"spec": json.loads(self.spec_json), "threshold": self.threshold, "metadata": self.metadata}
+        (folder / MODEL_FILE).write_text(json.dumps(body, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> TabularModel:
+        body = json.loads((Path(folder) / MODEL_FILE).read_text())
+        spec = DatasetSpec.model_validate(body["spec"])
+        return cls(spec, (Path(folder) / BOOSTER_FILE).read_text(), body["threshold"], body["metadata"])
+
+    # -- scoring ------------------------------------------------------------------------
+    def matrix(self, rows: pl.DataFrame) -> np.ndarray:
+        """Validate types and build the feature matrix with the shared feature code."""
+        spec = self.spec
+        missing = [c for c in spec.base_features if c not in rows.columns]
+        if missing:
+            raise DataError(f"missing input columns: {missing}")
+        declared = memo(
+            spec, "base_dtypes", lambda: {c: polars_dtype(spec.columns[c].type) for c in spec.base_features}
+        )
+        if all(rows.schema[c] == dtype for c, dtype in declared.items()):
+            return features.feature_matrix(rows, spec)  # already typed (validated requests): nothing to parse
+        typed, failures = cast_to_spec(rows, spec, spec.base_features)
+        if failures.height:
+            first = failures.row(0, named=True)
+            raise DataError(
+                f"{failures.height} values have the wrong type, e.g. row {first['row']} "
+                f"{first['column']}={first['value']!r} is not {first['check']}"
+            )
+        return features.feature_matrix(typed, spec)
+
+    def predict_proba(self, rows: pl.DataFrame) -> np.ndarray:
+        matrix = self.matrix(rows)
+        # one thread for small inputs: OpenMP start-up and contention between concurrent
+        # requests cost far more than a few rows take to predict
+        threads = 1 if len(matrix) < SMALL_BATCH else 0
+        return self.booster.predict(matrix, num_threads=threads)
+
+    def labels(self, proba: np.ndarray) -> np.ndarray:
+        return np.where(is_positive(proba, self.threshold), self.spec.target.positive, self.negative)
+
+    def label_series(self, proba: np.ndarray) -> pl.Series:
+        """`labels` as a Polars column, without an array of Python strings; NaN (not scored) → null."""
+        codes = pl.Series(is_positive(proba, self.threshold).astype(np.int8))
+        labels = pl.Series(LABEL, [self.negative, self.spec.target.positive]).gather(codes)
+        return pl.select(pl.when(pl.Series(np.isnan(proba))).then(None).otherwise(labels).alias(LABEL)).to_series()
+
+    def predict_frame(self, rows: pl.DataFrame) -> pl.DataFrame:
+        proba = self.predict_proba(rows)
+        return pl.DataFrame({PROBABILITY: proba, LABEL: self.labels(proba)})

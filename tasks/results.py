@@ -1,0 +1,182 @@
+"""What each phase returns — the flows' results, in one place (also the last JSON line of
+`python -m flows.<phase>`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from tasks.core.gate import GateDecision, Metrics
+from tasks.stores.backends import Backend
+from tasks.stores.snapshots import SnapshotManifest
+
+
+class PrepareResult(BaseModel):
+    dataset: str
+    data_version: str
+    spec_hash: str
+    rows_in: int
+    rows_kept: int
+    rows_quarantined: int
+    train: int
+    validation: int
+    test: int
+    manifest_path: str
+    quarantine_path: str
+
+    @classmethod
+    def of(cls, manifest: SnapshotManifest, manifest_path: Path) -> PrepareResult:
+        return cls(
+            dataset=manifest.dataset,
+            data_version=manifest.data_version,
+            spec_hash=manifest.spec_hash,
+            **manifest.rows.model_dump(),
+            manifest_path=str(manifest_path),
+            quarantine_path=manifest.quarantine_path,
+        )
+
+
+class TrialRecord(BaseModel):
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, float | int]
+    best_iteration: int | None
+    started_at: datetime
+    finished_at: datetime
+
+
+class TuningResult(BaseModel):
+    best_params: dict[str, float | int]
+    best_value: float
+    best_iteration: int
+    n_trials: int
+    n_pruned: int
+    seconds: float
+    trials: list[TrialRecord]
+
+
+class TrainResult(BaseModel):
+    dataset: str
+    data_version: str
+    run_id: str
+    model_uri: str
+    manifest_path: str
+    threshold: float
+    best_params: dict[str, float | int]
+    validation_auc: float
+    baselines_validation_auc: dict[str, float]
+    n_trials: int
+    n_pruned: int
+    reused_run: bool
+
+
+class EvaluationResult(BaseModel):
+    dataset: str
+    data_version: str
+    run_id: str
+    threshold: float
+    candidate: Metrics
+    baselines: dict[str, Metrics]
+    champion: Metrics | None
+    champion_version: str | None
+    candidate_is_champion: bool
+    gate: GateDecision
+    reused: bool = False
+
+
+class RegisterResult(BaseModel):
+    model_name: str
+    version: str
+    created: bool
+    promoted: bool
+    champion_version: str | None
+    previous_version: str | None
+    reason: str
+
+
+class PackageResult(BaseModel):
+    model_name: str
+    model_version: str
+    data_version: str
+    bento_model_tag: str
+    bento_tag: str
+    imported_model: bool
+    built_bento: bool
+    image: str | None = None
+    built_image: bool = False
+
+
+class RolloutResult(BaseModel):
+    dataset: str
+    endpoint: str
+    model_version: str
+    previous_version: str | None
+    backend: Backend
+    switched: bool
+
+
+class LifecycleResult(BaseModel):
+    prepare: PrepareResult
+    train: TrainResult
+    evaluate: EvaluationResult
+    registry: RegisterResult
+    package: PackageResult
+
+
+class ColumnDrift(BaseModel):
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+class PerformanceDrift(BaseModel):
+    """The champion's metric on the labelled rows of the batch vs on its own test split."""
+
+    metric: str
+    rows: int
+    live: float | None
+    reference: float | None
+    drop: float | None
+    drifted: bool
+
+
+class DriftResult(BaseModel):
+    dataset: str
+    model_version: str
+    batch: str
+    rows: int
+    rows_labelled: int = 0
+    rows_quarantined: int
+    quarantine_path: str | None = None
+    status: Literal["drift", "no_drift", "insufficient_data"]
+    drift_share: float
+    drifted_columns: list[str]
+    columns: list[ColumnDrift]
+    performance: PerformanceDrift | None = None
+    reasons: list[str] = []
+    report_path: str | None
+    mlflow_run_id: str | None = None
+    event_id: str | None = None
+
+
+class RetrainResult(BaseModel):
+    dataset: str
+    status: Literal["promoted", "kept", "stale", "skipped"]
+    reasons: list[str]
+    base_version: str
+    champion_version: str | None
+    challenger_version: str | None = None
+    data_version: str | None = None
+    served: list[str] = []
+
+
+class RollbackResult(BaseModel):
+    model_name: str
+    from_version: str
+    to_version: str

@@ -1,0 +1,185 @@
+"""Serving back-ends: a bento as a local process or a container on a loopback port, started,
+checked (readiness, smoke rows), stopped; and the state of each stable endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import numpy as np
+from pydantic import BaseModel
+
+from tasks.stores.workdir import Workdir
+
+Kind = Literal["docker", "process"]
+
+
+class Backend(BaseModel):
+    kind: Kind
+    ident: str  # container id or process id
+    port: int
+    model_version: str
+    artifact: str  # image or bento tag
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class ServingState(BaseModel):
+    """What serves a dataset now: the stable port and the live backend."""
+
+    port: int
+    live: Backend | None = None
+
+
+class RolloutFailed(RuntimeError):
+    pass
+
+
+def state_dir(workdir: Path, dataset: str, port: int) -> Path:
+    """One folder per stable endpoint: its state and its proxy."""
+    return Workdir(workdir).endpoint(dataset, port)
+
+
+def read_state(workdir: Path, dataset: str, port: int) -> ServingState:
+    path = state_dir(workdir, dataset, port) / "state.json"
+    return ServingState.model_validate_json(path.read_text()) if path.is_file() else ServingState(port=port)
+
+
+def write_state(workdir: Path, dataset: str, state: ServingState) -> None:
+    folder = state_dir(workdir, dataset, state.port)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".state.json.tmp"
+    tmp.write_text(state.model_dump_json(indent=2))
+    tmp.replace(folder / "state.json")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _start_container(image: str, port: int, env: dict[str, str], name: str, limits: dict) -> str:
+    from prefect_docker.containers import create_docker_container, start_docker_container
+    from prefect_docker.host import DockerHost
+
+    host = DockerHost(base_url=os.environ.get("DOCKER_HOST"))
+    container = await create_docker_container(
+        image=image,
+        command=["serve", "--port", str(port)],
+        name=name,
+        environment=env,
+        network_mode="host",
+        labels={"lifecycle.role": "backend"},
+        docker_host=host,
+        **limits,
+    )
+    await start_docker_container(container_id=container.id, docker_host=host)
+    return container.id
+
+
+async def _remove_container(container_id: str) -> None:
+    from docker.errors import NotFound
+    from prefect_docker.containers import remove_docker_container
+    from prefect_docker.host import DockerHost
+
+    with contextlib.suppress(NotFound):  # already gone: nothing to retire
+        await remove_docker_container(
+            container_id=container_id, force=True, docker_host=DockerHost(base_url=os.environ.get("DOCKER_HOST"))
+        )
+
+
+def container_limits(cpus: float | None, memory: str | None) -> dict:
+    """docker SDK `containers.create` arguments for the serving target's resources."""
+    limits = {}
+    if cpus:
+        limits["nano_cpus"] = int(cpus * 1e9)
+    if memory:
+        limits["mem_limit"] = memory
+    return limits
+
+
+def start_backend(
+    kind: Kind, artifact: str, model_version: str, env: dict[str, str], log_dir: Path, limits: dict | None = None
+) -> Backend:
+    port = free_port()
+    if kind == "docker":
+        name = f"lifecycle-{artifact.split('/')[-1].replace(':', '-')}-{port}"
+        ident = asyncio.run(_start_container(artifact, port, env, name, limits or {}))
+    else:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = (log_dir / f"backend-{port}.log").open("w")
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("bentoml")),
+                "serve",
+                artifact,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=os.environ | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        ident = str(proc.pid)
+    return Backend(kind=kind, ident=ident, port=port, model_version=model_version, artifact=artifact)
+
+
+def stop_backend(backend: Backend) -> None:
+    if backend.kind == "docker":
+        asyncio.run(_remove_container(backend.ident))
+        return
+    try:
+        os.killpg(int(backend.ident), signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(60):
+        try:
+            os.killpg(int(backend.ident), 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(int(backend.ident), signal.SIGKILL)
+
+
+def wait_ready(backend: Backend, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{backend.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RolloutFailed(f"{backend.artifact} on port {backend.port} was not ready within {timeout:.0f}s")
+
+
+def smoke_test(backend: Backend, records: list[dict], expected: np.ndarray) -> None:
+    """The new backend must give the model's offline predictions on the same rows."""
+    try:
+        response = httpx.post(f"{backend.url}/predict", json={"records": records}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise RolloutFailed(f"smoke request failed: {exc}") from exc
+    if response.status_code != 200:
+        raise RolloutFailed(f"smoke request answered {response.status_code}: {response.text[:500]}")
+    body = response.json()
+    got = np.array([p["probability"] for p in body["predictions"]])
+    if body["model_version"] != backend.model_version:
+        raise RolloutFailed(f"backend reports model v{body['model_version']}, expected v{backend.model_version}")
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-9):
+        worst = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
+        raise RolloutFailed(f"smoke predictions differ from the model's offline ones (max diff {worst})")
