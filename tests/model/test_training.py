@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tasks import train
+from tasks import train, tune
 from tasks.core.cast import clean
 from tasks.core.features import add_features
 from tasks.core.model import TabularModel
@@ -22,7 +22,7 @@ def telco_data(telco_spec, telco_raw):
 
 def test_same_seed_gives_the_same_study_and_model(telco_data):
     spec, _, m = telco_data
-    first, second = train.tune(m, spec), train.tune(m, spec)
+    first, second = tune.tune(m, spec), tune.tune(m, spec)
     assert first.best_params == second.best_params
     assert first.best_value == second.best_value
     assert train.fit_final(m, spec, first) == train.fit_final(m, spec, second)
@@ -33,7 +33,7 @@ def test_tuned_model_beats_the_majority_baseline_and_is_close_to_logistic(telco_
     from sklearn.metrics import roc_auc_score
 
     spec, _, m = telco_data
-    tuning = train.tune(m, spec)
+    tuning = tune.tune(m, spec)
     baselines = train.fit_baselines(m, spec)
     booster = train.fit_final(m, spec, tuning)
     import lightgbm as lgb
@@ -51,7 +51,7 @@ def test_model_behaviour_invariance_and_direction(telco_data):
     import polars as pl
 
     spec, parts, m = telco_data
-    tuning = train.tune(m, spec)
+    tuning = tune.tune(m, spec)
     model = TabularModel(spec, train.fit_final(m, spec, tuning), 0.5, {})
     rows = parts["test"].filter(pl.col("contract") == "Month-to-month").head(200)
     base = model.predict_proba(rows)
