@@ -177,9 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     py = sys.executable
     home = scratch / "prefect-home"  # one Prefect home, like a user's: its database exists after the first run
     warm = isolated_env(scratch, home) | {"PREFECT_LOCAL_STORAGE_PATH": str(scratch / "warm-up")}
-    subprocess.run(
-        [py, "-c", "from prefect import flow; flow(lambda: None)()"], env=warm, check=True, capture_output=True
+    warm_up = (
+        "from prefect import flow\nfrom flows.cli import local_defaults\nwith local_defaults(): flow(lambda: None)()"
     )
+    subprocess.run([py, "-c", warm_up], env=warm, cwd=ROOT, check=True, capture_output=True)
     server, api = start_server(scratch, home)
     figures: dict[str, list[tuple[float, float]]] = {
         k: [] for k in ("bare", "flow", "cached", "server", "server-cached")
