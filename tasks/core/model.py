@@ -35,7 +35,6 @@ def is_positive(proba: np.ndarray, threshold: float) -> np.ndarray:
 class TabularModel:
     def __init__(self, spec: DatasetSpec, booster_text: str, threshold: float, metadata: dict[str, str]):
         self.spec = spec
-        self.spec_json = spec.model_dump_json()
         self.booster_text = booster_text
         self.threshold = float(threshold)
         self.metadata = dict(metadata)
@@ -52,7 +51,7 @@ class TabularModel:
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / BOOSTER_FILE).write_text(self.booster_text)
-        body = {"spec": json.loads(self.spec_json), "threshold": self.threshold, "metadata": self.metadata}
+        body = {"spec": self.spec.model_dump(mode="json"), "threshold": self.threshold, "metadata": self.metadata}
         (folder / MODEL_FILE).write_text(json.dumps(body, indent=1))
         return folder
 

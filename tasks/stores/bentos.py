@@ -84,7 +84,7 @@ def import_model(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tup
             "data_version": model.metadata["data_version"],
             "spec_hash": model.metadata["spec_hash"],
             "threshold": model.threshold,
-            "spec_json": model.spec_json,
+            "spec_json": model.spec.model_dump_json(),
         },
     )
     return str(bento_model.tag), True
