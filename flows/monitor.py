@@ -1,4 +1,5 @@
-"""Monitor: a new batch vs the champion's training data → drift report, artifacts, event."""
+"""Monitor: the champion's served window (or a batch handed in) vs what the champion knew →
+drift report, artifacts, an MLflow run, and on drift an event that retrains."""
 
 from __future__ import annotations
 
@@ -14,16 +15,16 @@ from tasks.monitor import (
     emit_drift_task,
     load_batch_task,
     log_drift_task,
-    performance_task,
     publish_drift_task,
     reference_task,
+    score_task,
+    served_window_task,
 )
 from tasks.package import resolve_alias_task
 from tasks.prepare import load_spec_task
 from tasks.register import tracking_task
 from tasks.results import DriftResult
 from tasks.settings import drift_policy_task
-from tasks.stores.workdir import Workdir
 
 
 @flow(name="monitor", flow_run_name=named_after_config("monitor"))
@@ -34,13 +35,16 @@ def monitor(
     tracking_uri: str | None = None,
     policy: DriftPolicy | None = None,
 ) -> DriftResult:
-    """Check a batch of new rows for drift against the champion's training data (and, when the
-    batch is labelled, the champion's live metric against its test metric).
+    """Watch the champion: its inputs against its training data, its predicted probabilities against
+    its test-split predictions, null rates, and — on rows whose labels have arrived — its live metric
+    against its test metric.
 
     Args:
         config: dataset config (YAML)
-        batch: CSV/Parquet file of new rows, or a folder of prediction-log files (default: the prediction log)
-        workdir: folder of the default MLflow database, the prediction log and the reports
+        batch: a CSV/Parquet file of new rows (or a folder of them) to judge instead of the served
+            window (default: the champion's rows of the prediction log inside the policy's `window`,
+            joined with the label store)
+        workdir: folder of the default MLflow database, the prediction log, the labels and the reports
         tracking_uri: MLflow tracking URI (default: sqlite under workdir, or MLFLOW_TRACKING_URI)
         policy: drift policy (default: the dataset's `Lifecycle Drift Policy` block over the config's `monitoring`)
     """
@@ -48,20 +52,14 @@ def monitor(
     policy = drift_policy_task(spec, policy)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     champion = resolve_alias_task(tracking, "champion")
-    reference = reference_task(tracking, champion.version)
-    source = batch or Workdir(workdir).prediction_log(spec.name)
-    current, n_quarantined, quarantine_path = load_batch_task(source, spec, workdir)
-    performance = performance_task(tracking, champion.version, current, policy)
+    reference, reference_proba = reference_task(tracking, champion.version)
+    if batch is None:
+        observed = served_window_task(spec, champion.version, policy, workdir)
+    else:
+        observed = load_batch_task(batch, spec, workdir)
+    proba, performance = score_task(tracking, champion.version, observed, policy)
     result = drift_task(
-        spec,
-        champion.version,
-        source,
-        reference,
-        current,
-        (n_quarantined, quarantine_path),
-        performance,
-        policy,
-        workdir,
+        spec, champion.version, observed, reference, reference_proba, proba, performance, policy, workdir
     )
     result = result.model_copy(update={"mlflow_run_id": log_drift_task(tracking, result)})
     publish_drift_task(result)

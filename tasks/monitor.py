@@ -1,14 +1,16 @@
-"""Drift: an Evidently data-drift report of a new batch against the champion's training
-data (and, when the batch is labelled, the champion's live metrics against its test
-metrics) → a small typed result, artifacts, an MLflow run and, on drift, a Prefect event.
+"""Monitoring: the champion's served window (its logged rows inside the config's window, joined
+with the labels that have arrived) or a batch handed in, against what the champion knew — its
+training data for the inputs, its test-split predictions for its output, its test metric for the
+live metric on labelled rows → a small typed result, artifacts, an MLflow run and, on drift, a
+Prefect event naming the window (or the batch) a retrain should learn from.
 
-Evidently (and pandas) appear only in `tasks/stores/evidently.py`,
-imported lazily (~10 s).
+Evidently (and pandas) appear only in `tasks/stores/evidently.py`, imported lazily (~10 s).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,15 +22,17 @@ from tasks.common import UNCACHED, artifact_key
 from tasks.core.cast import FAILURE_SCHEMA, cast_to_spec
 from tasks.core.errors import DataError
 from tasks.core.features import encode_target
-from tasks.core.metrics import binary_metrics
+from tasks.core.feedback import LabelCoverage, ServedWindow, label_coverage, unmatched_labels, window_bounds
+from tasks.core.monitoring import PerformanceDrift, decide, null_rates, performance_drift
 from tasks.core.prepare import frame_digest, split_quarantine
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, DriftPolicy
 from tasks.events import DRIFT_DETECTED, emit_model_event
-from tasks.results import DriftResult, PerformanceDrift
+from tasks.results import DriftResult
 from tasks.stores import registry
-from tasks.stores.evidently import check_drift
+from tasks.stores.evidently import check_drift, check_prediction_drift
 from tasks.stores.registry import TAG_PREFIX, version_manifest
+from tasks.stores.served import labelled_window, logged_keys, logged_stamps, read_labels
 from tasks.stores.snapshots import atomic_write, read_split
 from tasks.stores.workdir import Workdir
 
@@ -102,140 +106,182 @@ def labelled_rows(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     return frame.filter(pl.col(target).is_not_null())
 
 
-# -- performance drift ---------------------------------------------------------------------
-def performance_drift(
-    y: list[int] | None, proba, threshold: float, reference: float | None, policy: DriftPolicy
-) -> PerformanceDrift:
-    """Compare the champion's metric on labelled batch rows with its test-split metric."""
-
-    metric = policy.performance_metric
-    rows = 0 if y is None else len(y)
-    if rows == 0:
-        return PerformanceDrift(metric=metric, rows=0, live=None, reference=reference, drop=None, drifted=False)
-    live = binary_metrics(y, proba, threshold)[metric]
-    if live != live:  # NaN: one class only in the batch
-        return PerformanceDrift(metric=metric, rows=rows, live=None, reference=reference, drop=None, drifted=False)
-    drop = None if reference is None else float(reference - live)
-    drifted = drop is not None and drop > policy.max_performance_drop
-    return PerformanceDrift(metric=metric, rows=rows, live=float(live), reference=reference, drop=drop, drifted=drifted)
-
-
-def decide(rows: int, share: float, performance: PerformanceDrift | None, policy: DriftPolicy) -> tuple[str, list[str]]:
-    """(status, reasons): too few rows is never drift; either kind of drift is drift."""
-    if rows < policy.min_rows:
-        return "insufficient_data", [f"{rows} valid rows < minimum {policy.min_rows}"]
-    reasons = []
-    if share >= policy.drift_share:
-        reasons.append(f"{share:.0%} of columns drifted (policy: {policy.drift_share:.0%})")
-    if performance is not None and performance.drifted:
-        reasons.append(
-            f"{performance.metric} {performance.live:.4f} on {performance.rows} labelled rows, "
-            f"{performance.drop:.4f} below the test {performance.reference:.4f} (policy: {policy.max_performance_drop})"
-        )
-    return ("drift" if reasons else "no_drift"), reasons
-
-
 def batch_digest(frame: pl.DataFrame) -> str:
-
     return frame_digest(frame)[:16]
+
+
+@dataclass
+class Observed:
+    """The rows a monitoring run judges, and where they came from."""
+
+    rows: pl.DataFrame
+    batch: str | None = None  # a file or folder handed in
+    window: ServedWindow | None = None  # or the champion's served window
+    coverage: LabelCoverage | None = None
+    quarantined: int = 0
+    quarantine_path: str | None = None
+
+
+def drift_columns(spec: DatasetSpec, rows: pl.DataFrame) -> list[str]:
+    """The features the rows carry (a sensitive feature is never logged, so never compared)."""
+    return [c for c in spec.base_features if c in rows.columns]
 
 
 # -- Prefect tasks -------------------------------------------------------------------------------
 @task(name="load-batch", **UNCACHED)
-def load_batch_task(path: Path, spec: DatasetSpec, workdir: Path) -> tuple[pl.DataFrame, int, str | None]:
-    """Valid typed rows, the number quarantined and where the quarantined rows were written."""
-
+def load_batch_task(path: Path, spec: DatasetSpec, workdir: Path) -> Observed:
+    """Valid typed rows of a batch handed in; quarantined rows written with their reasons."""
     raw = read_batch(path)
+    batch = str(Path(path).resolve())
     if raw.is_empty():
-        return raw, 0, None
+        return Observed(rows=raw, batch=batch)
     kept, quarantined = validate_batch(raw, spec)
     where = None
     if quarantined.height:
-        digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
+        digest = hashlib.sha256(batch.encode()).hexdigest()[:8]
         target = Workdir(workdir).quarantine(spec.name, f"batch-{digest}-{batch_digest(raw)}")
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, quarantined.write_parquet)
         where = str(target.resolve())
         get_run_logger().warning("%d batch rows quarantined: %s", quarantined.height, where)
-    return kept, quarantined.height, where
+    return Observed(rows=kept, batch=batch, quarantined=quarantined.height, quarantine_path=where)
 
 
-@task(name="performance", **UNCACHED)
-def performance_task(cfg, model_version: str, current: pl.DataFrame, policy: DriftPolicy) -> PerformanceDrift | None:
-    """The champion's live metric on the labelled rows (None when the batch has no labels)."""
+@task(name="served-window", **UNCACHED)
+def served_window_task(spec: DatasetSpec, model_version: str, policy: DriftPolicy, workdir: Path) -> Observed:
+    """The champion's rows of the prediction log inside the policy's window, joined with the labels
+    that have arrived; how many are labelled, how late, and how many labels match nothing."""
+    where = Workdir(workdir)
+    log = where.prediction_log(spec.name)
+    start, end = window_bounds(policy.window, logged_stamps(log, model_version), datetime.now(UTC))
+    window = ServedWindow(model_version=model_version, start=start, end=end)
+    rows = labelled_window(where, spec, window)
+    unmatched = unmatched_labels(read_labels(where.labels(spec.name)), logged_keys(log, spec.id_column), spec)
+    coverage = label_coverage(rows, spec, unmatched) if rows.height else None
+    get_run_logger().info(
+        "window %s: %d rows of v%s logged %s → %s; %s",
+        policy.window, rows.height, model_version, start.isoformat(), end.isoformat(),
+        f"{coverage.labelled} labelled, {unmatched} labels unmatched" if coverage else "nothing served",
+    )  # fmt: skip
+    return Observed(rows=rows, window=window, coverage=coverage)
 
+
+@task(name="score", **UNCACHED)
+def score_task(
+    cfg, model_version: str, observed: Observed, policy: DriftPolicy
+) -> tuple[pl.Series, PerformanceDrift | None]:
+    """The champion's probabilities for the rows (as served, when the log has them) and its live
+    metric on the labelled ones (None when no row is labelled)."""
     model = registry.load_model(cfg, f"models:/{cfg.model_name}/{model_version}")
-    labelled = labelled_rows(current, model.spec)
-    if labelled.is_empty():
-        return None
+    rows = observed.rows
+    if rows.is_empty():
+        return pl.Series("probability", [], dtype=pl.Float64), None
+    if "probability" in rows.columns:
+        proba = rows.get_column("probability")
+    else:
+        proba = pl.Series("probability", model.predict_proba(rows), dtype=pl.Float64)
+    target = model.spec.target.column
+    if target not in rows.columns or rows.get_column(target).null_count() == rows.height:
+        return proba, None
+    labelled = rows.get_column(target).is_not_null()
     run_id = cfg.client().get_model_version(cfg.model_name, model_version).run_id
     reference = cfg.client().get_run(run_id).data.metrics.get(f"test_{policy.performance_metric}")
-    y = encode_target(labelled, model.spec)
-    return performance_drift(y, model.predict_proba(labelled), model.threshold, reference, policy)
+    y = encode_target(rows.filter(labelled), model.spec)
+    return proba, performance_drift(y, proba.filter(labelled).to_numpy(), model.threshold, reference, policy)
 
 
 @task(name="drift-report", **UNCACHED)
 def drift_task(
     spec: DatasetSpec,
     model_version: str,
-    batch: Path,
+    observed: Observed,
     reference: pl.DataFrame,
-    current: pl.DataFrame,
-    quarantined: tuple[int, str | None],
+    reference_proba: pl.Series,
+    proba: pl.Series,
     performance: PerformanceDrift | None,
     policy: DriftPolicy,
     workdir: Path,
 ) -> DriftResult:
+    current = observed.rows
     base = dict(
         dataset=spec.name,
         model_version=model_version,
-        batch=str(Path(batch).resolve()),
+        batch=observed.batch,
+        window=observed.window,
         rows=current.height,
         rows_labelled=labelled_rows(current, spec).height,
-        rows_quarantined=quarantined[0],
-        quarantine_path=quarantined[1],
+        rows_quarantined=observed.quarantined,
+        quarantine_path=observed.quarantine_path,
+        coverage=observed.coverage,
         performance=performance,
     )
     if current.height < policy.min_rows:
-        status, reasons = decide(current.height, 0.0, performance, policy)
+        status, reasons = decide(current.height, 0.0, policy, performance)
         return DriftResult(
             **base, status=status, reasons=reasons, drift_share=0.0, drifted_columns=[], columns=[], report_path=None
         )
     where = Workdir(workdir)
     report = where.monitoring(spec.name) / f"drift-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.html"
-    columns, share = check_drift(
-        reference, current, spec.base_features, policy, report, where.evidently_workspace, spec.name
-    )
-    status, reasons = decide(current.height, share, performance, policy)
-    return DriftResult(
-        **base, status=status, reasons=reasons, drift_share=share, columns=columns,
-        drifted_columns=[c.column for c in columns if c.drifted], report_path=str(report.resolve()),
+    columns = drift_columns(spec, current)
+    per_column, share = check_drift(reference, current, columns, policy, report, where.evidently_workspace, spec.name)
+    prediction = check_prediction_drift(
+        reference_proba, proba, policy, report.with_name(f"{report.stem}-prediction.html"),
+        where.evidently_workspace, spec.name,
     )  # fmt: skip
+    nulls = null_rates(reference, current, columns, policy)
+    status, reasons = decide(current.height, share, policy, performance, prediction, nulls)
+    return DriftResult(
+        **base, status=status, reasons=reasons, drift_share=share, columns=per_column, prediction=prediction,
+        null_rates=nulls, drifted_columns=[c.column for c in per_column if c.drifted],
+        report_path=str(report.resolve()),
+    )  # fmt: skip
+
+
+def watched_figures(result: DriftResult) -> dict[str, float]:
+    """Every figure a monitoring run measured, flat (MLflow metrics; one point per run)."""
+    figures = {"drift_share": result.drift_share, "drifted_columns": len(result.drifted_columns), "rows": result.rows}
+    figures |= {"rows_quarantined": result.rows_quarantined, "rows_labelled": result.rows_labelled}
+    figures |= {f"drift_score.{c.column}": c.score for c in result.columns}
+    figures |= {f"null_rate.{n.column}": n.current for n in result.null_rates}
+    if result.prediction:
+        figures["prediction_drift_score"] = result.prediction.score
+    if result.coverage:
+        figures["label_coverage"] = result.coverage.share
+        figures["labels_unmatched"] = result.coverage.labels_unmatched
+        if result.coverage.median_delay_seconds is not None:
+            figures["label_delay_median_seconds"] = result.coverage.median_delay_seconds
+    if result.performance and result.performance.live is not None:
+        figures[f"live_{result.performance.metric}"] = result.performance.live
+    return figures
+
+
+def source_text(result: DriftResult) -> str:
+    if result.window:
+        w = result.window
+        return f"served window of v{w.model_version}: {w.start:%Y-%m-%d %H:%M:%S} → {w.end:%Y-%m-%d %H:%M:%S} UTC"
+    return f"batch {result.batch}"
 
 
 @task(name="log-drift-run", **UNCACHED)
 def log_drift_task(cfg, result: DriftResult) -> str:
-    """One MLflow run per check, in the `<experiment>-monitoring` experiment: scores and the report."""
+    """One MLflow run per check, in the `<experiment>-monitoring` experiment: figures and reports."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = cfg.client()
     experiment_id = cfg.experiment_id(f"{cfg.experiment}{MONITORING_SUFFIX}")
     run = client.create_run(experiment_id, run_name=f"drift-{result.dataset}-v{result.model_version}")
-    now = datetime.now(UTC)
-    stamp = int(now.timestamp() * 1000)
-    metrics = {"drift_share": result.drift_share, "drifted_columns": len(result.drifted_columns), "rows": result.rows}
-    metrics |= {"rows_quarantined": result.rows_quarantined, "rows_labelled": result.rows_labelled}
-    metrics |= {f"drift_score.{c.column}": c.score for c in result.columns}
-    if result.performance and result.performance.live is not None:
-        metrics[f"live_{result.performance.metric}"] = result.performance.live
+    stamp = int(datetime.now(UTC).timestamp() * 1000)
     client.log_batch(
         run.info.run_id,
-        metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
-        params=[Param("batch", result.batch[:500]), Param("model_version", result.model_version)],
+        metrics=[Metric(k, float(v), stamp, 0) for k, v in watched_figures(result).items()],
+        params=[Param("source", source_text(result)[:500]), Param("model_version", result.model_version)],
         tags=[RunTag(f"{TAG_PREFIX}drift_status", result.status), RunTag(f"{TAG_PREFIX}dataset", result.dataset)],
     )
     if result.report_path:
         client.log_artifact(run.info.run_id, result.report_path, "drift")
+        prediction_report = Path(result.report_path).with_name(f"{Path(result.report_path).stem}-prediction.html")
+        if prediction_report.exists():
+            client.log_artifact(run.info.run_id, str(prediction_report), "drift")
     client.log_text(run.info.run_id, result.model_dump_json(indent=2), "drift/result.json")
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -244,34 +290,55 @@ def log_drift_task(cfg, result: DriftResult) -> str:
 @task(name="publish-drift", **UNCACHED)
 def publish_drift_task(result: DriftResult) -> None:
     key = artifact_key(result.dataset)
+    watched = [c.model_dump() | {"kind": "feature"} for c in sorted(result.columns, key=lambda c: not c.drifted)]
+    if result.prediction:
+        watched.insert(0, result.prediction.model_dump() | {"kind": "prediction"})
     create_table_artifact(
         key=f"{key}-drift",
-        table=[c.model_dump() for c in sorted(result.columns, key=lambda c: not c.drifted)]
-        or [{"column": "-", "status": result.status}],
-        description=f"Drift of {result.rows} rows vs the v{result.model_version} training data: {result.status}, "
+        table=watched or [{"column": "-", "status": result.status}],
+        description=f"Drift of {result.rows} rows vs v{result.model_version}: {result.status}, "
         f"share of drifted columns {result.drift_share:.2f}",
-    )
-    perf = result.performance
-    live = (
-        f"- {perf.metric}: {perf.live:.4f} on {perf.rows} labelled rows (test: {perf.reference or float('nan'):.4f})\n"
-        if perf and perf.live is not None
-        else "- performance: no labelled rows\n"
     )
     create_markdown_artifact(
         key=f"{key}-drift-report",
         description=f"{result.status}: {result.drift_share:.0%} of columns drifted vs v{result.model_version}",
-        markdown=f"### Drift: **{result.status}** ({result.drift_share:.0%} of columns)\n\n"
-        f"- batch: `{result.batch}` ({result.rows} valid rows, {result.rows_quarantined} quarantined)\n"
-        f"- drifted: {', '.join(result.drifted_columns) or 'none'}\n{live}"
-        f"- why: {'; '.join(result.reasons) or 'within policy'}\n"
-        f"- report: [{result.report_path}](file://{result.report_path})\n"
-        f"- MLflow run: `{result.mlflow_run_id}`\n",
+        markdown=drift_markdown(result),
     )
+
+
+def drift_markdown(result: DriftResult) -> str:
+    perf, cov, pred = result.performance, result.coverage, result.prediction
+    lines = [
+        f"### Drift: **{result.status}** ({result.drift_share:.0%} of columns)\n",
+        f"- rows: {source_text(result)} ({result.rows} valid rows, {result.rows_quarantined} quarantined)",
+        f"- drifted: {', '.join(result.drifted_columns) or 'none'}",
+        f"- predictions: {pred.method} {pred.score:.3f} (threshold {pred.threshold:g})" if pred else "- predictions: -",
+        "- null rates up: "
+        + (
+            ", ".join(f"{n.column} {n.reference:.1%}→{n.current:.1%}" for n in result.null_rates if n.drifted) or "none"
+        ),
+        (
+            f"- labels: {cov.labelled} of {cov.rows} rows ({cov.share:.0%}), median delay "
+            + (f"{cov.median_delay_seconds:.0f} s" if cov.median_delay_seconds is not None else "-")
+            + f"; {cov.labels_unmatched} labels match no served row"
+        )
+        if cov
+        else "- labels: -",
+        f"- live {perf.metric}: {perf.live:.4f} on {perf.rows} labelled rows "
+        f"(test: {perf.reference or float('nan'):.4f})"
+        if perf and perf.live is not None
+        else "- live metric: no labelled rows",
+        f"- why: {'; '.join(result.reasons) or 'within policy'}",
+        f"- report: [{result.report_path}](file://{result.report_path})",
+        f"- MLflow run: `{result.mlflow_run_id}`",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @task(name="emit-drift-event", **UNCACHED)
 def emit_drift_task(result: DriftResult, config: Path, workdir: Path) -> str | None:
-    """`model.drift.detected` on resource `model.<dataset>`; the payload is what `retrain` needs."""
+    """`model.drift.detected` on resource `model.<dataset>`; the payload is what `retrain` needs:
+    the served window (or the batch) to learn from and the version it drifted from."""
     event_id = emit_model_event(
         DRIFT_DETECTED,
         result.dataset,
@@ -284,6 +351,7 @@ def emit_drift_task(result: DriftResult, config: Path, workdir: Path) -> str | N
             "drifted_columns": result.drifted_columns,
             "reasons": result.reasons,
             "batch": result.batch,
+            "window": result.window.model_dump(mode="json") if result.window else None,
             "rows_labelled": result.rows_labelled,
             "report": result.report_path,
         },
@@ -293,7 +361,10 @@ def emit_drift_task(result: DriftResult, config: Path, workdir: Path) -> str | N
 
 
 @task(name="reference-data", **UNCACHED)
-def reference_task(cfg, model_version: str) -> pl.DataFrame:
-    """The champion's own training split: what its inputs looked like."""
-
-    return read_split(version_manifest(cfg, model_version), "train")
+def reference_task(cfg, model_version: str) -> tuple[pl.DataFrame, pl.Series]:
+    """What the champion knew: its training split (its inputs) and its predictions on its test split
+    (its output on rows it never trained on)."""
+    manifest = version_manifest(cfg, model_version)
+    model = registry.load_model(cfg, f"models:/{cfg.model_name}/{model_version}")
+    test = read_split(manifest, "test")
+    return read_split(manifest, "train"), pl.Series("probability", model.predict_proba(test), dtype=pl.Float64)

@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from tasks.core.feedback import LabelCoverage, ServedWindow
 from tasks.core.gate import GateDecision, Metrics
+from tasks.core.monitoring import ColumnDrift, NullRate, PerformanceDrift
 from tasks.stores.backends import Backend
 from tasks.stores.snapshots import SnapshotManifest
 
@@ -127,29 +129,21 @@ class LifecycleResult(BaseModel):
     package: PackageResult
 
 
-class ColumnDrift(BaseModel):
-    column: str
-    method: str
-    score: float
-    threshold: float
-    drifted: bool
-
-
-class PerformanceDrift(BaseModel):
-    """The champion's metric on the labelled rows of the batch vs on its own test split."""
-
-    metric: str
-    rows: int
-    live: float | None
-    reference: float | None
-    drop: float | None
-    drifted: bool
+class LabelsResult(BaseModel):
+    dataset: str
+    file: str
+    rows_in: int
+    stored: int
+    quarantined: int
+    quarantine_path: str | None = None
+    stored_path: str | None = None
 
 
 class DriftResult(BaseModel):
     dataset: str
     model_version: str
-    batch: str
+    batch: str | None  # a file or folder handed in; None: the served window
+    window: ServedWindow | None = None
     rows: int
     rows_labelled: int = 0
     rows_quarantined: int
@@ -158,6 +152,9 @@ class DriftResult(BaseModel):
     drift_share: float
     drifted_columns: list[str]
     columns: list[ColumnDrift]
+    prediction: ColumnDrift | None = None
+    null_rates: list[NullRate] = []
+    coverage: LabelCoverage | None = None
     performance: PerformanceDrift | None = None
     reasons: list[str] = []
     report_path: str | None
@@ -173,7 +170,12 @@ class RetrainResult(BaseModel):
     champion_version: str | None
     challenger_version: str | None = None
     data_version: str | None = None
+    source: str | None = None  # the batch, or the served window, the new rows came from
+    rows_new: int = 0
+    gate: GateDecision | None = None
+    figures: dict[str, dict[str, float]] = {}  # gate metrics of challenger, champion, baselines
     served: list[str] = []
+    bento: str | None = None  # packaged for `make serve` when no endpoint was live
 
 
 class RollbackResult(BaseModel):

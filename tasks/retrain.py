@@ -1,5 +1,7 @@
-"""Retraining: a fresh snapshot from the drifted champion's data plus a labelled batch,
-the guard against stale drift events, the endpoints to roll out to, the recorded decision.
+"""Retraining: a fresh snapshot from the drifted champion's data plus new labelled rows — what it
+served in a window, joined with the labels that arrived (the loop on live traffic), or a labelled
+batch handed in — the guard against stale drift events, the endpoints to roll out to, the
+recorded decision with the gate's figures.
 
 The fresh snapshot keeps every reference row in the split it had, so the champion has
 never trained on the fresh test rows (its old test rows plus the batch's share): the
@@ -11,6 +13,7 @@ MLflow run and the same registry version instead of new ones.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +25,7 @@ from tasks.common import UNCACHED, artifact_key
 from tasks.core.cast import clean
 from tasks.core.errors import DataError
 from tasks.core.features import add_features
+from tasks.core.feedback import ServedWindow, window_bounds
 from tasks.core.prepare import (
     SPLIT_COLUMN,
     SPLITS,
@@ -33,9 +37,9 @@ from tasks.core.prepare import (
     top_failing_checks,
 )
 from tasks.core.schema import find_failures
-from tasks.core.spec import DatasetSpec, RetrainingSpec
+from tasks.core.spec import DatasetSpec, DriftPolicy, RetrainingSpec
 from tasks.monitor import read_batch
-from tasks.results import RegisterResult, RetrainResult, RolloutResult
+from tasks.results import EvaluationResult, PackageResult, RegisterResult, RetrainResult, RolloutResult
 from tasks.stores.backends import read_state
 from tasks.stores.registry import (
     CHAMPION,
@@ -46,6 +50,7 @@ from tasks.stores.registry import (
     version_manifest,
     versions,
 )
+from tasks.stores.served import labelled_window, logged_stamps
 from tasks.stores.snapshots import SourceFingerprint, load_manifest, read_split, write_snapshot
 from tasks.stores.workdir import Workdir
 
@@ -55,7 +60,7 @@ class FreshSnapshot(BaseModel):
 
     base_version: str
     base_data_version: str
-    batch: str
+    source: str  # the batch file, or the served window
     rows_batch: int
     rows_unlabelled: int
     rows_quarantined: int
@@ -67,11 +72,14 @@ class FreshSnapshot(BaseModel):
 
 
 # -- pure ------------------------------------------------------------------------------------
-def labelled_batch(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, int, pl.DataFrame, pl.DataFrame]:
+def labelled_batch(
+    raw: pl.DataFrame, spec: DatasetSpec, checked: list[str] | None = None
+) -> tuple[pl.DataFrame, int, pl.DataFrame, pl.DataFrame]:
     """(valid labelled rows typed like a snapshot, unlabelled count, quarantined rows, failures).
 
     Retraining needs every input column the config declares; an empty label means
-    "not labelled yet" (skipped, counted), any other bad value is quarantined."""
+    "not labelled yet" (skipped, counted), any other bad value is quarantined. `checked`: the
+    columns validated (default all; served rows lack the never-logged ones, null by design)."""
     missing = [c for c in spec.input_columns if c not in raw.columns]
     if missing:
         raise DataError(f"retraining needs every input column of {spec.name!r}; the batch lacks {missing}")
@@ -80,9 +88,24 @@ def labelled_batch(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, 
     has_label = label.is_not_null() & (label != "")
     unlabelled = raw.filter(~has_label).height
     raw = raw.filter(has_label)
-    failures = find_failures(raw, spec)
+    failures = find_failures(raw, spec, checked)
     kept, quarantined = split_quarantine(raw, failures)
     return clean(kept, spec), unlabelled, quarantined, failures
+
+
+def served_as_source(served: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, list[str]]:
+    """Served rows (joined with their labels) in the source's layout, and the columns they really
+    carry: a never-logged (sensitive) column is null; without an event-time column of its own, a
+    row's event time is when it was served."""
+    present = [c for c in spec.input_columns if c in served.columns]
+    extra = []
+    if spec.event_time_column and spec.event_time_column not in served.columns:
+        served_at = pl.from_epoch((pl.col("logged_at") * 1e6).cast(pl.Int64), time_unit="us")
+        extra.append(served_at.alias(spec.event_time_column))
+        present.append(spec.event_time_column)
+    missing = [c for c in spec.input_columns if c not in present]
+    frame = served.with_columns(*extra, *(pl.lit(None, pl.String).alias(c) for c in missing))
+    return frame.select(spec.input_columns), present
 
 
 def merge_for_retraining(
@@ -102,9 +125,9 @@ def merge_for_retraining(
     return pl.concat([old, new], how="vertical")
 
 
-def fresh_fingerprint(base_data_version: str, batch: Path, merged: pl.DataFrame) -> SourceFingerprint:
+def fresh_fingerprint(base_data_version: str, source: str, merged: pl.DataFrame) -> SourceFingerprint:
     return SourceFingerprint(
-        location=f"retrain: snapshot {base_data_version} + {batch}",
+        location=f"retrain: snapshot {base_data_version} + {source}",
         sha256=frame_digest(merged),
         size_bytes=int(merged.estimated_size()),
     )
@@ -136,6 +159,23 @@ def live_endpoints(workdir: Path, dataset: str) -> list[tuple[int, str, str]]:
     return found
 
 
+def gate_figures(evaluated: EvaluationResult, spec: DatasetSpec) -> dict[str, dict[str, float]]:
+    """The gate metrics of the challenger, the champion and the baselines, on the same test rows."""
+    metrics = sorted({rule.metric for rule in spec.gate} | {"roc_auc", "pr_auc", "log_loss"})
+    models = {"challenger": evaluated.candidate, **evaluated.baselines}
+    if evaluated.champion and not evaluated.candidate_is_champion:
+        models["champion"] = evaluated.champion
+    return {name: {m: round(float(v[m]), 5) for m in metrics if m in v} for name, v in models.items()}
+
+
+def figures_table(figures: dict[str, dict[str, float]]) -> str:
+    if not figures:
+        return ""
+    metrics = sorted({m for f in figures.values() for m in f})
+    head = f"\n| model | {' | '.join(metrics)} |\n|---|{'---|' * len(metrics)}\n"
+    return head + "".join(f"| {n} | {' | '.join(str(f.get(m, '-')) for m in metrics)} |\n" for n, f in figures.items())
+
+
 # -- Prefect tasks ------------------------------------------------------------------------------
 @task(name="base-version", **UNCACHED)
 def base_version_task(cfg: TrackingConfig, version: str | None) -> VersionInfo:
@@ -154,18 +194,25 @@ def base_version_task(cfg: TrackingConfig, version: str | None) -> VersionInfo:
 
 @task(name="fresh-snapshot", **UNCACHED)
 def fresh_snapshot_task(
-    cfg: TrackingConfig, spec: DatasetSpec, base: VersionInfo, batch: Path, workdir: Path
+    cfg: TrackingConfig, spec: DatasetSpec, base: VersionInfo, source: Path | ServedWindow, workdir: Path
 ) -> FreshSnapshot:
     """Write the snapshot a retrain trains on (idempotent: same inputs → same data version)."""
     logger = get_run_logger()
     base_manifest = version_manifest(cfg, base.version)
     base_data_version = load_manifest(base_manifest).data_version
-    raw = read_batch(batch)
-    new_rows, unlabelled, quarantined, failures = labelled_batch(raw, spec)
+    if isinstance(source, ServedWindow):
+        described = f"served window of v{source.model_version}: {source.start.isoformat()} → {source.end.isoformat()}"
+        served = labelled_window(Workdir(workdir), spec, source)
+        raw, checked = served_as_source(served, spec) if served.height else (served, None)
+        if raw.is_empty():
+            raw = pl.DataFrame(schema={c: pl.String for c in spec.input_columns})
+    else:
+        described, raw, checked = str(Path(source).resolve()), read_batch(source), None
+    new_rows, unlabelled, quarantined, failures = labelled_batch(raw, spec, checked)
     counts = dict(
         base_version=base.version,
         base_data_version=base_data_version,
-        batch=str(Path(batch).resolve()),
+        source=described,
         rows_batch=raw.height,
         rows_unlabelled=unlabelled,
         rows_quarantined=quarantined.height,
@@ -173,12 +220,12 @@ def fresh_snapshot_task(
     )
     policy = spec.retraining
     if new_rows.height < policy.min_labelled_rows:
-        reason = f"{new_rows.height} labelled valid rows in the batch < {policy.min_labelled_rows} (retraining policy)"
+        reason = f"{new_rows.height} labelled valid rows < {policy.min_labelled_rows} (retraining policy)"
         logger.warning("no retraining: %s", reason)
         return FreshSnapshot(**counts, rows_reference=0, skip_reason=reason)
     reference = {split: read_split(base_manifest, split) for split in SPLITS}
     merged = merge_for_retraining(reference, new_rows, spec, policy)
-    fingerprint = fresh_fingerprint(base_data_version, Path(batch), merged)
+    fingerprint = fresh_fingerprint(base_data_version, described, merged)
     where = Workdir(workdir).quarantine(spec.name, f"retrain-{fingerprint.sha256[:16]}")
     where.parent.mkdir(parents=True, exist_ok=True)
     quarantined.write_parquet(where)
@@ -192,9 +239,9 @@ def fresh_snapshot_task(
     check_tolerance(report)
     manifest, path = write_snapshot(merged, spec, fingerprint, report, workdir)
     logger.info(
-        "fresh snapshot %s: %d reference rows of v%s + %d new rows (%d unlabelled, %d quarantined)",
+        "fresh snapshot %s: %d reference rows of v%s + %d new rows (%d unlabelled, %d quarantined) from %s",
         manifest.data_version, merged.height - new_rows.height, base.version, new_rows.height, unlabelled,
-        quarantined.height,
+        quarantined.height, described,
     )  # fmt: skip
     return FreshSnapshot(
         **counts,
@@ -202,6 +249,14 @@ def fresh_snapshot_task(
         data_version=manifest.data_version,
         manifest_path=str(path),
     )
+
+
+@task(name="retrain-window", **UNCACHED)
+def window_task(spec: DatasetSpec, base: VersionInfo, policy: DriftPolicy, workdir: Path) -> ServedWindow:
+    """The base version's served window ending now (a retrain started by hand, with no batch)."""
+    log = Workdir(workdir).prediction_log(spec.name)
+    start, end = window_bounds(policy.window, logged_stamps(log, base.version), datetime.now(UTC))
+    return ServedWindow(model_version=base.version, start=start, end=end)
 
 
 @task(name="check-stale", **UNCACHED)
@@ -238,10 +293,12 @@ def record_task(
     fresh: FreshSnapshot,
     reason: str,
     stale: str | None = None,
+    evaluated: EvaluationResult | None = None,
     registered: RegisterResult | None = None,
     served: list[RolloutResult] | None = None,
+    packaged: PackageResult | None = None,
 ) -> RetrainResult:
-    """The decision, why, and what serves now: a Prefect artifact, tags in the registry."""
+    """The decision, why, the gate's figures and what serves now: a Prefect artifact, registry tags."""
 
     champion = version_by_alias(cfg, CHAMPION)
     served_versions = [f"{r.endpoint} → v{r.model_version}" for r in served or []]
@@ -261,26 +318,34 @@ def record_task(
         champion_version=champion.version if champion else None,
         challenger_version=registered.version if registered else None,
         data_version=fresh.data_version,
+        source=fresh.source,
+        rows_new=fresh.rows_new,
+        gate=evaluated.gate if evaluated else None,
+        figures=gate_figures(evaluated, spec) if evaluated else {},
         served=served_versions,
+        bento=packaged.bento_tag if packaged else None,
     )
     if registered is not None:
         set_version_tags(
             cfg,
             registered.version,
-            {"retrained_from": fresh.base_version, "retrain_trigger": reason[:500], "retrain_batch": fresh.batch},
+            {"retrained_from": fresh.base_version, "retrain_trigger": reason[:500], "retrain_source": fresh.source},
         )
     summary = "; ".join(reasons)
     get_run_logger().info("retrain of %s: %s — %s", spec.name, status, summary)
-    digest = hashlib.sha256(fresh.batch.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(fresh.source.encode()).hexdigest()[:8]
     create_markdown_artifact(
         key=f"{artifact_key(spec.name)}-retrain",
-        description=f"retrain decision for batch {digest}",
+        description=f"retrain decision for new rows {digest}",
         markdown=f"### Retrain: **{status}** (champion v{result.champion_version})\n\n"
         f"- trigger: {reason or 'manual'}\n- drift measured against: v{fresh.base_version}\n"
-        f"- batch: `{fresh.batch}`: {fresh.rows_new} new labelled rows, {fresh.rows_unlabelled} unlabelled, "
+        f"- new rows: {fresh.source}: {fresh.rows_new} labelled, {fresh.rows_unlabelled} unlabelled, "
         f"{fresh.rows_quarantined} quarantined\n"
         f"- fresh snapshot: `{fresh.data_version}` ({fresh.rows_reference} reference + {fresh.rows_new} new rows)\n"
         f"- challenger: v{result.challenger_version}\n- why: {summary}\n"
-        f"- serving: {', '.join(served_versions) or 'no endpoint updated'}\n",
+        f"- serving: {', '.join(served_versions) or 'no endpoint updated'}"
+        + (f"; packaged `{result.bento}` for `make serve`" if result.bento else "")
+        + "\n"
+        + figures_table(result.figures),
     )
     return result

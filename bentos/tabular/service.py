@@ -4,7 +4,9 @@
 model and carries the dataset spec; the request model is generated from that spec,
 so it must be read when this module is imported — the one file read at import.
 Preprocessing is the shared `tasks.core.features` code, through the model itself; the service
-imports nothing of ours but `tasks.core` (and the prediction log beside it).
+imports nothing of ours but `tasks.core`. Every scored row gets a `prediction_id`, returned and
+logged; the truth sent later to `/feedback` under that id (or the config's id column) goes to
+the label store, where monitoring joins it to the log.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -26,15 +29,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from prediction_log import PredictionLog, log_root
+from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID
+from tasks.core.logs import PredictionLog, label_root, log_root, write_part
 from tasks.core.model import TabularModel, is_positive
-from tasks.core.records import example_record, record_model, records_frame
+from tasks.core.records import example_record, label_model, record_model, records_frame
 from tasks.core.schema import typed_with_failures
 from tasks.core.spec import DatasetSpec
 
 BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
 SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
 Record = record_model(SPEC)
+Label = label_model(SPEC)
 MODEL_VERSION = str(BUNDLE["model_version"])
 logger = logging.getLogger("bentoml.lifecycle")  # BentoML's handlers print it with the server's lines
 
@@ -49,6 +54,7 @@ LOGGED_COLUMNS = [
     c for c in (SPEC.id_column, *SPEC.columns) if c and not (c in SPEC.columns and SPEC.columns[c].sensitive)
 ]
 LOG_SCHEMA = {name: dtype for name, dtype in records_frame([], SPEC).schema.items() if name in LOGGED_COLUMNS} | {
+    PREDICTION_ID: pl.String,
     "request_id": pl.String,
     "logged_at": pl.Float64,
     "model_version": pl.String,
@@ -61,6 +67,7 @@ LOG_SCHEMA = {name: dtype for name, dtype in records_frame([], SPEC).schema.item
 PREDICTIONS = bentoml.metrics.Counter(
     name="lifecycle_predictions", documentation="Predictions served", labelnames=["label", "model_version", "endpoint"]
 )
+FEEDBACK = bentoml.metrics.Counter(name="lifecycle_feedback_labels", documentation="Labels stored via /feedback")
 REJECTED = bentoml.metrics.Counter(
     name="lifecycle_rejected_rows", documentation="Rows of bulk files that failed validation", labelnames=["check"]
 )
@@ -73,6 +80,7 @@ LATENCY = bentoml.metrics.Histogram(
 
 
 class Prediction(BaseModel):
+    prediction_id: str
     probability: float
     label: str
     model_version: str
@@ -82,6 +90,11 @@ class Predictions(BaseModel):
     request_id: str
     model_version: str
     predictions: list[Prediction]
+
+
+class FeedbackReceipt(BaseModel):
+    request_id: str
+    stored: int
 
 
 class Contribution(BaseModel):
@@ -134,10 +147,27 @@ async def _reject(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _prediction_ids(n: int) -> list[str]:
+    return [uuid.uuid4().hex for _ in range(n)]
+
+
+def _predictions(ids: list[str], proba, labels) -> list[Prediction]:
+    return [
+        Prediction(prediction_id=i, probability=float(p), label=str(y), model_version=MODEL_VERSION)
+        for i, p, y in zip(ids, proba, labels, strict=True)
+    ]
+
+
+def _epoch(when: datetime) -> float:
+    """Naive times are UTC."""
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 bulk = FastAPI(title="bulk scoring")
 
 
 Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_ROWS)]
+Labels = Annotated[list[Label], Field(min_length=1, max_length=MAX_ROWS)]
 
 
 # The container image: a configured base image (e.g. one built offline from Debian packages)
@@ -166,7 +196,8 @@ class TabularService:
         self.model: TabularModel = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model().model
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
         self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
-        logger.info("prediction log: %s", self.log.folder)
+        self.label_folder = label_root() / SPEC.name
+        logger.info("prediction log: %s; labels: %s", self.log.folder, self.label_folder)
 
     # -- scoring -------------------------------------------------------------------------
     def _score(self, frame: pl.DataFrame, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
@@ -179,12 +210,15 @@ class TabularService:
         LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return proba
 
-    def _log(self, records: list[dict], proba, labels, request_ids: list[str], endpoint: str) -> None:
+    def _log(
+        self, records: list[dict], proba, labels, prediction_ids: list[str], request_ids: list[str], endpoint: str
+    ) -> None:
         now = time.time()
         self.log.append_rows(
             [
                 {c: r.get(c) for c in LOGGED_COLUMNS}
                 | {
+                    PREDICTION_ID: pid,
                     "request_id": rid,
                     "logged_at": now,
                     "model_version": MODEL_VERSION,
@@ -193,7 +227,7 @@ class TabularService:
                     "probability": float(p),
                     "label": str(y),
                 }
-                for r, rid, p, y in zip(records, request_ids, proba, labels, strict=True)
+                for r, pid, rid, p, y in zip(records, prediction_ids, request_ids, proba, labels, strict=True)
             ]
         )
         self._count(proba, endpoint)
@@ -214,27 +248,43 @@ class TabularService:
         request_id = self._request_id(ctx)
         rows = [r.model_dump() for r in records]
         proba, labels = self._score(records_frame(rows, SPEC), "predict")
-        self._log(rows, proba, labels, [request_id] * len(rows), "predict")
+        ids = _prediction_ids(len(rows))
+        self._log(rows, proba, labels, ids, [request_id] * len(rows), "predict")
         ctx.response.headers["x-request-id"] = request_id
-        return Predictions(
-            request_id=request_id,
-            model_version=MODEL_VERSION,
-            predictions=[
-                Prediction(probability=float(p), label=str(y), model_version=MODEL_VERSION)
-                for p, y in zip(proba, labels, strict=True)
-            ],
-        )
+        predictions = _predictions(ids, proba, labels)
+        return Predictions(request_id=request_id, model_version=MODEL_VERSION, predictions=predictions)
 
     @bentoml.api(batchable=True, max_batch_size=BATCH_MAX_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
     async def predict_batched(self, records: list[Record]) -> list[Prediction]:
         """Like `predict`, but concurrent requests are merged into one model call (adaptive batching)."""
         rows = [r.model_dump() for r in records]
         proba, labels = self._score(records_frame(rows, SPEC), "predict_batched")
-        self._log(rows, proba, labels, [uuid.uuid4().hex for _ in rows], "predict_batched")
-        return [
-            Prediction(probability=float(p), label=str(y), model_version=MODEL_VERSION)
-            for p, y in zip(proba, labels, strict=True)
+        ids = _prediction_ids(len(rows))
+        self._log(rows, proba, labels, ids, ids, "predict_batched")
+        return _predictions(ids, proba, labels)
+
+    @bentoml.api
+    async def feedback(self, labels: Labels, ctx: bentoml.Context) -> FeedbackReceipt:
+        """The truth about earlier predictions, keyed by their `prediction_id` (or the config's id
+        column): stored in the label store, joined to the prediction log by monitoring and retraining."""
+        request_id = self._request_id(ctx)
+        now = time.time()
+        rows = [
+            {
+                PREDICTION_ID: item.prediction_id,
+                "id": getattr(item, SPEC.id_column) if SPEC.id_column else None,
+                "label": item.label,
+                "observed_at": _epoch(item.observed_at) if item.observed_at else None,
+                "received_at": now,
+                "source": "feedback",
+            }
+            for item in labels
         ]
+        frame = pl.DataFrame(rows, schema=LABEL_SCHEMA, orient="row")
+        await asyncio.to_thread(write_part, self.label_folder, frame)  # stored before we answer
+        FEEDBACK.inc(len(rows))
+        ctx.response.headers["x-request-id"] = request_id
+        return FeedbackReceipt(request_id=request_id, stored=len(rows))
 
     @bentoml.api
     def explain(self, records: Records, top_k: Annotated[int, Field(ge=1, le=50)] = 5) -> list[Explanation]:
@@ -252,8 +302,8 @@ class TabularService:
 
     @bulk.post("/score_file")
     async def score_file(self, request: Request) -> Response:
-        """Bulk scoring: POST a Parquet or CSV body; get Parquet back with `probability`, `label`
-        and, for rows that fail validation, `reason` (those rows are not scored)."""
+        """Bulk scoring: POST a Parquet or CSV body; get Parquet back with `prediction_id`, `probability`,
+        `label` and, for rows that fail validation, `reason` (those rows are not scored)."""
         body = await request.body()
         if len(body) > MAX_FILE_BYTES:
             return JSONResponse({"error": f"file is over the {MAX_FILE_BYTES}-byte limit"}, status_code=413)
@@ -292,7 +342,9 @@ class TabularService:
         proba = np.full(raw.height, np.nan)
         if good.height:
             proba[accepted] = self._proba(good, "score_file")
+            ids = pl.Series(PREDICTION_ID, _prediction_ids(good.height), dtype=pl.String)
             logged = good.with_columns(
+                ids,
                 pl.lit(request_id).alias("request_id"),
                 pl.lit(time.time()).alias("logged_at"),
                 pl.lit(MODEL_VERSION).alias("model_version"),
@@ -303,9 +355,12 @@ class TabularService:
             )
             self.log.append_frame(logged.select([c for c in LOG_SCHEMA if c in logged.columns]))
             self._count(proba[accepted], "score_file")
+        scored_ids = pl.Series(PREDICTION_ID, [None] * raw.height, dtype=pl.String)
+        if good.height:
+            scored_ids = scored_ids.scatter(np.flatnonzero(accepted), ids)
         result = (
             raw.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), *keep)
-            .with_columns(pl.Series("probability", proba).fill_nan(None))
+            .with_columns(scored_ids, pl.Series("probability", proba).fill_nan(None))
             .with_columns(
                 self.model.label_series(proba),
                 pl.Series("reason", [None] * raw.height, dtype=pl.String).scatter(
@@ -337,5 +392,5 @@ class TabularService:
 TabularService.add_asgi_middleware(
     RequestGuard,
     max_bytes=MAX_REQUEST_BYTES,
-    json_paths={f"/{name}" for name in ("predict", "predict_batched", "explain", "model_info")},
+    json_paths={f"/{name}" for name in ("predict", "predict_batched", "feedback", "explain", "model_info")},
 )

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from tasks.core.spec import ColumnSpec, DatasetSpec, column_kinds, memo, polars_dtype, typed_categories
 
@@ -42,6 +42,31 @@ def record_model(spec: DatasetSpec) -> type[BaseModel]:
         return create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
 
     return memo(spec, "record_model", build)
+
+
+def label_model(spec: DatasetSpec) -> type[BaseModel]:
+    """One delayed label as `/feedback` takes it: the `prediction_id` the service returned (or the
+    config's id column), the label (one of the target's labels) and, optionally, when it was observed.
+    The same rules as `tasks.core.feedback.validate_labels` applies to label files."""
+    keys = [k for k in ("prediction_id", spec.id_column) if k]
+
+    def one_key(self):
+        if all(getattr(self, k) in (None, "") for k in keys):
+            raise ValueError(f"a label needs {' or '.join(keys)}")
+        return self
+
+    def build() -> type[BaseModel]:
+        fields: dict = {k: (str | None, Field(default=None, min_length=1, max_length=256)) for k in keys}
+        fields["label"] = (Literal[tuple(spec.target.labels)], Field(description=f"the true `{spec.target.column}`"))
+        fields["observed_at"] = (datetime | None, Field(default=None, description="when the truth was observed"))
+        return create_model(
+            "Label",
+            __config__=ConfigDict(extra="forbid"),
+            __validators__={"one_key": model_validator(mode="after")(one_key)},
+            **fields,
+        )
+
+    return memo(spec, "label_model", build)
 
 
 def records_frame(records: list[dict], spec: DatasetSpec) -> pl.DataFrame:

@@ -22,6 +22,7 @@ from tasks.core.ops import OPS
 
 ColumnType = Literal["int", "float", "bool", "category", "string", "datetime"]
 FEATURE_TYPES = {"int", "float", "bool", "category"}
+WINDOW_PATTERN = r"^[1-9][0-9]*(rows|s|m|h|d|w)$"  # a monitoring window: 7d, 24h, 30m, 5000rows
 
 
 class _Strict(BaseModel):
@@ -169,17 +170,31 @@ class EvaluationSpec(_Strict):
 
 
 class DriftPolicy(_Strict):
-    """When a batch of new rows counts as drift (data drift, and performance drift when labelled)."""
+    """What is watched and when it counts as drift: the inputs (data drift, null rates), the model's
+    output (prediction drift) and, on rows whose labels have arrived, the live metric."""
 
+    window: str = Field(
+        default="7d",
+        pattern=WINDOW_PATTERN,
+        description="served rows a scheduled run judges: a duration back from now (7d, 24h) or the last N (5000rows)",
+    )
     min_rows: int = Field(default=200, ge=1, description="fewer valid rows: 'insufficient data', not drift")
     drift_share: float = Field(default=0.3, gt=0, le=1, description="share of drifted columns that is drift")
     method: str | None = Field(default=None, description="Evidently drift method (default: by column type)")
     threshold: float | None = Field(default=None, description="per-column drift threshold of `method`")
+    prediction_method: str = Field(default="psi", description="Evidently method for the predicted probabilities")
+    prediction_threshold: float = Field(
+        default=0.2, gt=0, description="served probabilities vs the champion's test predictions (PSI > 0.2: moved)"
+    )
+    max_null_rate_increase: float = Field(
+        default=0.1, gt=0, le=1, description="a feature whose share of nulls grew by more than this is drift"
+    )
     performance_metric: Literal["roc_auc", "pr_auc", "f1", "accuracy"] = "roc_auc"
+    min_labelled_rows: int = Field(default=100, ge=1, description="fewer labelled rows: the live metric is not judged")
     max_performance_drop: float = Field(
         default=0.05,
         ge=0,
-        description="a labelled batch scoring worse than the champion's test metric by more is drift",
+        description="labelled rows scoring worse than the champion's test metric by more is drift",
     )
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import polars as pl
 
+from tasks.core.monitoring import ColumnDrift
 from tasks.core.spec import DriftPolicy
-from tasks.results import ColumnDrift
+
+PREDICTION_COLUMN = "predicted_probability"
 
 
 def check_drift(
@@ -29,6 +31,26 @@ def check_drift(
     return per_column, share
 
 
+def check_prediction_drift(
+    reference: pl.Series, current: pl.Series, policy: DriftPolicy, report: Path, workspace: Path, project: str
+) -> ColumnDrift:
+    """Drift of the served probabilities against the champion's own test-split predictions (other
+    rows than the training data the features are compared with: a report of its own)."""
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+
+    metric = ValueDrift(
+        column=PREDICTION_COLUMN, method=policy.prediction_method, threshold=policy.prediction_threshold
+    )
+    frames = [pl.DataFrame({PREDICTION_COLUMN: s.cast(pl.Float64)}).to_pandas() for s in (reference, current)]
+    snapshot = Report([metric], include_tests=True).run(reference_data=frames[0], current_data=frames[1])
+    (result,) = _column_drifts(snapshot)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(report))
+    _save_to_workspace(snapshot, workspace, project)
+    return result
+
+
 def _report(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str], policy: DriftPolicy):
     """Evidently's DataDriftPreset: (the snapshot, per-column drift, share drifted)."""
     from evidently import Report
@@ -42,27 +64,31 @@ def _report(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str], 
     snapshot = Report([DataDriftPreset(columns=columns, **options)], include_tests=True).run(
         current_data=current.select(columns).to_pandas(), reference_data=reference.select(columns).to_pandas()
     )
+    share = next(
+        float(m["value"]["share"])
+        for m in snapshot.dict()["metrics"]
+        if m["config"]["type"].endswith("DriftedColumnsCount")
+    )
+    return snapshot, _column_drifts(snapshot), share
+
+
+def _column_drifts(snapshot) -> list[ColumnDrift]:
     failed = {
         t.metric_config.params.get("column"): t.status.value == "FAIL"
         for t in snapshot.tests_results
         if t.metric_config.params.get("column")
     }
-    per_column, share = [], 0.0
-    for metric in snapshot.dict()["metrics"]:
-        config = metric["config"]
-        if config["type"].endswith("ValueDrift"):
-            per_column.append(
-                ColumnDrift(
-                    column=config["column"],
-                    method=config["method"],
-                    score=float(metric["value"]),
-                    threshold=float(config["threshold"]),
-                    drifted=failed.get(config["column"], False),
-                )
-            )
-        elif config["type"].endswith("DriftedColumnsCount"):
-            share = float(metric["value"]["share"])
-    return snapshot, per_column, share
+    return [
+        ColumnDrift(
+            column=m["config"]["column"],
+            method=m["config"]["method"],
+            score=float(m["value"]),
+            threshold=float(m["config"]["threshold"]),
+            drifted=failed.get(m["config"]["column"], False),
+        )
+        for m in snapshot.dict()["metrics"]
+        if m["config"]["type"].endswith("ValueDrift")
+    ]
 
 
 def _save_to_workspace(snapshot, folder: Path, project_name: str) -> str:

@@ -68,6 +68,14 @@ class Workdir:
     def prediction_log(self, dataset: str) -> Path:
         return self.predictions / dataset
 
+    @property
+    def label_store(self) -> Path:
+        """Delayed labels, beside the prediction log (the bento derives it the same way)."""
+        return self.root.resolve() / "labels"
+
+    def labels(self, dataset: str) -> Path:
+        return self.label_store / dataset
+
     # -- monitoring ------------------------------------------------------------------------
     def monitoring(self, dataset: str) -> Path:
         return self.root / "monitoring" / dataset

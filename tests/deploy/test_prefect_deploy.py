@@ -16,7 +16,9 @@ from tests.deploy.conftest import prefect
 from tests.serving.server import free_port
 
 TELCO = load_spec(CONFIGS / "telco_churn.yaml")
-EXPECTED = {"lifecycle", "prepare", "package", "rollout", "rollback", "monitor", "retrain", "lifecycle-docker"}
+EXPECTED = {
+    "lifecycle", "prepare", "package", "rollout", "rollback", "labels", "monitor", "retrain", "lifecycle-docker",
+}  # fmt: skip
 
 
 def test_deploy_all_creates_every_deployment(deployed):

@@ -129,11 +129,12 @@ def test_blocks_are_registered_with_default_documents(stack):
     assert {"retrain-on-drift", "alert-flow-run-failed", "alert-drift-detected"} <= automations, automations
 
 
-def _set_drift_share(stack, share: float) -> None:
+def _set_policy(stack, share: float, prediction_threshold: float | None) -> None:
     python(
         stack,
         "from blocks import DriftPolicySettings as B\n"
-        f"b = B.load('telco-churn'); b.drift_share = {share}; b.save('telco-churn', overwrite=True)",
+        f"b = B.load('telco-churn'); b.drift_share = {share}; b.prediction_threshold = {prediction_threshold}\n"
+        "b.save('telco-churn', overwrite=True)",
     )
 
 
@@ -143,14 +144,14 @@ def test_an_edited_drift_block_changes_the_next_monitor_run_and_drift_alerts_onc
     subprocess.run(sim, cwd=ROOT, check=True, capture_output=True)
     params = ["--param", f"workdir={stack['work']}", "--param", f"batch={batches / 'drifted.csv'}"]
     try:
-        _set_drift_share(stack, 0.99)
+        _set_policy(stack, 0.99, 1e6)  # a policy that tolerates these inputs and outputs
         out = prefect(stack["env"], "deployment", "run", "monitor/monitor", *params, "--watch")
         assert out.returncode == 0, out.stdout[-3000:]
         assert "**no_drift**" in artifact(stack, flow_run_id(out.stdout), "-drift-report")
         time.sleep(3)
         assert receiver.subjects("^Drift on") == []
     finally:
-        _set_drift_share(stack, 0.3)
+        _set_policy(stack, 0.3, None)
     out = prefect(stack["env"], "deployment", "run", "monitor/monitor", *params, "--watch")
     assert out.returncode == 0, out.stdout[-3000:]
     assert "**drift**" in artifact(stack, flow_run_id(out.stdout), "-drift-report")

@@ -15,17 +15,16 @@ def _prefect(prefect_api):
 @pytest.fixture(scope="session")
 def telco_server(telco_lifecycle, tmp_path_factory):
     result, workdir = telco_lifecycle
-    logs = tmp_path_factory.mktemp("predictions-telco")
-    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(logs), "LIFECYCLE_MAX_ROWS": "1000"}
+    logs, labels = tmp_path_factory.mktemp("predictions-telco"), tmp_path_factory.mktemp("labels-telco")
+    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(logs), "LIFECYCLE_LABEL_DIR": str(labels), "LIFECYCLE_MAX_ROWS": "1000"}
     with bento_server(result.package.bento_tag, workdir / "serve.log", env) as url:
-        yield {"url": url, "logs": logs, "result": result, "workdir": workdir}
+        yield {"url": url, "logs": logs, "labels": labels, "result": result, "workdir": workdir}
 
 
 @pytest.fixture(scope="session")
 def orders_server(orders_lifecycle, tmp_path_factory):
     result, workdir = orders_lifecycle
-    logs = tmp_path_factory.mktemp("predictions-orders")
-    with bento_server(
-        result.package.bento_tag, workdir / "serve.log", {"LIFECYCLE_PREDICTION_LOG_DIR": str(logs)}
-    ) as url:
-        yield {"url": url, "logs": logs, "result": result, "workdir": workdir}
+    logs, labels = tmp_path_factory.mktemp("predictions-orders"), tmp_path_factory.mktemp("labels-orders")
+    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(logs), "LIFECYCLE_LABEL_DIR": str(labels)}
+    with bento_server(result.package.bento_tag, workdir / "serve.log", env) as url:
+        yield {"url": url, "logs": logs, "labels": labels, "result": result, "workdir": workdir}

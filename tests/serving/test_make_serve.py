@@ -52,6 +52,7 @@ def test_make_serve_logs_into_the_workdir_and_monitor_reads_it(telco_lifecycle, 
     )  # fmt: skip
     assert monitor.returncode == 0, monitor.stdout[-2000:] + monitor.stderr[-3000:]
     checked = json.loads(monitor.stdout.strip().splitlines()[-1])
-    assert checked["batch"] == str(workdir / "predictions" / spec.name)
-    assert checked["rows"] + checked["rows_quarantined"] == len(records)
-    assert checked["rows"] == len(records)
+    assert checked["batch"] is None  # the champion's served window of the workdir's log
+    assert checked["window"]["model_version"] == result.registry.champion_version
+    assert checked["rows"] == len(records) and checked["rows_quarantined"] == 0
+    assert checked["coverage"]["labelled"] == 0

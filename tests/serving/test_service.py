@@ -16,6 +16,7 @@ import pytest
 
 from tasks.core.spec import load_spec
 from tasks.stores import registry
+from tasks.stores.served import read_labels
 from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS, FIXTURES
 from tests.serving.server import logged_rows
@@ -118,6 +119,53 @@ def test_every_prediction_is_logged_with_its_model_version(telco_server):
     assert mine.get_column("probability").is_between(0, 1).all()
 
 
+def test_every_prediction_gets_an_id_that_is_returned_and_logged(telco_server):
+    url, result = telco_server["url"], telco_server["result"]
+    response = _post(url, "predict", {"records": _records(result, 6)}, headers={"x-request-id": "req-ids"})
+    ids = [p["prediction_id"] for p in response.json()["predictions"]]
+    assert len(set(ids)) == 6 and all(len(i) == 32 for i in ids)
+    mine = logged_rows(telco_server["logs"], TELCO.name, {"req-ids"}, want=6)
+    assert mine.get_column("prediction_id").to_list() == ids
+
+
+def test_feedback_stores_labels_for_predictions(telco_server):
+    url, result = telco_server["url"], telco_server["result"]
+    answered = _post(url, "predict", {"records": _records(result, 3)}).json()["predictions"]
+    labels = [{"prediction_id": p["prediction_id"], "label": "Yes"} for p in answered]
+    labels[0] |= {"observed_at": "2026-11-30T08:00:00Z"}
+    response = _post(url, "feedback", {"labels": labels}, headers={"x-request-id": "fb-1"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"request_id": "fb-1", "stored": 3}
+    stored = read_labels(telco_server["labels"] / TELCO.name)  # written before the answer
+    mine = stored.filter(pl.col("prediction_id").is_in([p["prediction_id"] for p in answered]))
+    assert mine.height == 3 and set(mine.get_column("label")) == {"Yes"} and set(mine["source"]) == {"feedback"}
+    assert mine.get_column("observed_at").drop_nulls().to_list() == [1796025600.0]
+    assert "lifecycle_feedback_labels_total 3.0" in httpx.get(f"{url}/metrics", timeout=10).text
+
+
+@pytest.mark.parametrize(
+    ("labels", "field", "error_type"),
+    [
+        ([{"prediction_id": "a", "label": "Maybe"}], "label", "literal_error"),
+        ([{"label": "Yes"}], None, "value_error"),  # no key
+        ([{"prediction_id": "a", "label": "Yes", "churn": "Yes"}], "churn", "extra_forbidden"),
+        (
+            [{"prediction_id": "a", "label": "Yes", "observed_at": "last week"}],
+            "observed_at",
+            "datetime_from_date_parsing",
+        ),
+    ],
+)
+def test_malformed_feedback_gets_400_naming_the_field(telco_server, labels, field, error_type):
+    response = _post(telco_server["url"], "feedback", {"labels": [{"prediction_id": "ok", "label": "No"}, *labels]})
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert any(d["loc"][:2] == ["labels", 1] and d["type"] == error_type for d in detail), detail
+    if field:
+        assert any(d["loc"][-1] == field for d in detail), detail
+    assert _post(telco_server["url"], "feedback", {"labels": []}).status_code == 400
+
+
 def test_metrics_count_predictions_by_label_and_version(telco_server):
     _post(telco_server["url"], "predict", {"records": _records(telco_server["result"], 3)})
     text = httpx.get(f"{telco_server['url']}/metrics", timeout=10).text
@@ -154,7 +202,9 @@ def test_bulk_file_scores_good_rows_and_gives_reasons_for_bad_ones(telco_server)
         rejected = scored.filter(pl.col("reason").is_not_null())
         assert sorted(rejected.get_column("row")) == sorted(bad_rows)
         assert rejected.get_column("probability").is_null().all()
+        assert rejected.get_column("prediction_id").is_null().all()
         good = scored.filter(pl.col("reason").is_null())
+        assert good.get_column("prediction_id").n_unique() == good.height == raw.height - 3
         direct = _post(url, "predict", {"records": test.select(TELCO.base_features).head(3).to_dicts()}).json()
         assert good.get_column("probability").head(3).to_list() == pytest.approx(
             [p["probability"] for p in direct["predictions"]], abs=1e-12

@@ -8,9 +8,10 @@ import pytest
 
 from tasks.core.cast import clean
 from tasks.core.errors import DataError
+from tasks.core.monitoring import decide, performance_drift
 from tasks.core.prepare import SPLIT_COLUMN
 from tasks.core.spec import DriftPolicy, RetrainingSpec
-from tasks.monitor import decide, performance_drift, validate_batch
+from tasks.monitor import validate_batch
 from tasks.retrain import labelled_batch, live_endpoints, merge_for_retraining, stale_reason
 from tasks.simulate import DriftRecipe, drifted_batch
 from tasks.stores.backends import Backend, ServingState, write_state
@@ -56,13 +57,13 @@ def test_a_batch_missing_a_feature_column_is_refused(orders_spec):
 
 # -- the decision --------------------------------------------------------------------------------
 def test_too_few_rows_is_insufficient_data_whatever_the_scores():
-    status, reasons = decide(10, 1.0, None, DriftPolicy(min_rows=200))
+    status, reasons = decide(10, 1.0, DriftPolicy(min_rows=200))
     assert status == "insufficient_data" and "10 valid rows" in reasons[0]
 
 
 @pytest.mark.parametrize(("share", "status"), [(0.29, "no_drift"), (0.3, "drift"), (0.8, "drift")])
 def test_the_share_of_drifted_columns_decides(share, status):
-    assert decide(500, share, None, DriftPolicy(drift_share=0.3))[0] == status
+    assert decide(500, share, DriftPolicy(drift_share=0.3))[0] == status
 
 
 def test_a_performance_drop_beyond_the_policy_is_drift_even_without_data_drift():
@@ -73,7 +74,7 @@ def test_a_performance_drop_beyond_the_policy_is_drift_even_without_data_drift()
     noisy = np.random.default_rng(0).uniform(size=len(y))
     bad = performance_drift(y, noisy, 0.5, 0.80, policy)
     assert bad.drifted and bad.drop == pytest.approx(0.80 - bad.live)
-    status, reasons = decide(500, 0.0, bad, policy)
+    status, reasons = decide(500, 0.0, policy, bad)
     assert status == "drift" and "roc_auc" in reasons[0]
 
 

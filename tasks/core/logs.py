@@ -1,14 +1,16 @@
-"""Append-only prediction log: buffered in memory, flushed to Parquet off the request path.
+"""The served bento's logs. Append-only prediction log: buffered in memory, flushed to Parquet off the request path.
 
-Files land in `<root>/<dataset>/date=YYYY-MM-DD/part-<time>-<pid>-<seq>.parquet`; the
+Files land in `<root>/<dataset>/date=YYYY-MM-DD/part-<time>-<pid>-<random>.parquet`; the
 monitoring phase reads them all with one glob. Sensitive columns never reach this module.
 A request only appends Python objects to a list; frames are built by the flusher thread.
+Labels sent to `/feedback` land in the label store beside it, one part file per request.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +25,27 @@ def log_root(environ=os.environ) -> Path:
     return root if root.is_absolute() else Path(environ.get("PWD", os.getcwd())) / root
 
 
+def label_root(environ=os.environ) -> Path:
+    """Where `/feedback` stores labels: LIFECYCLE_LABEL_DIR, else `labels` beside the prediction log's
+    root (the workdir's `labels/`, where `flows.labels` writes and the monitor reads)."""
+    if environ.get("LIFECYCLE_LABEL_DIR"):
+        root = Path(environ["LIFECYCLE_LABEL_DIR"])
+        return root if root.is_absolute() else Path(environ.get("PWD", os.getcwd())) / root
+    return log_root(environ).parent / "labels"
+
+
+def write_part(folder: Path, frame: pl.DataFrame) -> Path:
+    """One whole part file under `folder/date=…/` (written aside, then renamed into place)."""
+    now = datetime.now(UTC)
+    day = Path(folder) / f"date={now:%Y-%m-%d}"
+    day.mkdir(parents=True, exist_ok=True)
+    path = day / f"part-{now:%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(path)
+    return path
+
+
 class PredictionLog:
     def __init__(self, root: Path, dataset: str, schema: dict, flush_rows: int = 5000, flush_seconds: float = 2.0):
         self.folder = Path(root) / dataset
@@ -32,7 +55,6 @@ class PredictionLog:
         self._rows: list[dict] = []
         self._frames: list[pl.DataFrame] = []
         self._count = 0
-        self._seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -62,21 +84,12 @@ class PredictionLog:
         with self._lock:
             rows, frames = self._rows, self._frames
             self._rows, self._frames, self._count = [], [], 0
-            self._seq += 1
-            seq = self._seq
         if rows:
             frames = [pl.DataFrame(rows, schema=self.schema, orient="row"), *frames]
         if not frames:
             return None
         batch = pl.concat([f.select(self.schema) if f.schema != self.schema else f for f in frames], how="vertical")
-        now = datetime.now(UTC)
-        folder = self.folder / f"date={now:%Y-%m-%d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"part-{now:%H%M%S%f}-{os.getpid()}-{seq:06d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        batch.write_parquet(tmp)
-        tmp.replace(path)
-        return path
+        return write_part(self.folder, batch)
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_seconds):

@@ -1,0 +1,81 @@
+"""What was served and what the truth turned out to be, on disk: the prediction log the bento writes
+(`<workdir>/predictions/<dataset>/date=…/part-*.parquet`) and the label store beside it
+(`<workdir>/labels/<dataset>/…`, same layout). Files appear whole (written, then renamed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, ServedWindow, join_labels, window_rows
+from tasks.core.logs import write_part
+from tasks.core.spec import DatasetSpec
+from tasks.stores.workdir import Workdir
+
+
+def parts(folder: Path) -> list[Path]:
+    return sorted(Path(folder).rglob("*.parquet")) if Path(folder).is_dir() else []
+
+
+def scan_parts(folder: Path) -> pl.LazyFrame | None:
+    """Every part file of a log folder as one lazy frame (older parts may lack newer columns)."""
+    files = parts(folder)
+    if not files:
+        return None
+    return pl.concat([pl.scan_parquet(f, hive_partitioning=False) for f in files], how="diagonal_relaxed")
+
+
+def read_log(folder: Path) -> pl.DataFrame:
+    scan = scan_parts(folder)
+    return pl.DataFrame() if scan is None else scan.collect()
+
+
+def read_window(log_folder: Path, window: ServedWindow) -> pl.DataFrame:
+    """The window's rows of the prediction log (one model version, logged inside [start, end])."""
+    scan = scan_parts(log_folder)
+    if scan is None:
+        return pl.DataFrame()
+    columns = scan.collect_schema().names()
+    if "model_version" not in columns or "logged_at" not in columns:
+        return pl.DataFrame()
+    return window_rows(scan, window).collect()
+
+
+def logged_stamps(log_folder: Path, model_version: str) -> pl.Series:
+    """When each of a version's rows was logged (epoch seconds): what a row-count window is cut from."""
+    scan = scan_parts(log_folder)
+    if scan is None:
+        return pl.Series("logged_at", [], dtype=pl.Float64)
+    return scan.filter(pl.col("model_version") == model_version).select("logged_at").collect().to_series()
+
+
+def logged_keys(log_folder: Path, id_column: str | None) -> pl.DataFrame:
+    """The join keys of every logged row, all versions: what a label can match."""
+    scan = scan_parts(log_folder)
+    if scan is None:
+        return pl.DataFrame()
+    present = scan.collect_schema().names()
+    return scan.select([c for c in (PREDICTION_ID, id_column) if c and c in present]).collect()
+
+
+def read_labels(label_folder: Path) -> pl.DataFrame:
+    scan = scan_parts(label_folder)
+    if scan is None:
+        return pl.DataFrame(schema=LABEL_SCHEMA)
+    return scan.select(pl.col(name).cast(dtype) for name, dtype in LABEL_SCHEMA.items()).collect()
+
+
+def append_labels(label_folder: Path, labels: pl.DataFrame) -> Path | None:
+    """Add labels to the store as one new part file (the layout the service's `/feedback` writes)."""
+    if labels.is_empty():
+        return None
+    return write_part(label_folder, labels.select(list(LABEL_SCHEMA)).cast(LABEL_SCHEMA))
+
+
+def labelled_window(workdir: Workdir, spec: DatasetSpec, window: ServedWindow) -> pl.DataFrame:
+    """The window's served rows, with the target column set where the truth has arrived."""
+    served = read_window(workdir.prediction_log(spec.name), window)
+    if served.is_empty():
+        return served
+    return join_labels(served, read_labels(workdir.labels(spec.name)), spec)
