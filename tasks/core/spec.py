@@ -297,6 +297,8 @@ class DatasetSpec(_Strict):
 
     def _hash(self, include: set[str] | None = None, exclude: set[str] | None = None, extra: str = "") -> str:
         body = self.model_dump(mode="json", include=include, exclude=exclude)
+        if "columns" in body:  # the order of the columns shapes the snapshot and the feature matrix
+            body["column_order"] = list(self.columns)
         return hashlib.sha256((json.dumps(body, sort_keys=True) + extra).encode()).hexdigest()[:16]
 
     def cache_token(self) -> str:

@@ -72,6 +72,15 @@ def test_spec_hash_ignores_where_data_is_read_but_not_what_shapes_it(telco_spec)
     assert reseeded.spec_hash != telco_spec.spec_hash
 
 
+def test_the_order_of_the_columns_is_part_of_the_contract(telco_spec):
+    """A config with the same columns in another order lays out snapshots differently: no shared cache."""
+    body = telco_spec.model_dump()
+    reordered = DatasetSpec.model_validate(body | {"columns": dict(sorted(body["columns"].items()))})
+    assert list(reordered.columns) != list(telco_spec.columns)
+    assert reordered.spec_hash != telco_spec.spec_hash
+    assert reordered.cache_token() != telco_spec.cache_token()
+
+
 def test_database_uri_override_keeps_the_query(telco_spec):
     with pytest.raises(SpecError, match="needs a `query`"):
         telco_spec.with_source("sqlite:///x.db")
