@@ -71,7 +71,7 @@ def test_every_repository_path_it_names_exists():
 
 
 def test_the_simulation_command_writes_its_batches(tmp_path):
-    line = next(line for line in MODULE_LINES if "tasks.simulate" in line)
+    line = next(line for line in MODULE_LINES if "tasks.simulate" in line and "--out" in line)
     args = shlex.split(line)[1:]
     args[args.index("--out") + 1] = str(tmp_path)
     out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
