@@ -16,6 +16,7 @@ from tasks.core.errors import DataError
 from tasks.core.feedback import validate_labels
 from tasks.core.prepare import frame_digest
 from tasks.core.spec import DatasetSpec
+from tasks.monitor import read_batch
 from tasks.results import LabelsResult
 from tasks.stores.served import append_labels
 from tasks.stores.snapshots import atomic_write
@@ -23,13 +24,10 @@ from tasks.stores.workdir import Workdir
 
 
 def read_label_file(path: Path) -> pl.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"labels file not found: {path}")
+    """The batch reader (CSV/Parquet by suffix; a missing file is a DataError), with unreadable
+    bytes a DataError naming the file too: never retried."""
     try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
-            return pl.read_parquet(path)
-        return pl.read_csv(path, infer_schema=False)
+        return read_batch(path)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataError(f"{path}: not a readable CSV or Parquet file: {exc}") from exc
 

@@ -22,7 +22,7 @@ from tasks.common import UNCACHED, artifact_key
 from tasks.core.cast import FAILURE_SCHEMA, cast_to_spec
 from tasks.core.errors import DataError
 from tasks.core.features import encode_target
-from tasks.core.feedback import LabelCoverage, ServedWindow, label_coverage, unmatched_labels, window_bounds
+from tasks.core.feedback import LabelCoverage, ServedWindow, label_coverage, unmatched_labels
 from tasks.core.monitoring import PerformanceDrift, decide, null_rates, performance_drift
 from tasks.core.prepare import frame_digest, split_quarantine
 from tasks.core.schema import find_failures
@@ -32,7 +32,7 @@ from tasks.results import DriftResult
 from tasks.stores import registry
 from tasks.stores.evidently import check_drift, check_prediction_drift
 from tasks.stores.registry import TAG_PREFIX, version_manifest
-from tasks.stores.served import labelled_window, logged_keys, logged_stamps, read_labels
+from tasks.stores.served import labelled_window, logged_keys, read_labels, window_ending_now
 from tasks.stores.snapshots import atomic_write, read_split
 from tasks.stores.workdir import Workdir
 
@@ -122,6 +122,11 @@ class Observed:
     quarantine_path: str | None = None
 
 
+def prediction_report(report: Path) -> Path:
+    """The prediction-drift report beside the data-drift one."""
+    return report.with_name(f"{report.stem}-prediction.html")
+
+
 def drift_columns(spec: DatasetSpec, rows: pl.DataFrame) -> list[str]:
     """The features the rows carry (a sensitive feature is never logged, so never compared)."""
     return [c for c in spec.base_features if c in rows.columns]
@@ -153,14 +158,13 @@ def served_window_task(spec: DatasetSpec, model_version: str, policy: DriftPolic
     that have arrived; how many are labelled, how late, and how many labels match nothing."""
     where = Workdir(workdir)
     log = where.prediction_log(spec.name)
-    start, end = window_bounds(policy.window, logged_stamps(log, model_version), datetime.now(UTC))
-    window = ServedWindow(model_version=model_version, start=start, end=end)
+    window = window_ending_now(log, model_version, policy.window)
     rows = labelled_window(where, spec, window)
     unmatched = unmatched_labels(read_labels(where.labels(spec.name)), logged_keys(log, spec.id_column), spec)
     coverage = label_coverage(rows, spec, unmatched) if rows.height else None
     get_run_logger().info(
         "window %s: %d rows of v%s logged %s → %s; %s",
-        policy.window, rows.height, model_version, start.isoformat(), end.isoformat(),
+        policy.window, rows.height, model_version, window.start.isoformat(), window.end.isoformat(),
         f"{coverage.labelled} labelled, {unmatched} labels unmatched" if coverage else "nothing served",
     )  # fmt: skip
     return Observed(rows=rows, window=window, coverage=coverage)
@@ -225,7 +229,7 @@ def drift_task(
     columns = drift_columns(spec, current)
     per_column, share = check_drift(reference, current, columns, policy, report, where.evidently_workspace, spec.name)
     prediction = check_prediction_drift(
-        reference_proba, proba, policy, report.with_name(f"{report.stem}-prediction.html"),
+        reference_proba, proba, policy, prediction_report(report),
         where.evidently_workspace, spec.name,
     )  # fmt: skip
     nulls = null_rates(reference, current, columns, policy)
@@ -279,9 +283,8 @@ def log_drift_task(cfg, result: DriftResult) -> str:
     )
     if result.report_path:
         client.log_artifact(run.info.run_id, result.report_path, "drift")
-        prediction_report = Path(result.report_path).with_name(f"{Path(result.report_path).stem}-prediction.html")
-        if prediction_report.exists():
-            client.log_artifact(run.info.run_id, str(prediction_report), "drift")
+        if (predictions := prediction_report(Path(result.report_path))).exists():
+            client.log_artifact(run.info.run_id, str(predictions), "drift")
     client.log_text(run.info.run_id, result.model_dump_json(indent=2), "drift/result.json")
     client.set_terminated(run.info.run_id)
     return run.info.run_id

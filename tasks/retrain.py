@@ -13,7 +13,6 @@ MLflow run and the same registry version instead of new ones.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -25,7 +24,7 @@ from tasks.common import UNCACHED, artifact_key
 from tasks.core.cast import clean
 from tasks.core.errors import DataError
 from tasks.core.features import add_features
-from tasks.core.feedback import ServedWindow, window_bounds
+from tasks.core.feedback import ServedWindow
 from tasks.core.prepare import (
     SPLIT_COLUMN,
     SPLITS,
@@ -50,7 +49,7 @@ from tasks.stores.registry import (
     version_manifest,
     versions,
 )
-from tasks.stores.served import labelled_window, logged_stamps
+from tasks.stores.served import labelled_window, window_ending_now
 from tasks.stores.snapshots import SourceFingerprint, load_manifest, read_split, write_snapshot
 from tasks.stores.workdir import Workdir
 
@@ -203,9 +202,10 @@ def fresh_snapshot_task(
     if isinstance(source, ServedWindow):
         described = f"served window of v{source.model_version}: {source.start.isoformat()} → {source.end.isoformat()}"
         served = labelled_window(Workdir(workdir), spec, source)
-        raw, checked = served_as_source(served, spec) if served.height else (served, None)
-        if raw.is_empty():
-            raw = pl.DataFrame(schema={c: pl.String for c in spec.input_columns})
+        if served.is_empty():  # nothing served in the window: no rows of the source's layout
+            raw, checked = pl.DataFrame(schema=dict.fromkeys(spec.input_columns, pl.String)), None
+        else:
+            raw, checked = served_as_source(served, spec)
     else:
         described, raw, checked = str(Path(source).resolve()), read_batch(source), None
     new_rows, unlabelled, quarantined, failures = labelled_batch(raw, spec, checked)
@@ -254,9 +254,7 @@ def fresh_snapshot_task(
 @task(name="retrain-window", **UNCACHED)
 def window_task(spec: DatasetSpec, base: VersionInfo, policy: DriftPolicy, workdir: Path) -> ServedWindow:
     """The base version's served window ending now (a retrain started by hand, with no batch)."""
-    log = Workdir(workdir).prediction_log(spec.name)
-    start, end = window_bounds(policy.window, logged_stamps(log, base.version), datetime.now(UTC))
-    return ServedWindow(model_version=base.version, start=start, end=end)
+    return window_ending_now(Workdir(workdir).prediction_log(spec.name), base.version, policy.window)
 
 
 @task(name="check-stale", **UNCACHED)

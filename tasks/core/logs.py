@@ -21,17 +21,20 @@ def log_root(environ=os.environ) -> Path:
     """Where the log goes: LIFECYCLE_PREDICTION_LOG_DIR (default `artifacts/predictions`, the default
     workdir's). A relative path is taken from the folder `bentoml serve` was started in ($PWD), not
     from the bento's folder in the BentoML store, where the workers run."""
-    root = Path(environ.get("LIFECYCLE_PREDICTION_LOG_DIR", "artifacts/predictions"))
-    return root if root.is_absolute() else Path(environ.get("PWD", os.getcwd())) / root
+    return _from_serving_dir(environ.get("LIFECYCLE_PREDICTION_LOG_DIR", "artifacts/predictions"), environ)
 
 
 def label_root(environ=os.environ) -> Path:
     """Where `/feedback` stores labels: LIFECYCLE_LABEL_DIR, else `labels` beside the prediction log's
     root (the workdir's `labels/`, where `flows.labels` writes and the monitor reads)."""
     if environ.get("LIFECYCLE_LABEL_DIR"):
-        root = Path(environ["LIFECYCLE_LABEL_DIR"])
-        return root if root.is_absolute() else Path(environ.get("PWD", os.getcwd())) / root
+        return _from_serving_dir(environ["LIFECYCLE_LABEL_DIR"], environ)
     return log_root(environ).parent / "labels"
+
+
+def _from_serving_dir(folder: str, environ) -> Path:
+    root = Path(folder)
+    return root if root.is_absolute() else Path(environ.get("PWD", os.getcwd())) / root
 
 
 def write_part(folder: Path, frame: pl.DataFrame) -> Path:

@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
-from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, ServedWindow, join_labels, window_rows
+from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, ServedWindow, join_labels, window_bounds, window_rows
 from tasks.core.logs import write_part
 from tasks.core.spec import DatasetSpec
 from tasks.stores.workdir import Workdir
@@ -48,6 +49,12 @@ def logged_stamps(log_folder: Path, model_version: str) -> pl.Series:
     if scan is None:
         return pl.Series("logged_at", [], dtype=pl.Float64)
     return scan.filter(pl.col("model_version") == model_version).select("logged_at").collect().to_series()
+
+
+def window_ending_now(log_folder: Path, model_version: str, window: str) -> ServedWindow:
+    """A version's served window (a duration, or its last N logged rows) ending now."""
+    start, end = window_bounds(window, logged_stamps(log_folder, model_version), datetime.now(UTC))
+    return ServedWindow(model_version=model_version, start=start, end=end)
 
 
 def logged_keys(log_folder: Path, id_column: str | None) -> pl.DataFrame:
