@@ -44,10 +44,11 @@ clean:
 PORT ?= 3000
 BENCH_ARGS ?=
 
-# Serve the latest bento of CONFIG's dataset (built by `make run`); the prediction log goes to
-# WORKDIR/predictions/<dataset>/, where `python -m flows.monitor` reads by default.
+# Serve WORKDIR's champion: `flows.package` finds (or builds) its bento, then `bentoml serve` runs it;
+# the prediction log goes to WORKDIR/predictions/<dataset>/, where `python -m flows.monitor` reads by default.
 serve: setup
-	LIFECYCLE_PREDICTION_LOG_DIR=$(abspath $(WORKDIR))/predictions $(VENV)/bin/bentoml serve $$($(PY) -c "from tasks.core.spec import load_spec; from tasks.stores.bentos import bento_name; print(bento_name(load_spec('$(CONFIG)')))"):latest --host 127.0.0.1 --port $(PORT)
+	tag=$$($(PY) -m flows.package --config $(CONFIG) --workdir $(WORKDIR) | tail -n 1 | $(PY) -c "import json, sys; print(json.load(sys.stdin)['bento_tag'])") && \
+	LIFECYCLE_PREDICTION_LOG_DIR=$(abspath $(WORKDIR))/predictions $(VENV)/bin/bentoml serve $$tag --host 127.0.0.1 --port $(PORT)
 
 BENCH_RUNS ?= 3
 BENCH_ROWS ?= 1000000

@@ -30,7 +30,7 @@ def test_make_serve_logs_into_the_workdir_and_monitor_reads_it(telco_lifecycle, 
 
     port = free_port()
     make = ["make", "serve", f"CONFIG={TELCO_CONFIG}", f"WORKDIR={workdir}", f"PORT={port}"]
-    with serving(make, port, tmp_path / "serve.log", cwd=ROOT) as url:
+    with serving(make, port, tmp_path / "serve.log", cwd=ROOT, timeout=300) as url:
         for request_id, rows in requests.items():
             answer = httpx.post(
                 f"{url}/predict", json={"records": rows}, headers={"x-request-id": request_id}, timeout=30
@@ -39,6 +39,8 @@ def test_make_serve_logs_into_the_workdir_and_monitor_reads_it(telco_lifecycle, 
         logged = logged_rows(workdir / "predictions", spec.name, set(requests), want=len(records))
 
     assert logged.height == len(records)
+    # the workdir's champion answers, not the store's newest bento (other tests build newer ones)
+    assert set(logged["model_version"]) == {result.registry.champion_version}
     assert logged.group_by("request_id").len().sort("request_id").rows() == [(k, len(v)) for k, v in requests.items()]
     every_file = list((workdir / "predictions").rglob("*.parquet"))
     assert every_file and all(p.is_relative_to(workdir / "predictions" / spec.name) for p in every_file)
