@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test lint clean serve bench bench-lifecycle bench-large bench-drift bench-stream bench-serve stack stack-down
+.PHONY: setup run test lint clean serve bench bench-lifecycle bench-large bench-drift bench-stream bench-serve bench-soak stack stack-down
 
 setup: $(VENV)/.synced
 
@@ -55,7 +55,7 @@ BENCH_ROWS ?= 1000000
 BENCH_MEMORY_CAP ?= 3072
 
 # Every benchmark table (docs/benchmarks.md holds the latest figures).
-bench: bench-lifecycle bench-large bench-drift bench-stream bench-serve
+bench: bench-lifecycle bench-large bench-drift bench-stream bench-serve bench-soak
 
 bench-lifecycle: setup
 	$(PY) -m benchmarks.lifecycle --config $(CONFIG) --runs $(BENCH_RUNS) --n-trials 50
@@ -72,6 +72,12 @@ bench-stream: setup
 bench-serve: setup
 	deployments/system-deps.sh hey
 	$(PY) -m benchmarks.serve --config $(CONFIG) $(BENCH_ARGS)
+
+SOAK_SECONDS ?= 600
+
+bench-soak: setup
+	deployments/system-deps.sh nginx-light
+	$(PY) -m benchmarks.soak --config $(CONFIG) --seconds $(SOAK_SECONDS) $(BENCH_ARGS)
 
 # The local stack: Prefect server + pools + blocks + deployments + worker + MLflow UI (loopback).
 # Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000).

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, help="a trained workdir (copied; default: train one here)")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # internal: WORKDIR SIZE
     args = parser.parse_args(argv)
     config = args.config.resolve()
@@ -80,10 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-drift-"))
     env = isolated_env(scratch)
     work = scratch / "work"
-    subprocess.run(
-        [sys.executable, "-m", "flows.lifecycle", "--config", str(config), "--workdir", str(work), "--n-trials", "5"],
-        env=env, cwd=ROOT, check=True, capture_output=True,
-    )  # fmt: skip
+    if args.workdir:
+        shutil.copytree(args.workdir, work, ignore=shutil.ignore_patterns("predictions", "serving", "labels"))
+    else:
+        subprocess.run(
+            [sys.executable, "-m", "flows.lifecycle", "--config", str(config), "--workdir", str(work),
+             "--n-trials", "5"], env=env, cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
     rows = []
     for size in args.sizes:
         cmd = [sys.executable, "-m", "benchmarks.drift", "--config", str(config), "--runs", str(args.runs),

@@ -160,12 +160,17 @@ def start_server(scratch: Path, home: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the Prefect server did not start")
 
 
+VARIANTS = ("bare", "flow", "server")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lifecycle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n-trials", type=int, default=50)
     parser.add_argument("--rows", type=int, default=0, help="resample the table to this many rows (0: as is)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="bare script, flow on the temporary API, flow on a running server")  # fmt: skip
     parser.add_argument("--bare-run", type=Path, help=argparse.SUPPRESS)  # internal: one bare run in this workdir
     args = parser.parse_args(argv)
     if args.bare_run:
@@ -181,13 +186,13 @@ def main(argv: list[str] | None = None) -> None:
         "from prefect import flow\nfrom flows.cli import local_defaults\nwith local_defaults(): flow(lambda: None)()"
     )
     subprocess.run([py, "-c", warm_up], env=warm, cwd=ROOT, check=True, capture_output=True)
-    server, api = start_server(scratch, home)
+    server, api = start_server(scratch, home) if "server" in args.variants else (None, "")
     figures: dict[str, list[tuple[float, float]]] = {
         k: [] for k in ("bare", "flow", "cached", "server", "server-cached")
     }
     try:
         for run in range(args.runs):
-            for variant in ("bare", "flow", "server"):
+            for variant in args.variants:
                 folder = scratch / f"{variant}-{run}"
                 work = folder / "work"
                 work.mkdir(parents=True)
@@ -204,32 +209,35 @@ def main(argv: list[str] | None = None) -> None:
                     figures[again].append(run_measured(cmd, env, folder / "cached.log"))
                 print(f"run {run + 1}/{args.runs} {variant}: {figures[variant][-1][0]:.1f}s", file=sys.stderr)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        if server:
+            server.terminate()
+            server.wait(timeout=60)
 
     def median(name: str) -> float:
         return statistics.median(s for s, _ in figures[name])
 
-    bare, flow, cached = median("bare"), median("flow"), median("cached")
+    bare = median("bare")
     rows = args.rows or "sample"
     print(f"\n## Lifecycle overhead — {config.stem} ({rows} rows), {args.n_trials} trials, {args.runs} runs, medians")
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores · Python "
           f"{platform.python_version()}\n")  # fmt: skip
     print("| variant | seconds | ratio to bare | overhead s | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|")
-    peak = {k: max(p for _, p in v) for k, v in figures.items()}
-    print(f"| bare script (same library calls) | {bare:.1f} | 1.00 | 0.0 | {peak['bare']:.0f} |")
-    print(f"| lifecycle flow, cold | {flow:.1f} | {flow / bare:.2f} | {flow - bare:.1f} | {peak['flow']:.0f} |")
-    print(f"| lifecycle flow, cached re-run | {cached:.1f} | {cached / bare:.2f} | | {peak['cached']:.0f} |")
-    server, server_cached = median("server"), median("server-cached")
-    print(f"| lifecycle flow, cold, on a running server | {server:.1f} | {server / bare:.2f} | {server - bare:.1f} | "
-          f"{peak['server']:.0f} |")  # fmt: skip
-    print(f"| lifecycle flow, cached re-run, on a running server | {server_cached:.1f} | {server_cached / bare:.2f} "
-          f"| | {peak['server-cached']:.0f} |")  # fmt: skip
-    print(
-        f"\ncached re-run / cold flow: {cached / flow:.1%} (ephemeral API), "
-        f"{server_cached / server:.1%} (on a running server)"
-    )
+    names = {"bare": "bare script (same library calls)", "flow": "lifecycle flow, cold",
+             "cached": "lifecycle flow, cached re-run", "server": "lifecycle flow, cold, on a running server",
+             "server-cached": "lifecycle flow, cached re-run, on a running server"}  # fmt: skip
+    for name, label in names.items():
+        if figures[name]:
+            t, peak = median(name), max(p for _, p in figures[name])
+            overhead = f"{t - bare:.1f}" if "cached" not in name else ""
+            print(f"| {label} | {t:.1f} | {t / bare:.2f} | {overhead} | {peak:.0f} |")
+    ratios = [
+        f"{median(c) / median(v):.1%} ({where})"
+        for v, c, where in (("flow", "cached", "ephemeral API"), ("server", "server-cached", "on a running server"))
+        if figures[v]
+    ]
+    if ratios:
+        print(f"\ncached re-run / cold flow: {', '.join(ratios)}")
 
 
 if __name__ == "__main__":

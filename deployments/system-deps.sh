@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Debian packages the test suite's real servers need (nginx, a Docker engine, a registry,
 # PostgreSQL, Chromium, a load generator), installed when missing. Called by `make test`
-# (and so by .ci/run) and `make bench-serve`.
+# (and so by .ci/run), `make bench-serve` and `make bench-soak`.
 #   deployments/system-deps.sh              install what the suite needs and is missing
 #   deployments/system-deps.sh hey          only these packages
 #   deployments/system-deps.sh --check      say what is missing, install nothing (exit 1 if any)
