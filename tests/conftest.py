@@ -12,8 +12,9 @@ import pytest
 
 from tasks.core.spec import DatasetSpec, load_spec
 
-# Tests never touch the user's BentoML store (~/bentoml): set before bentoml is imported.
-os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-home-")
+# Tests never touch the user's BentoML store (~/bentoml): set before bentoml is imported; removed at exit.
+_BENTOML_HOME = tempfile.TemporaryDirectory(prefix="bentoml-home-", ignore_cleanup_errors=True)
+os.environ["BENTOML_HOME"] = _BENTOML_HOME.name
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
