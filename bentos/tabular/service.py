@@ -151,6 +151,8 @@ class RequestGuard:
         return path in PROBES or (PUBLIC_METRICS and path not in self.api_paths)
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":  # the service has none; BentoML's metrics would label the path
+            return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
