@@ -157,7 +157,7 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         if not self._answers(scope):
-            return await _refuse(send, 404, f"no such path: {path[:100]}")
+            return await _refuse(send, 404, "no such path")  # the path itself is not echoed
         headers = dict(scope.get("headers") or [])
         if API_KEY and not self._is_open(path) and not _has_key(headers):
             return await _refuse(send, 401, "an API key is needed (Authorization: Bearer … or x-api-key)")
