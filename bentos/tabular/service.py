@@ -12,10 +12,12 @@ the label store, where monitoring joins it to the log.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -27,7 +29,9 @@ import numpy as np
 import polars as pl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Match, Mount
+from starlette.staticfiles import StaticFiles
 
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID
 from tasks.core.logs import PredictionLog, label_root, log_root, write_part
@@ -49,6 +53,13 @@ MAX_FILE_BYTES = int(os.environ.get("LIFECYCLE_MAX_FILE_BYTES", str(256 * 1024 *
 MAX_FILE_ROWS = int(os.environ.get("LIFECYCLE_MAX_FILE_ROWS", "2000000"))
 BATCH_MAX_SIZE = int(os.environ.get("LIFECYCLE_BATCH_MAX_SIZE", "64"))
 BATCH_MAX_LATENCY_MS = int(os.environ.get("LIFECYCLE_BATCH_MAX_LATENCY_MS", "1000"))
+# /predict_batched is for small calls merged by BentoML: at most one batch's worth of records a call
+# (a bigger one is split over many model calls and may outlive the batching deadline)
+BATCH_MAX_ROWS = min(MAX_ROWS, int(os.environ.get("LIFECYCLE_BATCH_MAX_ROWS", str(BATCH_MAX_SIZE))))
+API_KEY = os.environ.get("LIFECYCLE_API_KEY") or None  # set: every path but the probes needs it
+PUBLIC_METRICS = os.environ.get("LIFECYCLE_PUBLIC_METRICS", "false").lower() == "true"  # /metrics, docs open
+PROBES = frozenset({"/readyz", "/livez", "/healthz"})
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DATA_VERSION = str(BUNDLE["data_version"])
 LOGGED_COLUMNS = [
     c for c in (SPEC.id_column, *SPEC.columns) if c and not (c in SPEC.columns and SPEC.columns[c].sensitive)
@@ -70,6 +81,11 @@ PREDICTIONS = bentoml.metrics.Counter(
 FEEDBACK = bentoml.metrics.Counter(name="lifecycle_feedback_labels", documentation="Labels stored via /feedback")
 REJECTED = bentoml.metrics.Counter(
     name="lifecycle_rejected_rows", documentation="Rows of bulk files that failed validation", labelnames=["check"]
+)
+REFUSED = bentoml.metrics.Counter(
+    name="lifecycle_refused_requests",
+    documentation="Requests answered by the guard before the service: unknown path, no key, too big, media type",
+    labelnames=["status"],
 )
 LATENCY = bentoml.metrics.Histogram(
     name="lifecycle_model_seconds",
@@ -120,31 +136,150 @@ class ModelInfo(BaseModel):
 
 
 class RequestGuard:
-    """ASGI middleware that turns requests BentoML would choke on into clear 4xx answers:
-    a body over the size limit (413), a media type the endpoint does not take (415)."""
+    """The outermost ASGI layer (outside BentoML's own middleware, see `GuardedService`): it answers
+    what must never reach the service with a clear 4xx, before BentoML labels a metric with the path:
+    a path the service does not have (404), a missing or wrong API key when one is set (401), a body
+    over the size limit (413, counted on the bytes read, not the declared length), a media type the
+    endpoint does not take (415). It gives every request a valid `x-request-id` (the client's if it
+    is one, else a generated one), seen by the endpoints and sent back on every answer."""
 
-    def __init__(self, app, max_bytes: int, json_paths: set[str]):
-        self.app, self.max_bytes, self.json_paths = app, max_bytes, json_paths
+    def __init__(self, app, api_paths: frozenset[str], json_paths: frozenset[str]):
+        self.app, self.api_paths, self.json_paths = app, api_paths, json_paths
+        self.static_files = static_files(app)
+
+    def _is_open(self, path: str) -> bool:
+        return path in PROBES or (PUBLIC_METRICS and path not in self.api_paths)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            headers = dict(scope.get("headers") or [])
-            path = scope.get("path", "")
-            limit = MAX_FILE_BYTES if path.startswith("/v1/") else self.max_bytes
-            length = headers.get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > limit:
-                return await _reject(send, 413, f"request body over the {limit}-byte limit (or no valid length)")
+        if scope["type"] == "websocket":  # the service has none; BentoML's metrics would label the path
+            return await send({"type": "websocket.close", "code": 1008})
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if not self._answers(scope):
+            return await _refuse(send, 404, "no such path")  # the path itself is not echoed
+        headers = dict(scope.get("headers") or [])
+        if API_KEY and not self._is_open(path) and not _has_key(headers):
+            return await _refuse(send, 401, "an API key is needed (Authorization: Bearer … or x-api-key)")
+        limit = MAX_FILE_BYTES if path.startswith("/v1/") else MAX_REQUEST_BYTES
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _refuse(send, 413, f"request body over the {limit}-byte limit (or no valid length)")
+        if scope.get("method") == "POST" and path in self.json_paths:
             media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-            if path in self.json_paths and media != b"application/json":
-                return await _reject(send, 415, f"{path} takes application/json, not {media.decode(errors='replace')}")
-        await self.app(scope, receive, send)
+            if media != b"application/json":
+                return await _refuse(send, 415, f"{path} takes application/json, not {media.decode(errors='replace')}")
+        body = await _read_body(receive, limit)
+        if body is None:  # the client went away while sending
+            return None
+        if len(body) > limit:  # a chunked body (no length) over the limit: refused before anyone parses it
+            return await _refuse(send, 413, f"request body over the {limit}-byte limit")
+        rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
+        scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"x-request-id"])
+        scope["headers"].append((b"x-request-id", rid.encode()))
+        return await self.app(scope, _replay(body, receive), _with_request_id(send, rid.encode()))
+
+    def _answers(self, scope) -> bool:
+        """Whether one of the app's routes takes this path (any method: a wrong one gets BentoML's 405);
+        under a static folder, only its files."""
+        for route in self.app.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                static = isinstance(route, Mount) and isinstance(route.app, StaticFiles)
+                return not static or scope["path"] in self.static_files
+        return False
 
 
-async def _reject(send, status: int, message: str) -> None:
+def request_id(value: str | None) -> str:
+    """The one rule for request ids on every endpoint: the client's `x-request-id` if it is 1–128
+    characters of `[A-Za-z0-9._:-]`, else a generated one (never echoed or logged unvalidated)."""
+    return value if value and REQUEST_ID.fullmatch(value) else uuid.uuid4().hex
+
+
+def _has_key(headers: dict[bytes, bytes]) -> bool:
+    given = headers.get(b"x-api-key", b"")
+    auth = headers.get(b"authorization", b"")
+    if auth[:7].lower() == b"bearer ":
+        given = auth[7:].strip()
+    return hmac.compare_digest(given, API_KEY.encode())
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole body, or the first bytes past `limit` (then the rest is never read); None if the
+    client disconnected."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit or not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if sent:
+            return await receive()  # after the body: wait for the disconnect, as the server would
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+def _with_request_id(send, rid: bytes):
+    async def sending(message):
+        if message["type"] == "http.response.start" and not any(
+            k.lower() == b"x-request-id" for k, _ in message.get("headers", [])
+        ):
+            message = dict(message, headers=[*message.get("headers", []), (b"x-request-id", rid)])
+        await send(message)
+
+    return sending
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    REFUSED.labels(status=str(status)).inc()
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def static_files(app) -> frozenset[str]:
+    """The paths of the files in the static folders mounted on `app` (BentoML's docs page assets)."""
+    paths: set[str] = set()
+    for route in getattr(app, "routes", ()):
+        if isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+            for folder in route.app.all_directories:
+                paths |= {f"{route.path}/{f.relative_to(folder).as_posix()}" for f in Path(folder).rglob("*")}
+    return frozenset(paths)
+
+
+class GuardedService(bentoml.Service):
+    """BentoML's service with `RequestGuard` outside everything BentoML adds: a middleware added with
+    `add_asgi_middleware` runs inside BentoML's metrics middleware, which has already made the
+    requested path a label by then (one new series per unknown path, unbounded)."""
+
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True):
+        app = super().to_asgi(is_main)
+        api_paths = frozenset({m.route for m in self.apis.values()} | {"/v1/score_file"})
+        json_paths = frozenset(m.route for m in self.apis.values())
+        return RequestGuard(app, api_paths, json_paths)
+
+
+def request_id_of(request: Request) -> str:
+    """The request's id for every endpoint (`RequestGuard` has already put a valid one in place)."""
+    return request_id(request.headers.get("x-request-id"))
 
 
 def _prediction_ids(n: int) -> list[str]:
@@ -168,6 +303,23 @@ bulk = FastAPI(title="bulk scoring")
 
 Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_ROWS)]
 Labels = Annotated[list[Label], Field(min_length=1, max_length=MAX_ROWS)]
+BatchedRecords = Annotated[list[Record], Field(min_length=1, max_length=BATCH_MAX_ROWS)]
+
+
+def api(**options):
+    """`bentoml.api` with a request model that rejects unknown top-level fields (400 naming them);
+    BentoML's generated one ignores them."""
+
+    def wrap(func):
+        generated = bentoml.IODescriptor.from_input(func, skip_self=True, skip_names=("ctx",))
+        strict = type(
+            f"{func.__name__.title().replace('_', '')}Input",
+            (generated,),
+            {"model_config": ConfigDict(extra="forbid"), "__module__": __name__},
+        )
+        return bentoml.api(func, input_spec=strict, **options)
+
+    return wrap
 
 
 # The container image: a configured base image (e.g. one built offline from Debian packages)
@@ -181,6 +333,7 @@ IMAGE = bentoml.images.Image(
 
 @bentoml.asgi_app(bulk, path="/v1")
 @bentoml.service(
+    service_class=GuardedService,
     name=f"{SPEC.name.lower()}-service",
     image=IMAGE,
     workers=int(os.environ.get("LIFECYCLE_WORKERS", "1")),
@@ -238,36 +391,35 @@ class TabularService:
             if count:
                 PREDICTIONS.labels(label=label, model_version=MODEL_VERSION, endpoint=endpoint).inc(count)
 
-    @staticmethod
-    def _request_id(ctx: bentoml.Context) -> str:
-        return ctx.request.headers.get("x-request-id") or uuid.uuid4().hex
-
-    @bentoml.api
+    @api()
     async def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:
         """Score one or many records: probability, label at the model's threshold, model version."""
-        request_id = self._request_id(ctx)
+        request_id = request_id_of(ctx.request)
         rows = [r.model_dump() for r in records]
         proba, labels = self._score(records_frame(rows, SPEC), "predict")
         ids = _prediction_ids(len(rows))
-        self._log(rows, proba, labels, ids, [request_id] * len(rows), "predict")
-        ctx.response.headers["x-request-id"] = request_id
         predictions = _predictions(ids, proba, labels)
-        return Predictions(request_id=request_id, model_version=MODEL_VERSION, predictions=predictions)
+        answer = Predictions(request_id=request_id, model_version=MODEL_VERSION, predictions=predictions)
+        ctx.response.headers["x-request-id"] = request_id
+        self._log(rows, proba, labels, ids, [request_id] * len(rows), "predict")  # once the answer exists
+        return answer
 
-    @bentoml.api(batchable=True, max_batch_size=BATCH_MAX_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
-    async def predict_batched(self, records: list[Record]) -> list[Prediction]:
-        """Like `predict`, but concurrent requests are merged into one model call (adaptive batching)."""
+    @api(batchable=True, max_batch_size=BATCH_MAX_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
+    async def predict_batched(self, records: BatchedRecords) -> list[Prediction]:
+        """Like `predict`, but concurrent requests are merged into one model call (adaptive batching);
+        at most `LIFECYCLE_BATCH_MAX_ROWS` records a call."""
         rows = [r.model_dump() for r in records]
         proba, labels = self._score(records_frame(rows, SPEC), "predict_batched")
         ids = _prediction_ids(len(rows))
-        self._log(rows, proba, labels, ids, ids, "predict_batched")
-        return _predictions(ids, proba, labels)
+        answer = _predictions(ids, proba, labels)
+        self._log(rows, proba, labels, ids, ids, "predict_batched")  # once the answer exists
+        return answer
 
-    @bentoml.api
+    @api()
     async def feedback(self, labels: Labels, ctx: bentoml.Context) -> FeedbackReceipt:
         """The truth about earlier predictions, keyed by their `prediction_id` (or the config's id
         column): stored in the label store, joined to the prediction log by monitoring and retraining."""
-        request_id = self._request_id(ctx)
+        request_id = request_id_of(ctx.request)
         now = time.time()
         rows = [
             {
@@ -286,7 +438,7 @@ class TabularService:
         ctx.response.headers["x-request-id"] = request_id
         return FeedbackReceipt(request_id=request_id, stored=len(rows))
 
-    @bentoml.api
+    @api()
     def explain(self, records: Records, top_k: Annotated[int, Field(ge=1, le=50)] = 5) -> list[Explanation]:
         """Each record's largest feature contributions (LightGBM `pred_contrib`, log-odds)."""
         frame = records_frame([r.model_dump() for r in records], SPEC)
@@ -316,10 +468,13 @@ class TabularService:
         missing = [c for c in SPEC.base_features if c not in raw.columns]
         if missing or raw.height == 0:
             return JSONResponse({"error": f"no rows, or missing columns: {missing}"}, status_code=400)
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        result, scored = await asyncio.to_thread(self._score_table, raw, request_id)
+        request_id = request_id_of(request)
+        result, scored, logged = await asyncio.to_thread(self._score_table, raw, request_id)
         out = io.BytesIO()
         result.write_parquet(out)
+        if logged is not None:  # once the answer exists
+            self.log.append_frame(logged)
+            self._count(logged.get_column("probability").to_numpy(), "score_file")
         headers = {
             "x-request-id": request_id,
             "x-rows-scored": str(scored),
@@ -327,7 +482,8 @@ class TabularService:
         }
         return Response(out.getvalue(), media_type="application/vnd.apache.parquet", headers=headers)
 
-    def _score_table(self, raw: pl.DataFrame, request_id: str) -> tuple[pl.DataFrame, int]:
+    def _score_table(self, raw: pl.DataFrame, request_id: str) -> tuple[pl.DataFrame, int, pl.DataFrame | None]:
+        """The answer, the number of rows scored and the log rows for them (None if none)."""
         keep = [c for c in (SPEC.id_column,) if c and c in raw.columns]
         typed, failures = typed_with_failures(raw, SPEC, SPEC.base_features)  # one cast for checks and scoring
         reason = pl.format("{}: {} (value={})", "column", "check", pl.col("value").fill_null("null"))
@@ -340,6 +496,7 @@ class TabularService:
         if reasons.height:
             good = good.filter(pl.Series(accepted))
         proba = np.full(raw.height, np.nan)
+        logged = None
         if good.height:
             proba[accepted] = self._proba(good, "score_file")
             ids = pl.Series(PREDICTION_ID, _prediction_ids(good.height), dtype=pl.String)
@@ -353,8 +510,7 @@ class TabularService:
                 pl.Series("probability", proba[accepted], dtype=pl.Float64),
                 self.model.label_series(proba[accepted]),
             )
-            self.log.append_frame(logged.select([c for c in LOG_SCHEMA if c in logged.columns]))
-            self._count(proba[accepted], "score_file")
+            logged = logged.select([c for c in LOG_SCHEMA if c in logged.columns])
         scored_ids = pl.Series(PREDICTION_ID, [None] * raw.height, dtype=pl.String)
         if good.height:
             scored_ids = scored_ids.scatter(np.flatnonzero(accepted), ids)
@@ -369,9 +525,9 @@ class TabularService:
                 pl.lit(MODEL_VERSION).alias("model_version"),
             )
         )
-        return result, good.height
+        return result, good.height, logged
 
-    @bentoml.api
+    @api()
     def model_info(self) -> ModelInfo:
         """Which model answers: name, registry version, data version, threshold, features."""
         return ModelInfo(
@@ -387,10 +543,3 @@ class TabularService:
     @bentoml.on_shutdown
     def flush_log(self) -> None:
         self.log.close()
-
-
-TabularService.add_asgi_middleware(
-    RequestGuard,
-    max_bytes=MAX_REQUEST_BYTES,
-    json_paths={f"/{name}" for name in ("predict", "predict_batched", "feedback", "explain", "model_info")},
-)

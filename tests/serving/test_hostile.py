@@ -1,0 +1,244 @@
+"""The real service against hostile input: bodies over the limit without a length, unknown paths by
+the thousand, oversize batches, junk request ids, unknown fields, and the optional API key. Every
+figure comes from a real `bentoml serve` over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from urllib.parse import urlparse
+
+import httpx
+import polars as pl
+import psutil
+import pytest
+
+from tasks.core.spec import load_spec
+from tasks.stores.snapshots import read_split
+from tests.conftest import CONFIGS
+from tests.serving.server import bento_server, logged_rows
+
+TELCO = load_spec(CONFIGS / "telco_churn.yaml")
+LIMIT = 4 * 1024 * 1024
+BATCH_ROWS = 64  # LIFECYCLE_BATCH_MAX_SIZE's default: /predict_batched takes at most one batch
+KEY = "k3y-for-the-test"
+FILE_LIMIT = 1_000_000
+
+
+def _records(result, n: int) -> list[dict]:
+    test = read_split(result.prepare.manifest_path, "test")
+    return test.select(TELCO.base_features).head(n).to_dicts()
+
+
+def _chunked(total: int, chunk: bytes = b" " * 65536):
+    """A body of `total` bytes from a generator: httpx sends it chunked, with no Content-Length."""
+    for _ in range(total // len(chunk)):
+        yield chunk
+    yield b" " * (total % len(chunk))
+
+
+def _served_by(url: str) -> list[psutil.Process]:
+    """The `bentoml serve` process listening on `url`'s port and every process under it."""
+    port = str(urlparse(url).port)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "serve" in cmd and "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
+            return [proc, *proc.children(recursive=True)]
+    raise LookupError(f"no bentoml serve on port {port}")
+
+
+def _predictions_counted(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("lifecycle_predictions_total{")
+    )
+
+
+def _still_serves(url: str, record: dict, headers: dict | None = None) -> None:
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+    response = httpx.post(f"{url}/predict", json={"records": [record]}, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(("path", "size"), [("predict", 5_000_000), ("feedback", 40_000_000)])
+def test_a_chunked_body_over_the_limit_gets_413(telco_server, path, size):
+    url = telco_server["url"]
+    response = httpx.post(
+        f"{url}/{path}", content=_chunked(size), headers={"content-type": "application/json"}, timeout=60
+    )
+    assert response.status_code == 413, response.text
+    assert str(LIMIT) in response.json()["error"]
+    _still_serves(url, _records(telco_server["result"], 1)[0])
+
+
+def test_a_chunked_body_under_the_limit_is_served(telco_server):
+    url, records = telco_server["url"], _records(telco_server["result"], 3)
+    body = json.dumps({"records": records}).encode()
+    response = httpx.post(
+        f"{url}/predict", content=iter([body[:100], body[100:]]), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 3
+
+
+def test_unknown_paths_get_404_and_leave_metrics_and_memory_bounded(telco_server):
+    url = telco_server["url"]
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for _ in range(100):  # warm up: the first answers allocate what every later one reuses
+            client.get(f"/warm/{uuid.uuid4().hex}")
+        lines_before = len(client.get("/metrics").text.splitlines())
+        rss_before = {p.pid: p.memory_info().rss for p in _served_by(url)}
+        statuses = {client.get(f"/{uuid.uuid4().hex}/{uuid.uuid4().hex}").status_code for _ in range(3000)}
+        lines_after = len(client.get("/metrics").text.splitlines())
+        rss_after = {p.pid: p.memory_info().rss for p in _served_by(url)}
+        assert client.get("/docs.json").status_code == 200
+        assert client.get("/static_content/index.css").status_code == 200
+        assert client.get("/static_content/no-such-file.css").status_code == 404
+    assert statuses == {404}
+    # before the guard sat outside BentoML's metrics middleware: 624 → 60,624 lines, +158-210 MB
+    assert lines_after - lines_before <= 5, (lines_before, lines_after)
+    growth_mb = {pid: (rss_after[pid] - rss_before[pid]) / 2**20 for pid in rss_before if pid in rss_after}
+    assert max(growth_mb.values()) < 25, growth_mb
+
+
+def test_oversize_input_gets_400_naming_the_limit_never_5xx(telco_server):
+    url, record = telco_server["url"], _records(telco_server["result"], 1)[0]
+    for path, n, limit in [
+        ("predict_batched", BATCH_ROWS + 1, BATCH_ROWS),
+        ("predict_batched", 9000, BATCH_ROWS),
+        ("predict", 9000, 1000),
+        ("explain", 1001, 1000),
+    ]:
+        response = httpx.post(f"{url}/{path}", json={"records": [record] * n}, timeout=60)
+        assert response.status_code == 400, (path, n, response.status_code, response.text[:300])
+        detail = response.json()["detail"]
+        assert detail[0]["type"] == "too_long" and f"at most {limit} items" in detail[0]["msg"], detail
+    batched = httpx.post(f"{url}/predict_batched", json={"records": [record] * BATCH_ROWS}, timeout=60)
+    assert batched.status_code == 200 and len(batched.json()) == BATCH_ROWS
+
+
+@pytest.mark.parametrize("path", ["predict", "predict_batched", "explain", "feedback", "model_info"])
+def test_an_unknown_top_level_field_gets_400_naming_it(telco_server, path):
+    record = _records(telco_server["result"], 1)[0]
+    payload = {"labels": [{"prediction_id": "x", "label": "No"}]} if path == "feedback" else {"records": [record]}
+    payload = {} if path == "model_info" else payload
+    response = httpx.post(f"{telco_server['url']}/{path}", json=payload | {"shoe_size": 42}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert [(d["loc"], d["type"]) for d in response.json()["detail"]] == [(["shoe_size"], "extra_forbidden")]
+
+
+def test_log_rows_and_counts_are_the_rows_clients_received(telco_server):
+    url, result = telco_server["url"], telco_server["result"]
+    records = _records(result, 40)
+    good_record = records[0]
+    bad_record = good_record | {"tenure": "twelve"}
+    run = uuid.uuid4().hex[:8]
+    counted_before = _predictions_counted(url)
+    sent: dict[str, tuple[str, dict | bytes]] = {
+        f"{run}-invalid": ("predict", {"records": [good_record, bad_record]}),
+        f"{run}-too-many": ("predict", {"records": [good_record] * 1001}),
+        f"{run}-extra": ("predict", {"records": [good_record], "extra": 1}),
+        f"{run}-batched-too-many": ("predict_batched", {"records": [good_record] * 500}),
+        f"{run}-good-1": ("predict", {"records": records[:7]}),
+        f"{run}-good-2": ("predict", {"records": records[7:40]}),
+        f"{run}-batched-good": ("predict_batched", {"records": records[:5]}),
+    }
+    huge = {"content-type": "application/json", "x-request-id": f"{run}-huge"}
+    assert httpx.post(f"{url}/predict", content=_chunked(5_000_000), headers=huge, timeout=60).status_code == 413
+    answered: dict[str, list[str]] = {}  # request id → the prediction ids the client received
+    for rid, (path, payload) in sent.items():
+        response = httpx.post(f"{url}/{path}", json=payload, headers={"x-request-id": rid}, timeout=60)
+        if response.status_code == 200:
+            body = response.json()
+            answered[rid] = [p["prediction_id"] for p in (body if path == "predict_batched" else body["predictions"])]
+        else:
+            assert 400 <= response.status_code < 500, response.text
+    assert sorted(answered) == [f"{run}-batched-good", f"{run}-good-1", f"{run}-good-2"]
+    received = sum(len(ids) for ids in answered.values())
+    assert received == 45
+    # /predict logs the request id; /predict_batched (one model call for many requests) the prediction id
+    keys = {rid for rid in sent if not rid.endswith("batched-good")} | {f"{run}-huge"}
+    keys |= set(answered[f"{run}-batched-good"])
+    logged = logged_rows(telco_server["logs"], TELCO.name, keys, want=received)
+    assert logged.height == received, logged.group_by("request_id").len()
+    per_request = {rid: sorted(g.get_column("prediction_id")) for (rid,), g in logged.group_by("request_id")}
+    expected = {rid: sorted(ids) for rid, ids in answered.items() if "batched" not in rid}
+    expected |= {pid: [pid] for pid in answered[f"{run}-batched-good"]}
+    assert per_request == expected
+    assert _predictions_counted(url) - counted_before == received
+
+
+@pytest.mark.parametrize("sent", ["x" * 8000, "<script>alert(1)</script>", "../../etc/passwd", "a b", "x" * 129, ""])
+def test_a_bad_request_id_is_replaced_not_echoed_or_logged(telco_server, sent):
+    url, record = telco_server["url"], _records(telco_server["result"], 1)[0]
+    response = httpx.post(f"{url}/predict", json={"records": [record]}, headers={"x-request-id": sent}, timeout=30)
+    assert response.status_code == 200, response.text
+    given = response.headers["x-request-id"]
+    assert given != sent and len(given) == 32 and given.isalnum()
+    assert response.json()["request_id"] == given
+    logged = logged_rows(telco_server["logs"], TELCO.name, {given, sent}, want=1)
+    assert logged.get_column("request_id").to_list() == [given]
+    csv = pl.DataFrame([record]).write_csv().encode()
+    scored = httpx.post(f"{url}/v1/score_file", content=csv, headers={"x-request-id": sent}, timeout=30)
+    assert scored.status_code == 200 and scored.headers["x-request-id"] != sent
+    refused = httpx.post(f"{url}/predict", json={"records": []}, headers={"x-request-id": sent}, timeout=30)
+    assert refused.status_code == 400 and refused.headers["x-request-id"] != sent
+
+
+def test_a_valid_request_id_is_kept_on_every_endpoint(telco_server):
+    url, record = telco_server["url"], _records(telco_server["result"], 1)[0]
+    rid = "Order-42.retry:3_x"
+    predicted = httpx.post(f"{url}/predict", json={"records": [record]}, headers={"x-request-id": rid}, timeout=30)
+    assert predicted.headers["x-request-id"] == rid == predicted.json()["request_id"]
+    csv = pl.DataFrame([record]).write_csv().encode()
+    scored = httpx.post(f"{url}/v1/score_file", content=csv, headers={"x-request-id": rid}, timeout=30)
+    assert scored.headers["x-request-id"] == rid
+    explained = httpx.post(f"{url}/explain", json={"records": [record]}, headers={"x-request-id": rid}, timeout=30)
+    assert explained.headers["x-request-id"] == rid
+
+
+@pytest.fixture(scope="module")
+def locked_server(telco_lifecycle, tmp_path_factory):
+    """A second server of the same bento, with an API key and a small bulk-file limit."""
+    result, workdir = telco_lifecycle
+    logs = tmp_path_factory.mktemp("predictions-locked")
+    env = {
+        "LIFECYCLE_PREDICTION_LOG_DIR": str(logs),
+        "LIFECYCLE_API_KEY": KEY,
+        "LIFECYCLE_MAX_FILE_BYTES": str(FILE_LIMIT),
+    }
+    with bento_server(result.package.bento_tag, workdir / "serve-locked.log", env) as url:
+        yield {"url": url, "result": result}
+
+
+def test_with_a_key_set_every_endpoint_but_the_probes_needs_it(locked_server):
+    url, record = locked_server["url"], _records(locked_server["result"], 1)[0]
+    for probe in ("/readyz", "/livez", "/healthz"):
+        assert httpx.get(f"{url}{probe}", timeout=10).status_code == 200, probe
+    for wrong in ({}, {"authorization": "Bearer nope"}, {"x-api-key": KEY[:-1]}, {"authorization": KEY}):
+        response = httpx.post(f"{url}/predict", json={"records": [record]}, headers=wrong, timeout=30)
+        assert response.status_code == 401, (wrong, response.text)
+        assert response.headers["www-authenticate"] == "Bearer"
+    for path in ("/metrics", "/docs.json", "/schema.json", "/"):
+        assert httpx.get(f"{url}{path}", timeout=10).status_code == 401, path
+        assert httpx.get(f"{url}{path}", headers={"x-api-key": KEY}, timeout=10).status_code == 200, path
+    csv = pl.DataFrame([record]).write_csv().encode()
+    assert httpx.post(f"{url}/v1/score_file", content=csv, timeout=30).status_code == 401
+    for right in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
+        _still_serves(url, record, right)
+        assert httpx.post(f"{url}/v1/score_file", content=csv, headers=right, timeout=30).status_code == 200
+        info = httpx.post(f"{url}/model_info", json={}, headers=right, timeout=30)
+        assert info.status_code == 200, info.text
+
+
+def test_the_bulk_file_limit_counts_the_bytes_read(locked_server):
+    url, record = locked_server["url"], _records(locked_server["result"], 1)[0]
+    auth = {"x-api-key": KEY}
+    csv = pl.DataFrame([record] * 10).write_csv().encode()
+    streamed = httpx.post(f"{url}/v1/score_file", content=iter([csv[:50], csv[50:]]), headers=auth, timeout=30)
+    assert streamed.status_code == 200, streamed.text
+    assert pl.read_parquet(io.BytesIO(streamed.content)).height == 10
+    big = httpx.post(f"{url}/v1/score_file", content=_chunked(3 * FILE_LIMIT), headers=auth, timeout=60)
+    assert big.status_code == 413 and str(FILE_LIMIT) in big.json()["error"]
+    _still_serves(url, record, auth)
