@@ -120,13 +120,15 @@ def _head(path: Path) -> bytes:
 def _check_lines(source: Source, name: str, width: int) -> None:
     """Every line has `width` fields: separators counted outside quotes, one Polars pass. A line
     with an odd number of quotes is part of a field spanning lines: then the csv module counts."""
-    line = pl.col("line").str.strip_chars_end("\r")
-    outside_quotes = line.str.replace_all(f"{_QUOTE}[^{_QUOTE}]*{_QUOTE}", "")
+    line = pl.col("line")
+    separators = line.str.count_matches(_SEP, literal=True)
     has_quote = line.str.contains(_QUOTE, literal=True)
-    fields = pl.when(has_quote).then(outside_quotes).otherwise(line).str.count_matches(_SEP, literal=True) + 1
+    outside_quotes = line.str.replace_all(f"{_QUOTE}[^{_QUOTE}]*{_QUOTE}", "")
+    fields = pl.when(has_quote).then(outside_quotes.str.count_matches(_SEP, literal=True)).otherwise(separators) + 1
     odd_quotes = has_quote & (line.str.count_matches(_QUOTE, literal=True) % 2 == 1)
     found = (
         pl.scan_lines(source, row_index_name="index")
+        .filter((separators != width - 1) | has_quote)  # the cheap count first; quotes need a closer look
         .with_columns(fields.alias("fields"), odd_quotes.alias("odd"))
         .filter((pl.col("fields") != width) | pl.col("odd"))
         .head(1)
