@@ -83,3 +83,17 @@ def test_parquet_problems_name_the_file(tmp_path):
         scan_table(no_rows, str(no_rows), COLUMNS)
     with pytest.raises(DataError, match=r"missing.csv: file not found"):
         read_table(tmp_path / "missing.csv", str(tmp_path / "missing.csv"))
+
+
+def test_the_streamed_prepare_and_the_batch_reader_use_the_same_checks(tmp_path, orders_spec):
+    from tasks.monitor import read_batch
+    from tasks.stream import scan_source
+
+    lines = (orders_spec.resolve(orders_spec.source.path)).read_text().splitlines()
+    lines[200] = lines[200] + ",extra"
+    source = tmp_path / "orders.csv"
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{source}, line 201: 10 fields, the header has 9"):
+        scan_source(orders_spec.with_source(source))
+    with pytest.raises(DataError, match=rf"{source}, line 201: 10 fields"):
+        read_batch(source)
