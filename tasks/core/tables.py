@@ -58,7 +58,7 @@ def scan_table(path: Path, name: str, required: Sequence[str] = (), fmt: str | N
         try:
             columns = scan.collect_schema().names()
             _check_lines(path, name, len(columns))
-        except pl.exceptions.ComputeError as exc:
+        except pl.exceptions.PolarsError as exc:
             _raise_undecodable(path, name)
             raise DataError(f"{name}: not a readable CSV file: {exc}") from exc
     require_columns(columns, required, name)
@@ -94,7 +94,7 @@ def _read_csv(source: Source, name: str) -> pl.DataFrame:
     try:
         frame = pl.read_csv(source, infer_schema=False)
         _check_lines(source, name, frame.width)
-    except pl.exceptions.ComputeError as exc:  # too many fields, bytes that are not UTF-8
+    except pl.exceptions.PolarsError as exc:  # too many fields, bytes that are not UTF-8, ...
         _check_lines_exactly(source, name, None)
         _raise_undecodable(source, name)
         raise DataError(f"{name}: not a readable CSV file: {exc}") from exc
