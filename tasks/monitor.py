@@ -27,6 +27,7 @@ from tasks.core.monitoring import PerformanceDrift, decide, null_rates, performa
 from tasks.core.prepare import frame_digest, split_quarantine
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, DriftPolicy
+from tasks.core.tables import read_table
 from tasks.events import DRIFT_DETECTED, emit_model_event
 from tasks.results import DriftResult
 from tasks.stores import registry
@@ -50,16 +51,14 @@ def read_batch(path: Path) -> pl.DataFrame:
         return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
     if not path.is_file():
         raise DataError(f"batch not found: {path}")
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        return pl.read_parquet(path)
-    return pl.read_csv(path, infer_schema=False)
+    return read_table(path, str(path))
 
 
 def batch_columns(raw: pl.DataFrame, spec: DatasetSpec) -> list[str]:
     """The feature columns (all required) and the target when the batch has it."""
     missing = [c for c in spec.base_features if c not in raw.columns]
     if missing:
-        raise DataError(f"the batch lacks the feature columns {missing}")
+        raise DataError(f"the batch lacks the feature columns {missing}; found {raw.columns}")
     return [*spec.base_features, *([spec.target.column] if spec.target.column in raw.columns else [])]
 
 

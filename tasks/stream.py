@@ -35,6 +35,7 @@ from tasks.core.prepare import (
 )
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec
+from tasks.core.tables import scan_table
 from tasks.prepare import publish_quarantine
 from tasks.stores.snapshots import SnapshotManifest, SourceFingerprint, quarantine_path, snapshot_dir
 from tasks.stores.workdir import Workdir
@@ -44,14 +45,13 @@ _HASH_SEED = 20261122
 
 
 def scan_source(spec: DatasetSpec) -> pl.LazyFrame:
-    """A lazy scan of the file source (CSV read as text, so bad values reach validation)."""
+    """A lazy scan of the file source (CSV read as text, so bad values reach validation), after the
+    whole-file checks of `tasks.core.tables` (streaming passes: the table is never held)."""
     src = spec.source
     if src.path is None:
         raise SpecError("streaming prepare reads files (CSV or Parquet), not database queries")
     path = spec.resolve(src.path)
-    if src.file_format == "parquet":
-        return pl.scan_parquet(path).select(spec.input_columns)
-    return pl.scan_csv(path, infer_schema=False).select(spec.input_columns)
+    return scan_table(path, str(path), spec.input_columns, src.file_format).select(spec.input_columns)
 
 
 def assign_splits_by_hash(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:

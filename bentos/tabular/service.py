@@ -33,12 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 
+from tasks.core.errors import DataError
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID
 from tasks.core.logs import PredictionLog, label_root, log_root, write_part
 from tasks.core.model import TabularModel, is_positive
 from tasks.core.records import example_record, label_model, record_model, records_frame
 from tasks.core.schema import typed_with_failures
 from tasks.core.spec import DatasetSpec
+from tasks.core.tables import read_table
 
 BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
 SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
@@ -460,9 +462,9 @@ class TabularService:
         if len(body) > MAX_FILE_BYTES:
             return JSONResponse({"error": f"file is over the {MAX_FILE_BYTES}-byte limit"}, status_code=413)
         try:
-            raw = pl.read_parquet(io.BytesIO(body)) if body[:4] == b"PAR1" else pl.read_csv(body, infer_schema=False)
-        except Exception as exc:
-            return JSONResponse({"error": f"could not read the body as Parquet or CSV: {exc}"}, status_code=400)
+            raw = read_table(body, "the request body", SPEC.base_features)  # the file rules of prepare
+        except DataError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         if raw.height > MAX_FILE_ROWS:
             return JSONResponse({"error": f"{raw.height} rows is over the {MAX_FILE_ROWS}-row limit"}, status_code=413)
         missing = [c for c in SPEC.base_features if c not in raw.columns]

@@ -1,5 +1,6 @@
 """Applying the spec's declared types to raw values: one rule for every input path (files,
-requests, batches), shared by training and serving."""
+requests, batches), shared by training and serving. Text values (categories, strings, the id, the
+target) are trimmed of surrounding whitespace (`tasks.core.spec.text_form` is the same rule for JSON)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,11 @@ def cast_to_spec(
     kinds = column_kinds(spec)
     columns = spec.input_columns if columns is None else columns
     raw = raw.select(columns)
+    if spec.id_column in columns and spec.id_type == "int":  # checked as a whole number, carried as its text
+        kinds[spec.id_column] = "int"
     typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in columns)
+    if kinds.get(spec.id_column) == "int":
+        typed = typed.with_columns(pl.col(spec.id_column).cast(pl.String))
     lost_to_type = {n: raw.get_column(n).is_not_null() & typed.get_column(n).is_null() for n in columns}
     if not any(mask.any() for mask in lost_to_type.values()):
         return typed, pl.DataFrame(schema=FAILURE_SCHEMA)

@@ -7,33 +7,77 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
-from tasks.core.spec import ColumnSpec, DatasetSpec, column_kinds, memo, polars_dtype, typed_categories
+from tasks.core.spec import ColumnSpec, DatasetSpec, column_kinds, memo, polars_dtype, text_form, typed_categories
+
+
+# -- JSON values as the table has them (the same verdicts as the file path's cast and schema) ------
+def _number(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("a number, not true/false")
+    return value
+
+
+def _whole(value: object) -> object:
+    """An int column takes a JSON integer, or a float with no fraction (3.0), as a file's "3.0" is."""
+    value = _number(value)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _as_float(value: object) -> object:
+    value = _number(value)
+    return float(value) if isinstance(value, int) else value
+
+
+def _stripped(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _id_text(value: object) -> object:
+    """An int id: a JSON integer or its text ("42", " 42 "), carried as its text "42"."""
+    value = _whole(_stripped(value))
+    if isinstance(value, str) and value.lstrip("+-").isdigit():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ValueError("a whole number")
+    return str(value)
+
+
+def annotation(col: ColumnSpec):
+    """The pydantic type of one column's JSON value: numbers for int/float (never true/false),
+    true/false for bool, text or a number standing for its text for a category (trimmed), text for
+    a string (trimmed); ranges, categories and the strictness of each type."""
+    if col.categories is not None:
+        cats = tuple(typed_categories(col))
+        before = {"int": _whole, "float": _as_float, "bool": lambda v: v}.get(col.type, text_form)
+        return Annotated[Literal[cats], BeforeValidator(before)]
+    bounds = {"ge": col.min, "le": col.max}
+    if col.type == "int":
+        return Annotated[int, BeforeValidator(_whole), Field(strict=True, **bounds)]
+    if col.type == "float":
+        return Annotated[float, BeforeValidator(_number), Field(strict=True, allow_inf_nan=False, **bounds)]
+    if col.type == "bool":
+        return Annotated[bool, Field(strict=True)]
+    if col.type == "datetime":
+        return Annotated[datetime, BeforeValidator(_stripped)]
+    return Annotated[str, BeforeValidator(_stripped), Field(max_length=10_000)]
+
+
+def id_annotation(spec: DatasetSpec):
+    if spec.id_type == "int":
+        return Annotated[str, BeforeValidator(_id_text), Field(max_length=256)]
+    return Annotated[str, BeforeValidator(_stripped), Field(max_length=256)]
 
 
 def record_model(spec: DatasetSpec) -> type[BaseModel]:
     """A pydantic model of one input record, generated from the spec: types (strict), ranges,
     categories, nullability; unknown fields are rejected. Serving validates requests with it."""
 
-    def annotation(col: ColumnSpec):
-        if col.categories is not None:
-            return Literal[tuple(typed_categories(col))]
-        bounds = {"ge": col.min, "le": col.max}
-        if col.type == "int":
-            return Annotated[int, Field(strict=True, **bounds)]
-        if col.type == "float":
-            return Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)]
-        if col.type == "bool":
-            return Annotated[bool, Field(strict=True)]
-        if col.type == "datetime":
-            return datetime
-        return Annotated[str, Field(max_length=10_000)]
-
     def build() -> type[BaseModel]:
         fields: dict = {}
         if spec.id_column:
-            fields[spec.id_column] = (str | None, Field(default=None, max_length=256))
+            fields[spec.id_column] = (id_annotation(spec) | None, Field(default=None))
         for name, col in spec.columns.items():
             kind = annotation(col)
             required = col.feature and not col.nullable
@@ -56,8 +100,12 @@ def label_model(spec: DatasetSpec) -> type[BaseModel]:
         return self
 
     def build() -> type[BaseModel]:
-        fields: dict = {k: (str | None, Field(default=None, min_length=1, max_length=256)) for k in keys}
-        fields["label"] = (Literal[tuple(spec.target.labels)], Field(description=f"the true `{spec.target.column}`"))
+        key = Annotated[str, BeforeValidator(_stripped), Field(min_length=1, max_length=256)]
+        fields: dict = {"prediction_id": (key | None, None)}
+        if spec.id_column:
+            fields[spec.id_column] = (id_annotation(spec) | None, None)
+        label = Annotated[Literal[tuple(spec.target.labels)], BeforeValidator(text_form)]
+        fields["label"] = (label, Field(description=f"the true `{spec.target.column}` (a number stands for its text)"))
         fields["observed_at"] = (datetime | None, Field(default=None, description="when the truth was observed"))
         return create_model(
             "Label",

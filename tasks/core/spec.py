@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from tasks.core.errors import SpecError
 from tasks.core.gate import DEFAULT_GATE, GateRule
@@ -23,6 +23,21 @@ from tasks.core.ops import OPS
 ColumnType = Literal["int", "float", "bool", "category", "string", "datetime"]
 FEATURE_TYPES = {"int", "float", "bool", "category"}
 WINDOW_PATTERN = r"^[1-9][0-9]*(rows|s|m|h|d|w)$"  # a monitoring window: 7d, 24h, 30m, 5000rows
+
+
+def text_form(value: object) -> object:
+    """The one rule for text values on every input path (files, requests, batches, labels): surrounding
+    whitespace is trimmed, and a number stands for its text (`1` → "1", `2.5` → "2.5"), so integer
+    codes can be sent as the table has them. true/false are not text: rejected. Anything else is
+    returned as it is, for the caller's type check to reject."""
+    if isinstance(value, bool):
+        raise ValueError("true/false is not a text value or a code (quote it if the table has it as text)")
+    if isinstance(value, int | float):
+        return str(value)
+    return value.strip() if isinstance(value, str) else value
+
+
+Label = Annotated[str, BeforeValidator(text_form)]  # a target label: text, or a number standing for its text
 
 
 class _Strict(BaseModel):
@@ -59,8 +74,8 @@ class SourceSpec(_Strict):
 
 class TargetSpec(_Strict):
     column: str
-    positive: str = Field(description="label of the positive class")
-    labels: Annotated[list[str], Field(min_length=2, max_length=2)]
+    positive: Label = Field(description="label of the positive class")
+    labels: Annotated[list[Label], Field(min_length=2, max_length=2, description="numbers stand for their text")]
 
     @model_validator(mode="after")
     def _positive_is_a_label(self) -> TargetSpec:
@@ -212,6 +227,9 @@ class DatasetSpec(_Strict):
     source: SourceSpec
     target: TargetSpec
     id_column: str | None = None
+    id_type: Literal["string", "int"] = Field(
+        default="string", description="int: ids are whole numbers (JSON numbers); carried as their text"
+    )
     event_time_column: str | None = None
     columns: dict[str, ColumnSpec]
     derived_features: list[DerivedFeature] = []
@@ -365,7 +383,7 @@ def typed_categories(col: ColumnSpec) -> list:
         return [float(c) for c in cats]
     if col.type == "bool":
         return [bool(c) for c in cats]
-    return [str(c) for c in cats]
+    return [text_form(c) for c in cats]
 
 
 def column_kinds(spec: DatasetSpec) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from tasks.core.errors import SpecError
 from tasks.core.prepare import SPLIT_COLUMN, SPLITS, QuarantineReport, RowCounts, frame_digest
 from tasks.core.spec import DatasetSpec
+from tasks.core.tables import read_table, require_columns, require_rows
 from tasks.stores.workdir import Workdir
 
 
@@ -78,7 +79,8 @@ def redact_uri(uri: str) -> str:
 
 
 def read_source(spec: DatasetSpec) -> pl.DataFrame:
-    """Read the raw table. CSV columns are read as text so bad values reach validation."""
+    """Read the raw table (CSV values as text, so bad values reach validation); a whole-file problem
+    (empty, a header only, ragged rows, not UTF-8, columns missing) is a `DataError` naming the file."""
     src = spec.source
     if src.uri is not None:
         from sqlalchemy import create_engine
@@ -88,16 +90,11 @@ def read_source(spec: DatasetSpec) -> pl.DataFrame:
             frame = pl.read_database(src.query, connection=engine)
         finally:
             engine.dispose()
-    elif src.file_format == "parquet":
-        frame = pl.read_parquet(spec.resolve(src.path))
+        require_columns(frame.columns, spec.input_columns, "the query's result")
+        require_rows(frame, "the query's result")
     else:
-        frame = pl.read_csv(spec.resolve(src.path), infer_schema=False)
-    missing = [c for c in spec.input_columns if c not in frame.columns]
-    if missing:
-        raise SpecError(
-            f"source {src.path or 'query'} lacks the columns {missing} that the config "
-            f"{spec.name!r} declares (it has {frame.columns})"
-        )
+        path = spec.resolve(src.path)
+        frame = read_table(path, str(path), spec.input_columns, src.file_format)
     return frame.select(spec.input_columns)
 
 

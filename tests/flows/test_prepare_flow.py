@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -154,3 +155,36 @@ def test_cli_failure_is_a_json_line_and_a_nonzero_exit(tmp_path, cli_env):
     assert proc.returncode == 1
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not summary["ok"] and "not found" in summary["error"]
+
+
+def _failed_task_runs_naming(text: str, timeout: float = 30) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            failed = TaskRunFilter(state=dict(type=TaskRunFilterStateType(any_=[StateType.FAILED])))
+            runs = [r for r in client.read_task_runs(task_run_filter=failed) if text in (r.state.message or "")]
+        if runs or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
+def test_a_broken_file_fails_prepare_at_once_naming_the_line_and_is_not_retried(tmp_path, cli_env):
+    source = tmp_path / "ragged.csv"
+    lines = (FIXTURES / "orders.csv").read_text().splitlines()
+    lines[5] = lines[5].rsplit(",", 1)[0]  # line 6 loses its last field
+    source.write_text("\n".join(lines) + "\n")
+    cmd = [sys.executable, "-m", "flows.prepare", "--config", str(FIXTURES / "orders.yaml"), "--source", str(source)]
+    proc = subprocess.run(
+        [*cmd, "--workdir", str(tmp_path / "w")], capture_output=True, text=True, cwd=ROOT, env=cli_env, timeout=300
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not summary["ok"] and f"{source}, line 6: 8 fields, the header has 9" in summary["error"]
+    assert "Retry 1/" not in log, log[-3000:]  # a data-contract error is never retried
+    (ingest,) = _failed_task_runs_naming(str(source))
+    assert ingest.name.startswith("ingest") and ingest.run_count == 1

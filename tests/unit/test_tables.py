@@ -1,0 +1,99 @@
+"""Whole-file problems of a CSV/Parquet input: a DataError naming the file and the 1-based line,
+on the eager reader (prepare, monitor, labels, score_file) and on the streamed scan alike."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks.core.errors import DataError, SpecError
+from tasks.core.tables import read_table, scan_table
+
+COLUMNS = ["a", "b", "c"]
+GOOD = {
+    "plain": b"a,b,c\n1,2,3\n4,5,6\n",
+    "crlf, no final newline": b"a,b,c\r\n1,2,3\r\n4,5,6",
+    "quoted commas and quotes": b'a,b,c\n1,"x, y",3\n4,"say ""hi""",6\n',
+    "a field over two lines": b'a,b,c\n1,"x\ny",3\n4,5,6\n',
+    "an empty last field": b"a,b,c\n1,2,\n4,5,6\n",
+    "a byte-order mark": b"\xef\xbb\xbfa,b,c\n1,2,3\n4,5,6\n",
+}
+BAD = {
+    "empty": (b"", r"empty file"),
+    "blank lines only": (b"\n\n", r"empty file"),
+    "header only": (b"a,b,c\n", r"no rows \(a header only\)"),
+    "header only, no newline": (b"a,b,c", r"no rows"),
+    "a short row": (b"a,b,c\n1,2,3\n4,5\n", r"line 3: 2 fields, the header has 3"),
+    "a long row": (b"a,b,c\n1,2,3\n4,5,6,7\n", r"line 3: 4 fields, the header has 3"),
+    "a short row after a field over two lines": (b'a,b,c\n1,"x\ny",3\n4,5\n', r"line 4: 2 fields"),
+    "a long row after a field over two lines": (b'a,b,c\n1,"x\ny",3\n4,5,6,7\n', r"line 4: 4 fields"),
+    "an empty line": (b"a,b,c\n1,2,3\n\n4,5,6\n", r"line 3: 1 field, "),
+    "a row cut short of its nullable last field": (b"a,b,c\n1,2,3\n4,5\n7,8,9\n", r"line 3: 2 fields"),
+    "a stray byte": (b"a,b,c\n1,2,3\n4,\xff5,6\n", r"line 3: bytes that are not UTF-8 \(b'\\xff' at byte 14\)"),
+    "Latin-1 text": ("a,b,c\n1,2,3\n1,2,3\n4,caf\xe9,6\n".encode("latin-1"), r"line 4: bytes that are not UTF-8"),
+    "semicolons": (b"a;b;c\n1;2;3\n", r"lacks the columns \['a', 'b', 'c'\].*found \['a;b;c'\].*separated by ';'"),
+    "a column missing": (b"a,b\n1,2\n", r"lacks the columns \['c'\] that the config declares; found \['a', 'b'\]"),
+}
+
+
+def _readers(tmp_path: Path, data: bytes):
+    path = tmp_path / "table.csv"
+    path.write_bytes(data)
+    return {
+        "file": lambda: read_table(path, str(path), COLUMNS),
+        "body": lambda: read_table(data, str(path), COLUMNS),
+        "stream": lambda: scan_table(path, str(path), COLUMNS).collect(),
+    }
+
+
+@pytest.mark.parametrize("case", GOOD)
+def test_well_formed_files_are_read_as_text(tmp_path, case):
+    for how, read in _readers(tmp_path, GOOD[case]).items():
+        frame = read()
+        assert frame.columns == COLUMNS and frame.height == 2 and set(frame.dtypes) == {pl.String}, how
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_broken_file_is_a_data_error_naming_the_file_and_line(tmp_path, case):
+    data, message = BAD[case]
+    for read in _readers(tmp_path, data).values():
+        with pytest.raises(DataError, match=rf"table\.csv.*{message}"):
+            read()
+
+
+def test_missing_columns_are_a_spec_error(tmp_path):
+    with pytest.raises(SpecError):
+        read_table(b"a,b\n1,2\n", "body", COLUMNS)
+
+
+def test_a_nullable_last_field_left_empty_is_a_null_not_an_error():
+    frame = read_table(b"a,b,c\n1,2,\n", "body", COLUMNS)
+    assert frame.rows() == [("1", "2", None)]
+
+
+def test_parquet_problems_name_the_file(tmp_path):
+    empty, broken, no_rows = tmp_path / "e.parquet", tmp_path / "b.parquet", tmp_path / "n.parquet"
+    empty.write_bytes(b"")
+    broken.write_bytes(b"PAR1 not really")
+    pl.DataFrame({c: [] for c in COLUMNS}, schema={c: pl.String for c in COLUMNS}).write_parquet(no_rows)
+    for path, message in ((empty, "empty file"), (broken, "not a readable Parquet file"), (no_rows, "no rows")):
+        with pytest.raises(DataError, match=rf"{path.name}: {message}"):
+            read_table(path, str(path), COLUMNS)
+    with pytest.raises(DataError, match="n.parquet: no rows"):
+        scan_table(no_rows, str(no_rows), COLUMNS)
+    with pytest.raises(DataError, match=r"missing.csv: file not found"):
+        read_table(tmp_path / "missing.csv", str(tmp_path / "missing.csv"))
+
+
+def test_the_streamed_prepare_and_the_batch_reader_use_the_same_checks(tmp_path, orders_spec):
+    from tasks.monitor import read_batch
+    from tasks.stream import scan_source
+
+    lines = (orders_spec.resolve(orders_spec.source.path)).read_text().splitlines()
+    lines[200] = lines[200] + ",extra"
+    source = tmp_path / "orders.csv"
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{source}, line 201: 10 fields, the header has 9"):
+        scan_source(orders_spec.with_source(source))
+    with pytest.raises(DataError, match=rf"{source}, line 201: 10 fields"):
+        read_batch(source)
