@@ -81,10 +81,11 @@ for d in yaml.safe_load(open("prefect.yaml"))["deployments"]:
   start worker "$BIN/prefect" worker start --pool lifecycle-process
   local db
   db=$(cd "$WORKDIR" && pwd)/mlflow.db
-  local mlflow_port=$MLFLOW_PORT lock=""
+  local mlflow_port=$MLFLOW_PORT lock="" auth=""
   if [ -n "$LOCKED" ]; then  # mlflow ui on a private port, the locked front on MLFLOW_PORT
     mlflow_port=$("$BIN/python" -c 'from tasks.stores.backends import free_port; print(free_port())')
     lock="   (user admin, password \$LIFECYCLE_STACK_PASSWORD)"
+    auth=" PREFECT_API_AUTH_STRING=\"admin:\$LIFECYCLE_STACK_PASSWORD\""  # the name, never the value
   fi
   start mlflow "$BIN/mlflow" ui --backend-store-uri "sqlite:///$db" \
     --host 127.0.0.1 --port "$mlflow_port" --workers 1
@@ -101,7 +102,7 @@ Local stack is up (logs and PIDs in $STACK_DIR):
   MLflow UI    http://127.0.0.1:$MLFLOW_PORT$lock   (tracking database $db)
   worker       pool lifecycle-process
 Use it from this shell:
-  export PREFECT_API_URL=$PREFECT_API_URL${LOCKED:+ PREFECT_API_AUTH_STRING=admin:\$LIFECYCLE_STACK_PASSWORD}
+  export PREFECT_API_URL=$PREFECT_API_URL$auth
   .venv/bin/prefect deployment run lifecycle/lifecycle --watch
 Stop it: make stack-down
 MSG
