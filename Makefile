@@ -80,7 +80,8 @@ bench-soak: setup
 	$(PY) -m benchmarks.soak --config $(CONFIG) --seconds $(SOAK_SECONDS) $(BENCH_ARGS)
 
 # The local stack: Prefect server + pools + blocks + deployments + worker + MLflow UI (loopback).
-# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000).
+# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000). LIFECYCLE_STACK_PASSWORD locks the Prefect API and
+# the MLflow UI for user admin (README: the local stack).
 stack: setup
 	WORKDIR=$(WORKDIR) deployments/stack.sh up
 

@@ -46,6 +46,11 @@ class ServingTarget(Block):
     registry_credentials: DockerRegistryCredentials | None = Field(default=None, description="for the push step")
     cpus: float | None = Field(default=None, gt=0, description="container CPU limit")
     memory: str | None = Field(default=None, description="container memory limit, e.g. 2g")
+    api_key: Secret | None = Field(
+        default=None,
+        description="a Secret block: the service and the stable endpoint then answer 401 without "
+        "`Authorization: Bearer <key>` or `x-api-key: <key>` (16+ characters of A-Z a-z 0-9 . _ ~ + / = -)",
+    )
 
 
 def _optional_fields(model: type[BaseModel]) -> dict:

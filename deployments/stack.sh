@@ -5,6 +5,9 @@
 #   deployments/stack.sh down   stop what `up` started (by PID)
 # Ports and folders: PREFECT_PORT (4200), MLFLOW_PORT (5000), WORKDIR (artifacts),
 # STACK_DIR (.stack). LIFECYCLE_ALERT_WEBHOOK_URL adds the alert automations.
+# LIFECYCLE_STACK_PASSWORD locks it for user `admin`: the Prefect API (PREFECT_SERVER_API_AUTH_STRING;
+# this script's worker, bootstrap and deploy get PREFECT_API_AUTH_STRING) and the MLflow UI (basic
+# auth by an nginx in front of `mlflow ui`, which then listens on a private loopback port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -20,6 +23,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false  # the UI only: no background job workers
 export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-2}
 export LIFECYCLE_PROJECT_DIR=$ROOT LIFECYCLE_FLOW_IMAGE_TAG=${LIFECYCLE_FLOW_IMAGE_TAG:-latest}
+LOCKED=${LIFECYCLE_STACK_PASSWORD:+yes}
+if [ -n "$LOCKED" ]; then  # every client this script starts (worker → flow runs, bootstrap, deploy)
+  export PREFECT_API_AUTH_STRING="admin:$LIFECYCLE_STACK_PASSWORD"
+fi
 
 start() {  # name, command...: in its own session, logged, its PID kept
   local name=$1; shift
@@ -48,7 +55,12 @@ PY
 
 up() {
   mkdir -p "$STACK_DIR" "$PREFECT_HOME" "$WORKDIR"
-  start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+  if [ -n "$LOCKED" ]; then  # the server alone gets the server-side setting
+    (export PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING
+     start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT")
+  else
+    start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+  fi
   wait_http "http://127.0.0.1:$PREFECT_PORT/api/health" 120 "$STACK_DIR/prefect-server.log"
   "$BIN/prefect" work-pool create lifecycle-process --type process --overwrite >/dev/null
   "$BIN/prefect" work-pool create lifecycle-docker --type docker --overwrite >/dev/null
@@ -69,17 +81,28 @@ for d in yaml.safe_load(open("prefect.yaml"))["deployments"]:
   start worker "$BIN/prefect" worker start --pool lifecycle-process
   local db
   db=$(cd "$WORKDIR" && pwd)/mlflow.db
+  local mlflow_port=$MLFLOW_PORT lock="" auth=""
+  if [ -n "$LOCKED" ]; then  # mlflow ui on a private port, the locked front on MLFLOW_PORT
+    mlflow_port=$("$BIN/python" -c 'from tasks.stores.backends import free_port; print(free_port())')
+    lock="   (user admin, password \$LIFECYCLE_STACK_PASSWORD)"
+    auth=" PREFECT_API_AUTH_STRING=\"admin:\$LIFECYCLE_STACK_PASSWORD\""  # the name, never the value
+  fi
   start mlflow "$BIN/mlflow" ui --backend-store-uri "sqlite:///$db" \
-    --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
-  wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120 "$STACK_DIR/mlflow.log"
+    --host 127.0.0.1 --port "$mlflow_port" --workers 1
+  wait_http "http://127.0.0.1:$mlflow_port/health" 120 "$STACK_DIR/mlflow.log"
+  if [ -n "$LOCKED" ]; then
+    "$BIN/python" -m deployments.locks mlflow-front --folder "$STACK_DIR/mlflow-front" \
+      --port "$MLFLOW_PORT" --backend "$mlflow_port"
+    wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 30 "$STACK_DIR/mlflow-front/nginx/error.log"
+  fi
   cat <<MSG
 
 Local stack is up (logs and PIDs in $STACK_DIR):
-  Prefect UI   http://127.0.0.1:$PREFECT_PORT
-  MLflow UI    http://127.0.0.1:$MLFLOW_PORT   (tracking database $db)
+  Prefect UI   http://127.0.0.1:$PREFECT_PORT$lock
+  MLflow UI    http://127.0.0.1:$MLFLOW_PORT$lock   (tracking database $db)
   worker       pool lifecycle-process
 Use it from this shell:
-  export PREFECT_API_URL=$PREFECT_API_URL
+  export PREFECT_API_URL=$PREFECT_API_URL$auth
   .venv/bin/prefect deployment run lifecycle/lifecycle --watch
 Stop it: make stack-down
 MSG
@@ -87,6 +110,10 @@ MSG
 
 down() {
   [ -d "$STACK_DIR" ] || { echo "nothing to stop"; return; }
+  if [ -f "$STACK_DIR/mlflow-front/nginx/nginx.pid" ]; then
+    "$BIN/python" -m deployments.locks stop --folder "$STACK_DIR/mlflow-front" && echo "stopped mlflow-front"
+    rm -f "$STACK_DIR/mlflow-front/nginx/nginx.pid"
+  fi
   for name in worker mlflow prefect-server; do
     local pidfile=$STACK_DIR/$name.pid
     [ -f "$pidfile" ] || continue

@@ -24,7 +24,7 @@ from tasks.rollout import (
     switch_task,
     wait_ready_task,
 )
-from tasks.settings import serving_target_task
+from tasks.settings import serving_api_key, serving_target_task
 from tasks.stores.backends import RolloutFailed, read_state
 from tasks.stores.workdir import Workdir
 
@@ -61,6 +61,7 @@ def rollout(
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     serving = serving_target_task(spec, target, port)
     target, port = serving.kind, serving.port
+    api_key = serving_api_key(spec)  # the block's Secret, never a task result, log or artifact
     packaged = package(config=config, workdir=workdir, tracking_uri=tracking_uri, alias=alias, target=target)
     current = read_state(workdir, spec.name, port)
     records, expected = smoke_rows_task(tracking, packaged.model_version, smoke_rows)
@@ -69,11 +70,11 @@ def rollout(
     new = None
     try:
         new = start_backend_task(
-            target, artifact, packaged.model_version, env, Workdir(workdir).serving(spec.name), serving
+            target, artifact, packaged.model_version, env, Workdir(workdir).serving(spec.name), serving, api_key
         )
-        wait_ready_task(new, ready_timeout)
-        smoke_test_task(new, records, expected)
-        state = switch_task(workdir, spec.name, port, new)
+        wait_ready_task(new, ready_timeout)  # /readyz: open even when locked
+        smoke_test_task(new, records, expected, api_key)
+        state = switch_task(workdir, spec.name, port, new, api_key)
     except Exception as exc:
         note = abort_task(tracking, spec.name, new, packaged.model_version, str(exc))
         raise RolloutFailed(note) from exc

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
+from pydantic import SecretStr
 
 from tasks.common import UNCACHED
 from tasks.events import ROLLOUT_ROLLED_BACK, emit_model_event
@@ -23,7 +24,7 @@ from tasks.stores.backends import (
     wait_ready,
     write_state,
 )
-from tasks.stores.proxy import point_proxy, wait_proxy_serves
+from tasks.stores.proxy import Lock, point_proxy, wait_proxy_serves
 from tasks.stores.registry import CHAMPION, PREVIOUS, load_model, rollback, version_by_alias, version_manifest
 from tasks.stores.snapshots import read_split
 
@@ -32,10 +33,16 @@ from tasks.stores.snapshots import read_split
 
 @task(name="start-backend", **UNCACHED)
 def start_backend_task(
-    kind: Kind, artifact: str, model_version: str, env: dict[str, str], log_dir: Path, resources=None
+    kind: Kind,
+    artifact: str,
+    model_version: str,
+    env: dict[str, str],
+    log_dir: Path,
+    resources=None,
+    api_key: SecretStr | None = None,
 ) -> Backend:
     limits = container_limits(resources.cpus, resources.memory) if resources is not None else {}
-    backend = start_backend(kind, artifact, model_version, env, log_dir, limits)
+    backend = start_backend(kind, artifact, model_version, env, log_dir, limits, api_key)
     get_run_logger().info("started %s backend %s on :%d (v%s)", kind, backend.ident[:12], backend.port, model_version)
     return backend
 
@@ -46,15 +53,20 @@ def wait_ready_task(backend: Backend, timeout: float) -> None:
 
 
 @task(name="smoke-test", **UNCACHED | {"retries": 0})
-def smoke_test_task(backend: Backend, records: list[dict], expected: list[float]) -> None:
-    smoke_test(backend, records, np.asarray(expected))
+def smoke_test_task(
+    backend: Backend, records: list[dict], expected: list[float], api_key: SecretStr | None = None
+) -> None:
+    smoke_test(backend, records, np.asarray(expected), api_key)
 
 
 @task(name="switch-endpoint", **UNCACHED | {"retries": 0})
-def switch_task(workdir: Path, dataset: str, port: int, backend: Backend) -> ServingState:
+def switch_task(
+    workdir: Path, dataset: str, port: int, backend: Backend, api_key: SecretStr | None = None
+) -> ServingState:
+    """Point the stable endpoint at `backend`; with `api_key` nginx answers 401 without it."""
     folder = state_dir(workdir, dataset, port)
-    point_proxy(folder, port, backend.port)
-    wait_proxy_serves(port, backend.model_version)
+    point_proxy(folder, port, backend.port, Lock.bearer(api_key) if api_key is not None else None)
+    wait_proxy_serves(port, backend.model_version, api_key=api_key)
     state = ServingState(port=port, live=backend)
     write_state(workdir, dataset, state)
     return state

@@ -10,12 +10,13 @@ import re
 from typing import Any, Literal
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from blocks import DriftPolicySettings, ServingTarget, TrackingSettings, block_name
 from tasks.common import UNCACHED
 from tasks.core.errors import SettingsError
 from tasks.core.spec import DatasetSpec, DriftPolicy
+from tasks.stores.proxy import Lock
 
 DEFAULT_TARGET, DEFAULT_PORT = "docker", 3000
 
@@ -62,6 +63,17 @@ def serving_choice(kind: str | None, port: int | None, block: ServingTarget | No
         memory=saved.get("memory"),
         push=bool(saved.get("image_repository") and block.registry_credentials is not None),
     )
+
+
+def serving_api_key(spec: DatasetSpec) -> SecretStr | None:
+    """The serving target block's API key, kept a `SecretStr` (masked in every log and dump) and
+    out of task results: the roll-out flow reads it and hands it to the tasks that need it."""
+    block = saved_block(ServingTarget, spec.name)
+    if block is None or block.api_key is None:
+        return None
+    key = SecretStr(str(block.api_key.get()))
+    Lock.bearer(key)  # a key nginx cannot hold fails here, before anything starts
+    return key
 
 
 def apply_tracking_credentials(block: TrackingSettings | None) -> None:

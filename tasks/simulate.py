@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from datetime import date, datetime
 from pathlib import Path
@@ -113,11 +114,18 @@ def with_fresh_ids(rows: pl.DataFrame, spec: DatasetSpec, prefix: str) -> pl.Dat
     return rows.with_columns(pl.format(f"{prefix}-{{}}", pl.int_range(pl.len())).alias(spec.id_column))
 
 
+def endpoint_client(url: str) -> httpx.Client:
+    """A client of the endpoint; a locked one (the serving target's `api_key`) gets the key from
+    LIFECYCLE_API_KEY in this process's environment (not argv: `ps` shows argv to everyone)."""
+    key = os.environ.get("LIFECYCLE_API_KEY")
+    return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
 def send_traffic(url: str, rows: pl.DataFrame, spec: DatasetSpec, batch_size: int = 50) -> pl.DataFrame:
     """POST the rows to `/predict` in requests of `batch_size`; what was answered: prediction id,
     id (if any), probability and the row's true label (kept here, posted later)."""
     answered = []
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with endpoint_client(url) as client:
         for chunk in rows.iter_slices(batch_size):
             response = client.post("/predict", json={"records": request_records(chunk, spec)})
             response.raise_for_status()
@@ -144,7 +152,7 @@ def post_labels(
         raise ValueError(f"{spec.name} has no id column: post labels by prediction_id")
     chosen = answered.sample(fraction=share, seed=seed) if share < 1 else answered
     stored = 0
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with endpoint_client(url) as client:
         for chunk in chosen.iter_slices(500):
             labels = [{key: k, "label": y} for k, y in zip(chunk[key], chunk["truth"], strict=True)]
             response = client.post("/feedback", json={"labels": labels})

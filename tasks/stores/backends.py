@@ -16,11 +16,12 @@ from typing import Literal
 
 import httpx
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from tasks.stores.workdir import Workdir
 
 Kind = Literal["docker", "process"]
+API_KEY_ENV = "LIFECYCLE_API_KEY"  # set → the service answers 401 without the key (but its probes)
 
 
 class Backend(BaseModel):
@@ -110,10 +111,26 @@ def container_limits(cpus: float | None, memory: str | None) -> dict:
     return limits
 
 
+def key_headers(key: SecretStr | None) -> dict[str, str]:
+    """What a client of a locked service sends."""
+    return {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+
+
 def start_backend(
-    kind: Kind, artifact: str, model_version: str, env: dict[str, str], log_dir: Path, limits: dict | None = None
+    kind: Kind,
+    artifact: str,
+    model_version: str,
+    env: dict[str, str],
+    log_dir: Path,
+    limits: dict | None = None,
+    api_key: SecretStr | None = None,
 ) -> Backend:
+    """Start the bento on a free port; with `api_key` the service gets it as LIFECYCLE_API_KEY
+    (only the key given here: an inherited one is dropped)."""
     port = free_port()
+    env = {k: v for k, v in env.items() if k != API_KEY_ENV}
+    if api_key is not None:
+        env[API_KEY_ENV] = api_key.get_secret_value()
     if kind == "docker":
         name = f"lifecycle-{artifact.split('/')[-1].replace(':', '-')}-{port}"
         ident = asyncio.run(_start_container(artifact, port, env, name, limits or {}))
@@ -130,7 +147,7 @@ def start_backend(
                 "--port",
                 str(port),
             ],
-            env=os.environ | env,
+            env={k: v for k, v in os.environ.items() if k != API_KEY_ENV} | env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -168,10 +185,12 @@ def wait_ready(backend: Backend, timeout: float) -> None:
     raise RolloutFailed(f"{backend.artifact} on port {backend.port} was not ready within {timeout:.0f}s")
 
 
-def smoke_test(backend: Backend, records: list[dict], expected: np.ndarray) -> None:
+def smoke_test(backend: Backend, records: list[dict], expected: np.ndarray, api_key: SecretStr | None = None) -> None:
     """The new backend must give the model's offline predictions on the same rows."""
     try:
-        response = httpx.post(f"{backend.url}/predict", json={"records": records}, timeout=30)
+        response = httpx.post(
+            f"{backend.url}/predict", json={"records": records}, headers=key_headers(api_key), timeout=30
+        )
     except httpx.HTTPError as exc:
         raise RolloutFailed(f"smoke request failed: {exc}") from exc
     if response.status_code != 200:

@@ -1,10 +1,14 @@
 """The stable endpoint: a small nginx (Debian's `nginx-light`) on a fixed loopback port that
 proxies to the live back-end; a switch rewrites its upstream and reloads it gracefully, so
-clients keep the same address and in-flight requests finish."""
+clients keep the same address and in-flight requests finish. With a `Lock`, nginx itself
+answers 401 to a request without the expected credentials (only the open paths pass), so the
+lock holds whatever the back-end checks; its config file then holds the secret and is 0600."""
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,8 +16,48 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, SecretStr
 
-from tasks.stores.backends import RolloutFailed
+from tasks.core.errors import SettingsError
+from tasks.stores.backends import RolloutFailed, key_headers
+
+# The service's unauthenticated probes (the roll-out's readiness check uses /readyz).
+SERVICE_OPEN_PATHS = ("/readyz", "/livez", "/healthz")
+# RFC 6750 b64token characters: nothing nginx's config language or a header would reinterpret.
+_CHARS = r"[A-Za-z0-9._~+/=-]"
+_KEY = re.compile(_CHARS + "{16,}")
+_HEADER = re.compile(rf"(Bearer |Basic ){_CHARS}+")
+
+
+class Lock(BaseModel):
+    """What a locked endpoint accepts: one exact `Authorization` value, optionally an `x-api-key`."""
+
+    authorization: SecretStr
+    api_key: SecretStr | None = None
+    challenge: str  # the WWW-Authenticate answer to a 401
+    open_paths: tuple[str, ...] = ()
+
+    @classmethod
+    def bearer(cls, key: SecretStr, open_paths: tuple[str, ...] = SERVICE_OPEN_PATHS) -> Lock:
+        """`Authorization: Bearer <key>` or `x-api-key: <key>`."""
+        if not _KEY.fullmatch(key.get_secret_value()):
+            raise SettingsError("an API key needs 16 or more of the characters A-Z a-z 0-9 . _ ~ + / = -")
+        return cls(authorization=SecretStr(f"Bearer {key.get_secret_value()}"), api_key=key,
+                   challenge='Bearer realm="lifecycle"', open_paths=open_paths)  # fmt: skip
+
+    @classmethod
+    def basic(cls, user: str, password: SecretStr, realm: str, open_paths: tuple[str, ...] = ()) -> Lock:
+        """HTTP basic auth for one user (what browsers and MLflow's client send)."""
+        pair = base64.b64encode(f"{user}:{password.get_secret_value()}".encode()).decode()
+        return cls(authorization=SecretStr(f"Basic {pair}"), challenge=f'Basic realm="{realm}"', open_paths=open_paths)
+
+
+PROXY = """      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_read_timeout 300s;
+"""
 
 NGINX_CONF = """worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -23,17 +67,46 @@ http {{
   access_log off;
   client_max_body_size 512m;
   upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}
-  server {{
+{maps}  server {{
     listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_read_timeout 300s;
-    }}
+{open}    location / {{
+{check}{proxy}    }}
   }}
 }}
 """
+
+LOCK_MAPS = """  map $http_authorization $lifecycle_authorized {{ default 0; "{authorization}" 1; }}
+  map $http_x_api_key $lifecycle_key {{ default 0; {api_key} }}
+  map "$lifecycle_authorized$lifecycle_key" $lifecycle_denied {{ default 0; "00" 1; }}
+  map $lifecycle_denied $lifecycle_challenge {{ default ""; 1 '{challenge}'; }}
+"""
+
+LOCK_CHECK = """      add_header WWW-Authenticate $lifecycle_challenge always;
+      if ($lifecycle_denied) {{ return 401 '{{"detail":"missing or wrong credentials"}}\\n'; }}
+"""
+
+
+def nginx_conf(prefix: Path, port: int, backend_port: int, lock: Lock | None = None) -> str:
+    maps = check = opened = ""
+    if lock is not None:
+        key = lock.api_key.get_secret_value() if lock.api_key is not None else None
+        maps = LOCK_MAPS.format(
+            authorization=_literal(lock.authorization.get_secret_value()),
+            api_key=f'"{_literal(key)}" 1;' if key else "",
+            challenge=lock.challenge,
+        )
+        check = LOCK_CHECK.format()
+        opened = "".join(f"    location = {path} {{\n{PROXY}    }}\n" for path in lock.open_paths)
+    return NGINX_CONF.format(
+        prefix=prefix, port=port, backend=backend_port, maps=maps, open=opened, check=check, proxy=PROXY
+    )
+
+
+def _literal(value: str) -> str:
+    """A case-sensitive, exact nginx `map` match (plain map strings match case-insensitively)."""
+    if not (_HEADER.fullmatch(value) or _KEY.fullmatch(value)):
+        raise SettingsError("credentials with characters nginx would reinterpret")
+    return "~^" + re.sub(r"([^A-Za-z0-9])", r"\\\1", value) + "$"
 
 
 def nginx_binary() -> str:
@@ -43,13 +116,22 @@ def nginx_binary() -> str:
     return found
 
 
-def point_proxy(folder: Path, port: int, backend_port: int) -> None:
-    """Start the proxy on `port`, or repoint it at `backend_port` with a graceful reload."""
+def _write_private(path: Path, text: str) -> None:
+    """Owner-only from the first byte (a locked config holds the credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def point_proxy(folder: Path, port: int, backend_port: int, lock: Lock | None = None) -> None:
+    """Start the proxy on `port`, or repoint it at `backend_port` (and set or lift its lock) with a
+    graceful reload."""
     prefix = folder / "nginx"
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "logs").mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, backend=backend_port))
+    _write_private(conf, nginx_conf(prefix, port, backend_port, lock))
     cmd = [nginx_binary(), "-p", str(prefix), "-c", str(conf)]
     test = subprocess.run([*cmd, "-t"], capture_output=True, text=True)
     if test.returncode != 0:
@@ -78,11 +160,11 @@ def stop_proxy(folder: Path) -> None:
         os.kill(pid, signal.SIGQUIT)
 
 
-def wait_proxy_serves(port: int, version: str, timeout: float = 15) -> None:
+def wait_proxy_serves(port: int, version: str, timeout: float = 15, api_key: SecretStr | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            info = httpx.post(f"http://127.0.0.1:{port}/model_info", json={}, timeout=5)
+            info = httpx.post(f"http://127.0.0.1:{port}/model_info", json={}, headers=key_headers(api_key), timeout=5)
             if info.status_code == 200 and info.json()["model_version"] == version:
                 return
         except httpx.HTTPError:

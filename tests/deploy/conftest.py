@@ -57,9 +57,11 @@ class PrefectApi:
 
     def __init__(self, env: dict):
         self.url = env["PREFECT_API_URL"]
+        auth = env.get("PREFECT_API_AUTH_STRING")  # a locked server (basic auth)
+        self.auth = tuple(auth.split(":", 1)) if auth else None
 
     def request(self, method: str, path: str, body: dict | None = None):
-        response = httpx.request(method, f"{self.url}{path}", json=body, timeout=60)
+        response = httpx.request(method, f"{self.url}{path}", json=body, auth=self.auth, timeout=60)
         response.raise_for_status()
         return response.json()
 

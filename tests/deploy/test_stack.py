@@ -1,12 +1,15 @@
-"""`make stack` for real: server, pools, blocks, deployments, worker and MLflow UI on loopback;
-blocks edited through the API change the next run; alerts reach a real HTTP receiver once;
-a real headless Chromium finds the lifecycle run and its artifacts in the Prefect UI."""
+"""`make stack` for real: server, pools, blocks, deployments, worker and MLflow UI on loopback,
+locked with LIFECYCLE_STACK_PASSWORD (401 without it, every run still completes through the
+worker); blocks edited through the API change the next run; alerts reach a real HTTP receiver
+once; a real headless Chromium logs in and finds the lifecycle run and its artifacts in the
+Prefect UI."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -23,6 +26,7 @@ from tests.serving.server import free_port
 
 STACK = ROOT / "deployments" / "stack.sh"
 DATASET = "telco_churn"
+PASSWORD = secrets.token_urlsafe(16)  # the whole stack runs locked: the lock costs no second stack
 
 
 class Receiver(ThreadingHTTPServer):
@@ -68,6 +72,7 @@ def stack(receiver, tmp_path_factory):
         "STACK_DIR": str(folder / ".stack"),
         "WORKDIR": str(folder / "work"),
         "LIFECYCLE_ALERT_WEBHOOK_URL": receiver.url,
+        "LIFECYCLE_STACK_PASSWORD": PASSWORD,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     started = time.monotonic()
@@ -76,6 +81,7 @@ def stack(receiver, tmp_path_factory):
     try:
         assert up.returncode == 0, (up.stdout + up.stderr)[-5000:]
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{ports['PREFECT_PORT']}/api"
+        env["PREFECT_API_AUTH_STRING"] = f"admin:{PASSWORD}"  # what the stack's own clients use
         yield {"env": env, "work": folder / "work", "stack_dir": folder / ".stack", "up": up.stdout, **ports}
     finally:
         down = subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, text=True, timeout=120)
@@ -109,9 +115,47 @@ def test_make_stack_serves_prefect_mlflow_and_runs_the_lifecycle(stack, lifecycl
     run = PrefectApi(stack["env"]).flow_run(lifecycle_run)
     assert run["name"] == f"lifecycle-{DATASET}" and "lifecycle" in run["tags"]
     model = httpx.get(
-        f"http://127.0.0.1:{stack['MLFLOW_PORT']}/api/2.0/mlflow/registered-models/get", params={"name": DATASET}
+        f"http://127.0.0.1:{stack['MLFLOW_PORT']}/api/2.0/mlflow/registered-models/get",
+        params={"name": DATASET},
+        auth=("admin", PASSWORD),
     ).json()["registered_model"]
     assert any(a["alias"] == "champion" for a in model["aliases"])  # the MLflow UI reads the stack's database
+
+
+def test_the_locked_stack_answers_401_without_the_password(stack, lifecycle_run):
+    prefect_url, mlflow_url = stack["env"]["PREFECT_API_URL"], f"http://127.0.0.1:{stack['MLFLOW_PORT']}"
+    good, bad = ("admin", PASSWORD), ("admin", PASSWORD + "x")
+    checks = {
+        "prefect health, none": httpx.get(f"{prefect_url}/health"),  # the open probe
+        "prefect flows, none": httpx.post(f"{prefect_url}/flows/filter", json={}),
+        "prefect flows, wrong": httpx.post(f"{prefect_url}/flows/filter", json={}, auth=bad),
+        "prefect flows, password": httpx.post(f"{prefect_url}/flows/filter", json={}, auth=good),
+        "mlflow ui, none": httpx.get(f"{mlflow_url}/"),
+        "mlflow api, none": httpx.get(f"{mlflow_url}/api/2.0/mlflow/registered-models/search"),
+        "mlflow api, wrong": httpx.get(f"{mlflow_url}/api/2.0/mlflow/registered-models/search", auth=bad),
+        "mlflow ui, password": httpx.get(f"{mlflow_url}/", auth=good),
+        "mlflow api, password": httpx.get(f"{mlflow_url}/api/2.0/mlflow/registered-models/search", auth=good),
+        "mlflow health, none": httpx.get(f"{mlflow_url}/health"),
+    }
+    codes = {what: r.status_code for what, r in checks.items()}
+    print(f"\nlocked stack: {codes}")
+    assert codes == {
+        "prefect health, none": 200, "prefect flows, none": 401, "prefect flows, wrong": 401,
+        "prefect flows, password": 200, "mlflow ui, none": 401, "mlflow api, none": 401, "mlflow api, wrong": 401,
+        "mlflow ui, password": 200, "mlflow api, password": 200, "mlflow health, none": 200,
+    }  # fmt: skip
+    assert checks["mlflow ui, none"].headers["www-authenticate"].startswith("Basic")  # a browser asks
+    # MLflow's own client with the documented variables, through the lock
+    client_env = stack["env"] | {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+    out = subprocess.run(
+        [sys.executable, "-c", f"import mlflow; c = mlflow.MlflowClient('{mlflow_url}'); "
+         f"print(c.get_registered_model('{DATASET}').name)"],
+        env=client_env, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == DATASET, out.stderr[-2000:]
+    # the password is in no log the stack writes, nor in what `up` printed
+    logs = [p for p in stack["stack_dir"].rglob("*.log") if PASSWORD in p.read_text(errors="replace")]
+    assert logs == [] and PASSWORD not in stack["up"]
 
 
 def test_blocks_are_registered_with_default_documents(stack):
@@ -187,6 +231,10 @@ def test_the_prefect_ui_shows_the_lifecycle_run_and_its_artifacts(stack, lifecyc
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{base}/runs")  # locked: the UI asks for the auth string first
+        page.locator("input[type=password]").first.fill(f"admin:{PASSWORD}")
+        page.keyboard.press("Enter")
+        page.locator("input[type=password]").first.wait_for(state="detached", timeout=30_000)
         page.goto(f"{base}/runs")
         page.get_by_text(f"lifecycle-{DATASET}").first.wait_for(timeout=60_000)
         page.screenshot(path=str(shots / "runs.png"), full_page=True)
