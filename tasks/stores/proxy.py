@@ -66,7 +66,8 @@ events {{ worker_connections 1024; }}
 http {{
   access_log off;
   client_max_body_size 512m;
-  upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}
+  # idle upstream connections close before uvicorn's 5 s keep-alive does (no reuse of a closed one)
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; keepalive_timeout 4s; }}
 {maps}  server {{
     listen 127.0.0.1:{port};
 {open}    location / {{
