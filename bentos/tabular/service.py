@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID
+from tasks.core.integrity import check_model_files
 from tasks.core.logs import PredictionLog, label_root, log_root, write_part
 from tasks.core.model import TabularModel, is_positive
 from tasks.core.records import example_record, label_model, record_model, records_frame
@@ -193,7 +194,12 @@ class TabularService:
     bento_model = bentoml.models.BentoModel(BUNDLE["model_tag"])
 
     def __init__(self) -> None:
-        self.model: TabularModel = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model().model
+        stored = bentoml.models.get(self.bento_model)
+        # the stored files must be the registered ones (bundle.json's hash) before MLflow runs their code
+        check_model_files(
+            Path(stored.path_of("mlflow_model")), BUNDLE["model_sha256"], BUNDLE["model_files"], str(stored.tag)
+        )
+        self.model: TabularModel = bentoml.mlflow.load_model(stored).unwrap_python_model().model
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
         self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
         self.label_folder = label_root() / SPEC.name
