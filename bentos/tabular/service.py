@@ -194,7 +194,7 @@ class TabularService:
     bento_model = bentoml.models.BentoModel(BUNDLE["model_tag"])
 
     def __init__(self) -> None:
-        stored = bentoml.models.get(self.bento_model)
+        stored = self.bento_model  # resolved by BentoML to the stored model on the instance
         # the stored files must be the registered ones (bundle.json's hash) before MLflow runs their code
         check_model_files(
             Path(stored.path_of("mlflow_model")), BUNDLE["model_sha256"], BUNDLE["model_files"], str(stored.tag)
