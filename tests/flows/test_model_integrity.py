@@ -190,3 +190,10 @@ def _holding(folder: Path, needle: str) -> list[str]:
         elif needle.encode() in path.read_bytes():
             hits.append(str(path))
     return hits
+
+
+def test_sensitive_values_reach_nothing_the_lifecycle_writes(orders_lifecycle):
+    """Snapshots, quarantine, MLflow runs and models, evaluation reports, the bento: no note."""
+    result, workdir = orders_lifecycle
+    assert _holding(workdir, "call first") == []  # a note of the orders fixture
+    assert _holding(Path(bentoml.get(result.package.bento_tag).path), "call first") == []
