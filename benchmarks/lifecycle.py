@@ -42,7 +42,7 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
     from tasks.core.schema import find_failures
     from tasks.core.spec import load_spec
     from tasks.evaluate import cross_validate, explain_sample, global_importance, save_plots, shap_values
-    from tasks.stores import mlflow_model, registry
+    from tasks.stores import registry
     from tasks.stores.bentos import build_bento, import_model
     from tasks.stores.snapshots import fingerprint_source, read_source, read_split, write_snapshot
     from tasks.train import base_params, choose_threshold_on_validation, fit_baselines, fit_final, matrices
@@ -78,7 +78,7 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
         registry.log_trials(cfg, experiment_id, run.info.run_id, tuning.trials)
         for name, baseline in baselines.items():
             registry.save_object(cfg, run.info.run_id, baseline, f"{name}.joblib")
-        info = mlflow_model.log_model(model, train, metadata)
+        info = registry.log_model(cfg, run.info.run_id, model, train, metadata)
     # evaluate
     test = read_split(manifest_path, "test")
     y = encode_target(test, spec)

@@ -46,7 +46,7 @@ def evaluate(
         return recorded
     manifest = load_manifest_task(trained.manifest_path)
     scores = score_task(tracking, spec, trained)
-    cv = cross_validate_task(spec, manifest, trained.manifest_path, trained)
+    cv = cross_validate_task(tracking, spec, manifest, trained.manifest_path, trained)
     importance, plots = explain_task(tracking, spec, trained, Workdir(workdir).evaluation(run_id))
     decision = gate_task(spec, scores, cv)
     return log_evaluation_task(tracking, spec, trained, scores, cv, importance, plots, decision)

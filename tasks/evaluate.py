@@ -14,12 +14,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common import CACHED, UNCACHED, artifact_key
+from tasks.core.errors import ModelIntegrityError
 from tasks.core.features import encode_target, feature_matrix
 from tasks.core.gate import GateDecision, apply_gate
 from tasks.core.metrics import Metrics, binary_metrics, choose_threshold, slice_metrics
 from tasks.core.spec import DatasetSpec
 from tasks.results import EvaluationResult, TrainResult
-from tasks.stores import mlflow_model, registry
+from tasks.stores import registry
 from tasks.stores.registry import TrackingConfig
 from tasks.stores.snapshots import SnapshotManifest, read_split
 from tasks.train import base_params
@@ -281,6 +282,8 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> 
             try:
                 current = registry.load_model(cfg, f"models:/{cfg.model_name}@{registry.CHAMPION}")
                 champion_metrics = binary_metrics(y, current.predict_proba(test), current.threshold)
+            except ModelIntegrityError:  # tampered files are refused, not skipped
+                raise
             except Exception as exc:  # a champion that cannot score these rows cannot be compared
                 logger.warning("champion v%s could not score the test rows: %s", champion.version, exc)
                 champion_metrics = {}
@@ -289,11 +292,11 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> 
 
 
 @task(name="cross-validate", **CACHED)
-def cross_validate_task(spec: DatasetSpec, manifest: SnapshotManifest, manifest_path: Path, trained: TrainResult):
-    import lightgbm as lgb
-
+def cross_validate_task(
+    cfg: TrackingConfig, spec: DatasetSpec, manifest: SnapshotManifest, manifest_path: Path, trained: TrainResult
+):
     train = read_split(manifest_path, "train")
-    rounds = lgb.Booster(model_str=_booster_text(trained)).current_iteration()
+    rounds = registry.load_model(cfg, trained.model_uri).booster.current_iteration()
     categorical = [spec.feature_names.index(c) for c in spec.categorical_features]
     return cross_validate(
         feature_matrix(train, spec),
@@ -304,10 +307,6 @@ def cross_validate_task(spec: DatasetSpec, manifest: SnapshotManifest, manifest_
         categorical,
         spec.training.seed,
     )
-
-
-def _booster_text(trained: TrainResult) -> str:
-    return mlflow_model.load_model(trained.model_uri).booster_text
 
 
 @task(name="explain", **UNCACHED)

@@ -78,7 +78,7 @@ def labelled_batch(
 
     Retraining needs every input column the config declares; an empty label means
     "not labelled yet" (skipped, counted), any other bad value is quarantined. `checked`: the
-    columns validated (default all; served rows lack the never-logged ones, null by design)."""
+    columns validated (default all; served rows may lack some, null by design)."""
     missing = [c for c in spec.input_columns if c not in raw.columns]
     if missing:
         raise DataError(f"retraining needs every input column of {spec.name!r}; the batch lacks {missing}")
@@ -94,8 +94,8 @@ def labelled_batch(
 
 def served_as_source(served: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, list[str]]:
     """Served rows (joined with their labels) in the source's layout, and the columns they really
-    carry: a never-logged (sensitive) column is null; without an event-time column of its own, a
-    row's event time is when it was served."""
+    carry (a sensitive column is never an input column); without an event-time column of its own,
+    a row's event time is when it was served."""
     present = [c for c in spec.input_columns if c in served.columns]
     extra = []
     if spec.event_time_column and spec.event_time_column not in served.columns:

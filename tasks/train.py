@@ -20,7 +20,7 @@ from tasks.core.metrics import choose_threshold
 from tasks.core.model import TabularModel
 from tasks.core.spec import DatasetSpec
 from tasks.results import TrainResult, TuningResult
-from tasks.stores import mlflow_model, registry
+from tasks.stores import registry
 from tasks.stores.registry import TrackingConfig
 from tasks.stores.snapshots import SnapshotManifest
 
@@ -266,8 +266,12 @@ def log_training_task(
         registry.log_trials(cfg, experiment_id, run_id, tuning.trials)
         for name, baseline in baselines.items():
             registry.save_object(cfg, run_id, baseline, f"{name}.joblib")
-        info = mlflow_model.log_model(
-            model, train_frame, metadata=model.metadata | {"dataset": spec.name, "threshold": str(threshold)}
+        info = registry.log_model(
+            cfg,
+            run_id,
+            model,
+            train_frame,
+            metadata=model.metadata | {"dataset": spec.name, "threshold": str(threshold)},
         )
         registry.set_tags(cfg, run_id, {"model_uri": info.model_uri})
         trained = TrainResult(run_id=run_id, model_uri=info.model_uri, reused_run=False, **result)

@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from tasks.core.errors import DataError
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID
+from tasks.core.integrity import check_model_files
 from tasks.core.logs import PredictionLog, label_root, log_root, write_part
 from tasks.core.model import TabularModel, is_positive
 from tasks.core.records import example_record, label_model, record_model, records_frame
@@ -348,7 +349,12 @@ class TabularService:
     bento_model = bentoml.models.BentoModel(BUNDLE["model_tag"])
 
     def __init__(self) -> None:
-        self.model: TabularModel = bentoml.mlflow.load_model(self.bento_model).unwrap_python_model().model
+        stored = self.bento_model  # resolved by BentoML to the stored model on the instance
+        # the stored files must be the registered ones (bundle.json's hash) before MLflow runs their code
+        check_model_files(
+            Path(stored.path_of("mlflow_model")), BUNDLE["model_sha256"], BUNDLE["model_files"], str(stored.tag)
+        )
+        self.model: TabularModel = bentoml.mlflow.load_model(stored).unwrap_python_model().model
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
         self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
         self.label_folder = label_root() / SPEC.name

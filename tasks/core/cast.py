@@ -77,4 +77,5 @@ def clean(kept: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     typed, failures = cast_to_spec(kept, spec)
     if failures.height:
         raise DataError(f"{failures.height} values failed to cast after validation: {failures.head(3).rows()}")
-    return typed.cast({name: polars_dtype(kind) for name, kind in column_kinds(spec).items()})
+    kinds = column_kinds(spec)
+    return typed.cast({name: polars_dtype(kinds[name]) for name in typed.columns})  # the input columns

@@ -15,3 +15,7 @@ class QuarantineToleranceExceeded(DataError):
 
 class SettingsError(DataError):
     """A saved setting is wrong, e.g. a registry rejected the block's credentials."""
+
+
+class ModelIntegrityError(DataError):
+    """A model's files differ from the content hash recorded when it was logged: refused, never retried."""

@@ -18,6 +18,8 @@ def build_schema(spec: DatasetSpec, columns: list[str] | None = None):
     if spec.event_time_column:
         schema[spec.event_time_column] = pa.Column(polars_dtype("datetime"), nullable=False)
     for name, col in spec.columns.items():
+        if col.sensitive:  # never read (see DatasetSpec.input_columns)
+            continue
         checks = []
         if col.min is not None or col.max is not None:
             lo = col.min if col.min is not None else float("-inf")

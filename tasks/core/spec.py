@@ -91,7 +91,10 @@ class ColumnSpec(_Strict):
     max: float | None = None
     categories: list[str | float | int] | None = None
     feature: bool = True
-    sensitive: bool = Field(default=False, description="never written to prediction logs")
+    sensitive: bool = Field(
+        default=False,
+        description="never read from the source: in no snapshot, quarantine file, report, model or log",
+    )
     description: str | None = None
 
     @model_validator(mode="after")
@@ -100,6 +103,10 @@ class ColumnSpec(_Strict):
             raise ValueError("a category column needs `categories`")
         if self.feature and self.type not in FEATURE_TYPES:
             raise ValueError(f"a {self.type} column cannot be a model feature: set feature: false")
+        if self.sensitive and self.feature:
+            raise ValueError(
+                "a sensitive column cannot be a model feature (its values are never kept): set feature: false"
+            )
         if (self.min is not None or self.max is not None) and self.type not in {"int", "float"}:
             raise ValueError("min/max apply to int and float columns only")
         return self
@@ -257,6 +264,8 @@ class DatasetSpec(_Strict):
                 raise ValueError(f"derived feature {d.name!r} uses unknown columns {missing}")
             if d.name in names:
                 raise ValueError(f"derived feature {d.name!r} clashes with a column")
+            if any(self.columns[i].sensitive for i in d.inputs):
+                raise ValueError(f"derived feature {d.name!r} uses a sensitive column (never kept)")
             if any(self.columns[i].type not in {"int", "float", "bool"} for i in d.inputs):
                 raise ValueError(f"derived feature {d.name!r} needs numeric inputs")
         if self.split.strategy == "time" and not self.event_time_column:
@@ -271,9 +280,10 @@ class DatasetSpec(_Strict):
     # -- derived views -------------------------------------------------------------
     @property
     def input_columns(self) -> list[str]:
-        """Every column read from the source, in a fixed order."""
+        """Every column read from the source, in a fixed order. A sensitive column is never read,
+        so it never reaches a snapshot, a quarantine file, a report or a model."""
         extra = [c for c in (self.id_column, self.event_time_column) if c]
-        return [*extra, *self.columns, self.target.column]
+        return [*extra, *(c for c, col in self.columns.items() if not col.sensitive), self.target.column]
 
     @property
     def base_features(self) -> list[str]:

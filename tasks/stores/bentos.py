@@ -19,13 +19,15 @@ from pathlib import Path
 
 import yaml
 
+from tasks.core.integrity import check_model_files
 from tasks.core.spec import DatasetSpec
-from tasks.stores.registry import TrackingConfig, VersionInfo, load_model
+from tasks.stores.registry import DIGEST, FILES, TrackingConfig, VersionInfo, load_model, recorded_hash
 from tasks.stores.shipped import copy_core, core_files
 from tasks.stores.workdir import Workdir
 
 PROJECT = Path(__file__).resolve().parents[2]
 SERVICE_DIR = PROJECT / "bentos" / "tabular"
+MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow keeps the MLflow model inside a stored model
 SERVICE_PACKAGES = (
     "bentoml",
     "mlflow",
@@ -61,21 +63,30 @@ def code_hash(base_image: str = "") -> str:
 
 
 def import_model(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tuple[str, bool]:
-    """Import a registry version into the BentoML store once. Returns (tag, imported now)."""
+    """Import a registry version into the BentoML store once. Returns (tag, imported now).
+
+    The registry's content hash goes into the BentoML model's metadata (and from there into the
+    bento's bundle.json); the stored copy is checked against it."""
     import bentoml
     from bentoml.exceptions import NotFound
 
+    uri = f"models:/{cfg.model_name}/{mv.version}"
+    _, expected, recorded, label = recorded_hash(cfg, uri)
     # the run id keeps versions of different registries (workdirs, servers) apart in one store
     tag = f"{store_name(spec)}:v{mv.version}-{(mv.run_id or 'norun')[:8]}"
     try:
-        return str(bentoml.models.get(tag).tag), False
+        stored = bentoml.models.get(tag)
     except NotFound:
-        pass
-    cfg.activate()
-    model = load_model(cfg, f"models:/{cfg.model_name}/{mv.version}")
+        stored = None
+    if stored is not None and stored.info.metadata.get(DIGEST) == expected:
+        check_model_files(Path(stored.path_of(MLFLOW_MODEL_FOLDER)), expected, recorded, f"{label} as {tag}")
+        return str(stored.tag), False
+    if stored is not None:  # imported before content hashes were recorded
+        bentoml.models.delete(tag)
+    model = load_model(cfg, uri)  # checks the registry's files
     bento_model = bentoml.mlflow.import_model(
         tag,
-        f"models:/{cfg.model_name}/{mv.version}",
+        uri,
         labels={"dataset": spec.name, "model_version": mv.version, "data_version": model.metadata["data_version"]},
         metadata={
             "registered_model": cfg.model_name,
@@ -85,8 +96,11 @@ def import_model(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tup
             "spec_hash": model.metadata["spec_hash"],
             "threshold": model.threshold,
             "spec_json": model.spec.model_dump_json(),
+            DIGEST: expected,
+            FILES: json.dumps(recorded, sort_keys=True),
         },
     )
+    check_model_files(Path(bento_model.path_of(MLFLOW_MODEL_FOLDER)), expected, recorded, f"{label} as {tag}")
     return str(bento_model.tag), True
 
 
@@ -95,7 +109,10 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
     import bentoml
     from bentoml.exceptions import NotFound
 
-    info = bentoml.models.get(model_tag).info
+    stored = bentoml.models.get(model_tag)
+    info = stored.info
+    files = json.loads(info.metadata[FILES])
+    check_model_files(Path(stored.path_of(MLFLOW_MODEL_FOLDER)), info.metadata[DIGEST], files, model_tag)
     tag = f"{bento_name(spec)}:{model_tag.split(':')[1]}-{code_hash(base_image)}"
     try:
         return str(bentoml.get(tag).tag), False
@@ -114,6 +131,9 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
         "model_version": meta["model_version"],
         "data_version": meta["data_version"],
         "spec": json.loads(meta["spec_json"]),
+        # the service checks the stored model's files against these before loading them
+        "model_sha256": meta[DIGEST],
+        "model_files": files,
         "base_image": base_image,
         "packages": [f"{p}=={version(p)}" for p in SERVICE_PACKAGES],
     }

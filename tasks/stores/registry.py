@@ -19,6 +19,8 @@ from typing import Any
 import joblib
 from pydantic import BaseModel
 
+from tasks.core.errors import ModelIntegrityError
+from tasks.core.integrity import check_model_files, manifest_digest, model_manifest
 from tasks.core.model import TabularModel
 from tasks.results import TrainResult
 from tasks.stores import mlflow_model
@@ -27,6 +29,9 @@ from tasks.stores.workdir import Workdir
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 DATABASE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
 TAG_PREFIX = "lifecycle."
+# the model's content hash and the files it covers (tasks.core.integrity), on the run and the version
+DIGEST, FILES = "model_sha256", "model_files"
+DIGEST_TAG, FILES_TAG = f"{TAG_PREFIX}{DIGEST}", f"{TAG_PREFIX}{FILES}"
 
 
 class TrackingConfig(BaseModel):
@@ -235,11 +240,28 @@ def register_version(
     cfg.activate()
     existing = [v for v in versions(cfg) if v.run_id == run_id]
     if existing:
+        if DIGEST_TAG not in existing[0].tags:  # registered, but stopped before its hash was recorded
+            record_version_hash(cfg, existing[0].version, run_id)
         return existing[0], False
     with contextlib.suppress(MlflowException):  # it may exist already
         client.create_registered_model(cfg.model_name)
     mv = client.create_model_version(cfg.model_name, model_uri, run_id=run_id, tags=tags)
-    return _info(mv), True
+    record_version_hash(cfg, str(mv.version), run_id)
+    return _info(client.get_model_version(cfg.model_name, mv.version)), True
+
+
+def record_version_hash(cfg: TrackingConfig, version: str, run_id: str) -> str:
+    """Hash the registered version's files, check them against the hash recorded when the run
+    logged the model, and record it as the version's `lifecycle.model_sha256` tag."""
+    run_tags_ = cfg.client().get_run(run_id).data.tags
+    recorded = json.loads(run_tags_[FILES_TAG]) if FILES_TAG in run_tags_ else None
+    label = f"{cfg.model_name} v{version} (run {run_id})"
+    with tempfile.TemporaryDirectory(prefix="model-files-") as tmp:
+        local = download_model(cfg, f"models:/{cfg.model_name}/{version}", Path(tmp))
+        digest = check_model_files(local, run_tags_.get(DIGEST_TAG), recorded, label)
+        manifest = model_manifest(local)
+    set_version_tags(cfg, version, {DIGEST_TAG: digest, FILES_TAG: json.dumps(manifest, sort_keys=True)})
+    return digest
 
 
 def set_alias(cfg: TrackingConfig, alias: str, version: str) -> None:
@@ -281,10 +303,60 @@ def rollback(cfg: TrackingConfig) -> tuple[str, str]:
     return current.version, previous.version
 
 
-def load_model(cfg: TrackingConfig, uri: str) -> TabularModel:
-    """The `TabularModel` behind a pyfunc URI (models:/name@champion, runs:/…, models:/m-…)."""
+def log_model(cfg: TrackingConfig, run_id: str, model: TabularModel, train_frame: Any, metadata: dict[str, str]) -> Any:
+    """Log `model` to the active run `run_id` and record its content hash on the run (the hash
+    registration checks and copies to the version). Returns MLflow's ModelInfo."""
+    info = mlflow_model.log_model(model, train_frame, metadata)
+    with tempfile.TemporaryDirectory(prefix="model-files-") as tmp:
+        manifest = model_manifest(download_model(cfg, info.model_uri, Path(tmp)))
+    set_tags(cfg, run_id, {DIGEST: manifest_digest(manifest), FILES: json.dumps(manifest, sort_keys=True)})
+    return info
+
+
+def download_model(cfg: TrackingConfig, uri: str, folder: Path) -> Path:
+    """The model's files behind `uri`, copied into `folder` (nothing of them is run)."""
+    import mlflow
+
     cfg.activate()
-    return mlflow_model.load_model(uri)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+
+
+def recorded_hash(cfg: TrackingConfig, uri: str) -> tuple[str, str | None, dict[str, str] | None, str]:
+    """(the URI pinned to one version or run, recorded hash, recorded manifest, a name for errors).
+
+    A registry URI (models:/name/version, models:/name@alias) is checked against the version's
+    tag, a run's model (runs:/id/…, models:/m-…) against the run's."""
+    client = cfg.client()
+    ref = uri.removeprefix("models:/")
+    if uri.startswith("runs:/") or (uri.startswith("models:/") and ref.startswith("m-")):
+        if uri.startswith("runs:/"):
+            run_id = uri.removeprefix("runs:/").split("/")[0]
+        else:
+            run_id = client.get_logged_model(ref.split("/")[0]).source_run_id
+        tags, pinned, label = client.get_run(run_id).data.tags, uri, f"model {uri} (run {run_id})"
+    elif uri.startswith("models:/"):
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = ref.rsplit("/", 1)
+            mv = client.get_model_version(name, number)
+        tags, pinned, label = mv.tags, f"models:/{name}/{mv.version}", f"{name} v{mv.version} ({uri})"
+    else:
+        raise ModelIntegrityError(f"{uri}: not a registry or run model URI; no content hash to check it against")
+    files = json.loads(tags[FILES_TAG]) if FILES_TAG in tags else None
+    return pinned, tags.get(DIGEST_TAG), files, label
+
+
+def load_model(cfg: TrackingConfig, uri: str) -> TabularModel:
+    """The `TabularModel` behind a pyfunc URI (models:/name@champion, models:/name/3, runs:/…,
+    models:/m-…). Its files are downloaded and checked against the recorded content hash before
+    MLflow runs the model's code; files that differ raise `ModelIntegrityError`."""
+    pinned, expected, recorded, label = recorded_hash(cfg, uri)
+    with tempfile.TemporaryDirectory(prefix="model-files-") as tmp:
+        local = download_model(cfg, pinned, Path(tmp))
+        check_model_files(local, expected, recorded, label)
+        return mlflow_model.load_model(str(local))  # reads every file now: the folder can go
 
 
 # -- results passed between phases ----------------------------------------------------------------

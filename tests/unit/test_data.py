@@ -114,8 +114,8 @@ def test_database_source_reads_through_sqlalchemy(tmp_path, orders_spec):
             )
         }
     )
-    assert read_source(spec).equals(raw)
-    assert fingerprint_source(spec).sha256 == frame_digest(raw)
+    assert read_source(spec).equals(raw.drop("note"))  # the sensitive column is never read
+    assert fingerprint_source(spec).sha256 == frame_digest(raw.drop("note"))
 
 
 def test_uri_password_is_redacted():

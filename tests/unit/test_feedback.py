@@ -146,7 +146,7 @@ def test_served_rows_become_training_rows_with_their_labels(orders_spec):
     rows, unlabelled, quarantined, _ = labelled_batch(raw, orders_spec, checked)
     assert (rows.height, unlabelled, quarantined.height) == (2, 1, 0)
     assert rows.get_column("ordered_at").to_list()[0] == datetime(2026, 1, 1)
-    assert rows.get_column("note").null_count() == 2  # never logged (sensitive): never learnt
+    assert "note" not in rows.columns  # sensitive: never logged, never read, never learnt
 
 
 # -- what is watched ---------------------------------------------------------------------------

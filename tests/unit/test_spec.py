@@ -50,6 +50,14 @@ def test_relative_source_starts_from_the_config_folder(tmp_path):
         ({"split": {"strategy": "time"}}, "event_time_column"),
         ({"source": {"path": "a.csv", "uri": "sqlite://"}}, "exactly one"),
         ({"columns": {"y": {"type": "float"}}}, "do not list it"),
+        ({"columns": {"x": {"type": "float", "sensitive": True}}}, "sensitive column cannot be a model feature"),
+        (
+            {
+                "columns": {"x": {"type": "float"}, "s": {"type": "float", "feature": False, "sensitive": True}},
+                "derived_features": [{"name": "d", "op": "ratio", "inputs": ["x", "s"]}],
+            },
+            "uses a sensitive column",
+        ),
     ],
 )
 def test_invalid_configs_fail_with_a_clear_message(tmp_path, change, message):
@@ -103,3 +111,8 @@ def test_feature_names_follow_the_config(orders_spec):
     ]
     assert orders_spec.categorical_features == ["channel", "coupon"]
     assert orders_spec.input_columns[0] == "order_id"
+
+
+def test_a_sensitive_column_is_declared_but_never_read(orders_spec):
+    assert orders_spec.columns["note"].sensitive and "note" not in orders_spec.input_columns
+    assert "note" not in build_schema(orders_spec).columns
