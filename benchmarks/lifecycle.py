@@ -77,7 +77,7 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
         mlflow.log_params(base_params(spec) | tuning.best_params)
         registry.log_trials(cfg, experiment_id, run.info.run_id, tuning.trials)
         for name, baseline in baselines.items():
-            registry.save_object(cfg, run.info.run_id, baseline, f"{name}.joblib")
+            registry.save_baseline(cfg, run.info.run_id, baseline, name)
         info = registry.log_model(cfg, run.info.run_id, model, train, metadata)
     # evaluate
     test = read_split(manifest_path, "test")

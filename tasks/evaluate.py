@@ -269,7 +269,7 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> 
     x_test, x_val, y_val = feature_matrix(test, spec), feature_matrix(validation, spec), encode_target(validation, spec)
     baselines = {}
     for name in ("majority_class", "logistic_regression"):
-        model = registry.load_object(cfg, trained.run_id, f"{name}.joblib")
+        model = registry.load_baseline(cfg, trained.run_id, name)
         threshold = choose_threshold(y_val, model.predict_proba(x_val)[:, 1], spec.evaluation.threshold)
         baselines[name] = binary_metrics(y, model.predict_proba(x_test)[:, 1], threshold)
     champion = registry.version_by_alias(cfg, registry.CHAMPION)

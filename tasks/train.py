@@ -265,7 +265,7 @@ def log_training_task(
         mlflow.log_input(dataset, context="training", tags={"data_version": manifest.data_version})
         registry.log_trials(cfg, experiment_id, run_id, tuning.trials)
         for name, baseline in baselines.items():
-            registry.save_object(cfg, run_id, baseline, f"{name}.joblib")
+            registry.save_baseline(cfg, run_id, baseline, name)
         info = registry.log_model(
             cfg,
             run_id,

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import joblib
 from pydantic import BaseModel
 
 from tasks.core.errors import ModelIntegrityError
@@ -158,21 +157,32 @@ def log_json(cfg: TrackingConfig, run_id: str, payload: Any, name: str) -> None:
     cfg.client().log_text(run_id, json.dumps(payload, indent=2, default=str), name)
 
 
-def save_object(cfg: TrackingConfig, run_id: str, obj: Any, name: str) -> None:
+# Baseline models: skops files (a schema of plain values, no pickle); loading accepts only the
+# scikit-learn types a baseline is built of (skops trusts plain values and arrays itself).
+TRUSTED_PREFIX, TRUSTED_TYPES = "sklearn.", {"numpy.dtype"}
+
+
+def save_baseline(cfg: TrackingConfig, run_id: str, model: Any, name: str) -> None:
+    import skops.io
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        joblib.dump(obj, path)
+        path = Path(tmp) / f"{name}.skops"
+        skops.io.dump(model, path)
         cfg.client().log_artifact(run_id, str(path), "baselines")
 
 
-def load_object(cfg: TrackingConfig, run_id: str, name: str) -> Any:
+def load_baseline(cfg: TrackingConfig, run_id: str, name: str) -> Any:
     import mlflow
+    import skops.io
 
     cfg.activate()
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"baselines/{name}", dst_path=tmp)
-        return joblib.load(path)
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"baselines/{name}.skops", dst_path=tmp)
+        types = skops.io.get_untrusted_types(file=path)
+        refused = [t for t in types if not (t.startswith(TRUSTED_PREFIX) or t in TRUSTED_TYPES)]
+        if refused:
+            raise ModelIntegrityError(f"baseline {name} of run {run_id} holds types outside scikit-learn: {refused}")
+        return skops.io.load(path, trusted=types)
 
 
 def run_tags(cfg: TrackingConfig, run_id: str) -> dict[str, str]:

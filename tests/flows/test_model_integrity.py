@@ -14,6 +14,7 @@ from pathlib import Path
 
 import bentoml
 import httpx
+import mlflow
 import polars as pl
 import pytest
 
@@ -56,6 +57,11 @@ def test_neither_the_registered_nor_the_stored_model_holds_a_pickle(trained, tmp
     bento = Path(bentoml.get(result.package.bento_tag).path)
     assert (local / "artifacts" / "model" / "booster.txt").is_file() and (stored / "mlflow_model" / "MLmodel").is_file()
     assert _pickled(local) == [] and _pickled(stored) == [] and _pickled(bento) == []
+    # the training run's other artifacts (the baselines: skops files) hold no pickle either
+    cfg.activate()
+    run_files = Path(mlflow.artifacts.download_artifacts(run_id=result.train.run_id, dst_path=str(tmp_path / "run")))
+    assert (run_files / "baselines" / "logistic_regression.skops").is_file()
+    assert _pickled(run_files) == []
 
 
 def test_the_content_hash_is_recorded_at_registration_and_shipped_in_the_bento(trained, tmp_path):

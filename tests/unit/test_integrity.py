@@ -65,3 +65,44 @@ def test_a_tampered_model_is_refused_naming_the_model_and_the_files(tmp_path, ch
 def test_a_model_without_a_recorded_hash_is_refused(tmp_path):
     with pytest.raises(ModelIntegrityError, match="no content hash recorded"):
         check_model_files(_model(tmp_path), None, None, "orders v1")
+
+
+def test_baselines_are_stored_without_pickle_and_load_only_scikit_learn_types(tmp_path, monkeypatch):
+    import os
+
+    import mlflow
+    import numpy as np
+    import skops.io
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    from tasks.stores import registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = registry.default_tracking(tmp_path, "baselines", "baselines")
+    x, y = np.random.default_rng(0).normal(size=(60, 3)), np.arange(60) % 2
+    fitted = {"majority_class": DummyClassifier(strategy="prior").fit(x, y),
+              "logistic_regression": make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)}  # fmt: skip
+    with mlflow.start_run(experiment_id=cfg.activate()) as run:
+        for name, model in fitted.items():
+            registry.save_baseline(cfg, run.info.run_id, model, name)
+        # a baseline file that would run code of another module when loaded
+        hostile = tmp_path / "hostile.skops"
+        skops.io.dump(make_pipeline(FunctionTransformer(os.getcwd)), hostile)
+    stored = list((tmp_path / "mlruns").rglob("*")) if (tmp_path / "mlruns").exists() else list(tmp_path.rglob("*"))
+    assert not [p for p in stored if p.is_file() and p.suffix in {".joblib", ".pkl", ".pickle"}]
+    for name, model in fitted.items():
+        loaded = registry.load_baseline(cfg, run.info.run_id, name)
+        assert np.array_equal(loaded.predict_proba(x), model.predict_proba(x))
+
+    import shutil
+
+    with mlflow.start_run(experiment_id=cfg.activate()) as other:
+        target = tmp_path / "upload"
+        target.mkdir()
+        shutil.copy(hostile, target / "logistic_regression.skops")
+        cfg.client().log_artifact(other.info.run_id, str(target / "logistic_regression.skops"), "baselines")
+    with pytest.raises(ModelIntegrityError, match="outside scikit-learn"):
+        registry.load_baseline(cfg, other.info.run_id, "logistic_regression")
