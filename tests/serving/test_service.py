@@ -130,6 +130,7 @@ def test_every_prediction_gets_an_id_that_is_returned_and_logged(telco_server):
 
 def test_feedback_stores_labels_for_predictions(telco_server):
     url, result = telco_server["url"], telco_server["result"]
+    counted = _feedback_counted(url)  # other tests share this server
     answered = _post(url, "predict", {"records": _records(result, 3)}).json()["predictions"]
     labels = [{"prediction_id": p["prediction_id"], "label": "Yes"} for p in answered]
     labels[0] |= {"observed_at": "2026-11-30T08:00:00Z"}
@@ -140,7 +141,13 @@ def test_feedback_stores_labels_for_predictions(telco_server):
     mine = stored.filter(pl.col("prediction_id").is_in([p["prediction_id"] for p in answered]))
     assert mine.height == 3 and set(mine.get_column("label")) == {"Yes"} and set(mine["source"]) == {"feedback"}
     assert mine.get_column("observed_at").drop_nulls().to_list() == [1796025600.0]
-    assert "lifecycle_feedback_labels_total 3.0" in httpx.get(f"{url}/metrics", timeout=10).text
+    assert _feedback_counted(url) == counted + 3
+
+
+def _feedback_counted(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    counted = [line for line in text.splitlines() if line.startswith("lifecycle_feedback_labels_total")]
+    return sum(float(line.split()[-1]) for line in counted)
 
 
 @pytest.mark.parametrize(
