@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.measure import ROOT, isolated_env, run_measured
+from benchmarks.measure import ROOT, copy_trained, isolated_env, run_measured
 from flows.cli import local_defaults
 
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     env = isolated_env(scratch)
     work = scratch / "work"
     if args.workdir:
-        shutil.copytree(args.workdir, work, ignore=shutil.ignore_patterns("predictions", "serving", "labels"))
+        copy_trained(args.workdir, work)
     else:
         subprocess.run(
             [sys.executable, "-m", "flows.lifecycle", "--config", str(config), "--workdir", str(work),

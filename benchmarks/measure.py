@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -24,6 +25,13 @@ def isolated_env(folder: Path, home: Path | None = None) -> dict:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
+
+
+def copy_trained(workdir: Path, target: Path) -> Path:
+    """A trained workdir's copy (registry, snapshots, bentos' staging) without what serving wrote
+    into it: its prediction log, labels and endpoint state."""
+    shutil.copytree(workdir, target, ignore=shutil.ignore_patterns("predictions", "serving", "labels"))
+    return target
 
 
 class OutOfMemory(RuntimeError):

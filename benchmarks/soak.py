@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 
-from benchmarks.measure import ROOT
+from benchmarks.measure import ROOT, copy_trained
 from tasks.core.spec import DatasetSpec, load_spec
 from tasks.stores import registry
 from tasks.stores.backends import free_port, read_state, state_dir, stop_backend
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     work = scratch / "work"
     if args.workdir:
-        shutil.copytree(args.workdir, work, ignore=shutil.ignore_patterns("predictions", "serving", "labels"))
+        copy_trained(args.workdir, work)
     else:
         run_flow("flows.lifecycle", "--config", str(args.config), "--workdir", str(work), "--n-trials", "5",
                  log=scratch / "lifecycle.log")  # fmt: skip
