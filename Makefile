@@ -48,7 +48,7 @@ BENCH_ARGS ?=
 # the prediction log goes to WORKDIR/predictions/<dataset>/, where `python -m flows.monitor` reads by default.
 serve: setup
 	tag=$$($(PY) -m flows.package --config $(CONFIG) --workdir $(WORKDIR) | tail -n 1 | $(PY) -c "import json, sys; print(json.load(sys.stdin)['bento_tag'])") && \
-	LIFECYCLE_PREDICTION_LOG_DIR=$(abspath $(WORKDIR))/predictions $(VENV)/bin/bentoml serve $$tag --host 127.0.0.1 --port $(PORT)
+	LIFECYCLE_PREDICTION_LOG_DIR=$(abspath $(WORKDIR))/predictions $(PY) -m tasks.stores.bento_server $$tag --host 127.0.0.1 --port $(PORT)
 
 BENCH_RUNS ?= 3
 BENCH_ROWS ?= 1000000

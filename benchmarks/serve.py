@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 
 from benchmarks.measure import ROOT
+from tasks.stores.bento_server import serve_command
 
 
 @contextmanager
@@ -157,8 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as stack:
         bento_proc = stack.enter_context(
             server(
-                [str(Path(sys.executable).with_name("bentoml")), "serve", str(bento.tag), "--host", "127.0.0.1",
-                 "--port", str(bento_port)],
+                serve_command(str(bento.tag), "127.0.0.1", bento_port),
                 f"http://127.0.0.1:{bento_port}/readyz", bento_env, tmp / "bento.log",
             )
         )  # fmt: skip

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, SecretStr
 
+from tasks.stores.bento_server import serve_command
 from tasks.stores.workdir import Workdir
 
 Kind = Literal["docker", "process"]
@@ -138,15 +138,7 @@ def start_backend(
         log_dir.mkdir(parents=True, exist_ok=True)
         log = (log_dir / f"backend-{port}.log").open("w")
         proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("bentoml")),
-                "serve",
-                artifact,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            serve_command(artifact, "127.0.0.1", port),
             env={k: v for k, v in os.environ.items() if k != API_KEY_ENV} | env,
             stdout=log,
             stderr=subprocess.STDOUT,

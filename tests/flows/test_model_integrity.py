@@ -24,6 +24,7 @@ from tasks.core.integrity import manifest_digest, model_manifest
 from tasks.core.spec import load_spec
 from tasks.stores import registry
 from tasks.stores.backends import free_port
+from tasks.stores.bento_server import serve_command
 from tests.conftest import FIXTURES
 from tests.serving.server import BENTOML
 
@@ -139,7 +140,7 @@ def test_a_bento_whose_model_was_tampered_does_not_start(trained, tmp_path):
         booster.write_bytes(bytes(body))
     log = tmp_path / "serve.log"
     port = free_port()
-    cmd = [BENTOML, "serve", result.package.bento_tag, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = serve_command(result.package.bento_tag, "127.0.0.1", port)
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:

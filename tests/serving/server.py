@@ -14,6 +14,7 @@ import httpx
 import polars as pl
 
 from tasks.stores.backends import free_port
+from tasks.stores.bento_server import serve_command
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
@@ -60,8 +61,7 @@ def serving(cmd: list[str], port: int, log_file: Path, env: dict | None = None, 
 def bento_server(target: str, log_file: Path, env: dict | None = None, timeout: float = 180):
     """`target` is a bento tag (or service path); yields the base URL once /readyz answers 200."""
     port = free_port()
-    cmd = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-    with serving(cmd, port, log_file, env, timeout) as url:
+    with serving(serve_command(target, "127.0.0.1", port), port, log_file, env, timeout) as url:
         yield url
 
 

@@ -19,7 +19,7 @@ from tasks.stores import registry
 from tasks.stores.served import read_labels
 from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS, FIXTURES
-from tests.serving.server import logged_rows
+from tests.serving.server import bento_server, logged_rows
 
 TELCO = load_spec(CONFIGS / "telco_churn.yaml")
 
@@ -128,9 +128,12 @@ def test_every_prediction_gets_an_id_that_is_returned_and_logged(telco_server):
     assert mine.get_column("prediction_id").to_list() == ids
 
 
-def test_feedback_stores_labels_for_predictions(telco_server):
+def test_feedback_stores_labels_for_predictions(telco_server, tmp_path):
     url, result = telco_server["url"], telco_server["result"]
     counted = _feedback_counted(url)  # other tests share this server
+    # a second server of the same store starting beside it must leave its counters alone
+    with bento_server(result.package.bento_tag, tmp_path / "second.log") as second:
+        assert _feedback_counted(second) == 0
     answered = _post(url, "predict", {"records": _records(result, 3)}).json()["predictions"]
     labels = [{"prediction_id": p["prediction_id"], "label": "Yes"} for p in answered]
     labels[0] |= {"observed_at": "2026-11-30T08:00:00Z"}

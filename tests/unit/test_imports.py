@@ -26,6 +26,8 @@ LAZY = {
     "lightgbm": "only training and evaluation tasks call it outside the core model",
     "matplotlib": "~1 s and a backend choice; only the plots need it",
     "bentoml": "~2 s; only packaging needs it",
+    "bentoml_cli": "BentoML's CLI; only the server launcher runs it",
+    "skops": "only saving and loading baselines need it",
     "docker": "the Docker SDK; only container back-ends need it",
     "prefect_docker": "only image builds, pushes and container back-ends need it",
     "prefect_dask": "only parallel tuning starts a Dask cluster",

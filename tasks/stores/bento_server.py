@@ -1,0 +1,37 @@
+"""`bentoml serve` with a Prometheus folder of its own.
+
+Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts, so a second
+server on the same machine (the next version in a roll-out, a canary, `make serve` beside a test)
+wipes the first one's counters and its /metrics then reports the newcomer's. This launcher gives
+each server a fresh folder and removes it when the server stops.
+
+    python -m tasks.stores.bento_server <bento tag> --host 127.0.0.1 --port 3000
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from pathlib import Path
+
+
+def serve_command(target: str, host: str, port: int, python: str = sys.executable) -> list[str]:
+    """The command that serves `target` (a bento tag or a service path) on host:port."""
+    return [python, "-m", "tasks.stores.bento_server", target, "--host", host, "--port", str(port)]
+
+
+def main(argv: list[str]) -> int:
+    # BentoML's own testing plugin sets the folder the same way; the CLI has no option for it
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml_cli.cli import cli
+
+    with tempfile.TemporaryDirectory(prefix="bentoml-prometheus-") as folder:
+        BentoMLContainer.prometheus_multiproc_dir.set(str(Path(folder) / "metrics"))
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops the server, then the folder goes
+            cli.main(["serve", *argv], prog_name="bentoml", standalone_mode=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
