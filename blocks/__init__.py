@@ -8,6 +8,6 @@ saves default documents. Of the project's own, this package imports only the pur
 (the drift policy's fields are the config's `DriftPolicy`, declared once).
 """
 
-from blocks.lifecycle import DriftPolicySettings, ServingTarget, TrackingSettings, block_name
+from blocks.lifecycle import DriftPolicySettings, RolloutSettings, ServingTarget, TrackingSettings, block_name
 
-__all__ = ["DriftPolicySettings", "ServingTarget", "TrackingSettings", "block_name"]
+__all__ = ["DriftPolicySettings", "RolloutSettings", "ServingTarget", "TrackingSettings", "block_name"]

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from prefect_docker.credentials import DockerRegistryCredentials
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from tasks.core.spec import DriftPolicy
+from tasks.core.spec import DriftPolicy, RolloutPlan
 
 
 def block_name(dataset: str) -> str:
@@ -33,6 +33,29 @@ class TrackingSettings(Block):
     password: Secret | None = Field(default=None, description="a Secret block with the MLflow password")
 
 
+def _optional_fields(model: type[BaseModel]) -> dict:
+    """Every field of `model` with its type, bounds and description, empty by default."""
+    fields = {}
+    for name, info in model.model_fields.items():
+        kind = info.annotation | None
+        fields[name] = (
+            Annotated[kind, *info.metadata] if info.metadata else kind,
+            Field(None, description=info.description),
+        )
+    return fields
+
+
+# The config's `rollout:` fields (RolloutPlan), declared there once: the Serving Target block's
+# `rollout` and the roll-out flow's `plan` parameter; empty fields keep the config's value.
+RolloutSettings = create_model(
+    "RolloutSettings",
+    __config__=ConfigDict(extra="forbid"),
+    __module__=__name__,
+    __doc__="How a new version reaches production. Empty fields keep the config's `rollout` values.",
+    **_optional_fields(RolloutPlan),
+)
+
+
 class ServingTarget(Block):
     """Where the champion serves: a local process or a container behind the stable endpoint."""
 
@@ -51,18 +74,9 @@ class ServingTarget(Block):
         description="a Secret block: the service and the stable endpoint then answer 401 without "
         "`Authorization: Bearer <key>` or `x-api-key: <key>` (16+ characters of A-Z a-z 0-9 . _ ~ + / = -)",
     )
-
-
-def _optional_fields(model: type[BaseModel]) -> dict:
-    """Every field of `model` with its type, bounds and description, empty by default."""
-    fields = {}
-    for name, info in model.model_fields.items():
-        kind = info.annotation | None
-        fields[name] = (
-            Annotated[kind, *info.metadata] if info.metadata else kind,
-            Field(None, description=info.description),
-        )
-    return fields
+    rollout: RolloutSettings | None = Field(
+        default=None, description="strategy, canary steps, bake and watch times, guardrails, staging (empty: config's)"
+    )
 
 
 # The config's `monitoring:` fields (DriftPolicy), declared there once; empty keeps the config's value.

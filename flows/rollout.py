@@ -1,4 +1,6 @@
-"""Phase 6: blue/green roll-out of a packaged model behind the stable endpoint."""
+"""Phase 6: the roll-out of a packaged model behind the stable endpoint — staging and approval
+if configured, then one switch (blue/green), canary steps, or a shadow phase first; a watch
+window after the switch. Any failure or guardrail breach sends traffic back to the old version."""
 
 from __future__ import annotations
 
@@ -6,25 +8,31 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
+from blocks import RolloutSettings
 from flows.cli import run
 from flows.naming import named_after_config
 from flows.package import package
-from tasks.common import artifact_key
 from tasks.prepare import load_spec_task
 from tasks.register import tracking_task
 from tasks.results import RolloutResult
 from tasks.rollout import (
     abort_task,
+    canary_step_task,
+    record_rollout_task,
     retire_task,
+    shadow_task,
     smoke_rows_task,
     smoke_test_task,
+    staging_task,
     start_backend_task,
+    step_log,
     switch_task,
+    wait_for_approval,
     wait_ready_task,
+    watch_task,
 )
-from tasks.settings import serving_api_key, serving_target_task
+from tasks.settings import rollout_plan_task, serving_api_key, serving_target_task
 from tasks.stores.backends import RolloutFailed, read_state
 from tasks.stores.workdir import Workdir
 
@@ -40,10 +48,13 @@ def rollout(
     ready_timeout: float = 120,
     smoke_rows: int = 20,
     backend_env: dict[str, str] | None = None,
+    plan: RolloutSettings | None = None,
+    bento: str | None = None,
 ) -> RolloutResult:
-    """Start the new version beside the live one, prove it, switch the stable endpoint, retire the old.
+    """Start the new version beside the live one, prove it, move traffic to it, watch it, retire the old.
 
-    Any failure removes the new backend, keeps the old one serving and moves `champion` back.
+    Any failure or breached guardrail sends traffic back to the old version, removes the new
+    backend and moves `champion` back.
 
     Args:
         config: dataset config (YAML)
@@ -56,43 +67,74 @@ def rollout(
         ready_timeout: seconds the new backend has to become ready
         smoke_rows: test rows whose predictions must match the model's offline ones
         backend_env: extra environment for the new backend
+        plan: strategy, steps, bake/watch seconds, guardrails, staging over the block's and the config's
+        bento: a process roll-out of this bento (a rebuilt service around the alias's model) instead of the packaged one
     """
     spec = load_spec_task(config)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     serving = serving_target_task(spec, target, port)
     target, port = serving.kind, serving.port
+    steps = rollout_plan_task(spec, plan)
     api_key = serving_api_key(spec)  # the block's Secret, never a task result, log or artifact
     packaged = package(config=config, workdir=workdir, tracking_uri=tracking_uri, alias=alias, target=target)
-    current = read_state(workdir, spec.name, port)
-    records, expected = smoke_rows_task(tracking, packaged.model_version, smoke_rows)
-    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(Workdir(workdir).predictions)} | (backend_env or {})
-    artifact = packaged.image if target == "docker" else packaged.bento_tag
-    new = None
+    version, live = packaged.model_version, read_state(workdir, spec.name, port).live
+    records, expected = smoke_rows_task(tracking, version, smoke_rows)
+    artifact = bento or (packaged.image if target == "docker" else packaged.bento_tag)
+    places = Workdir(workdir)
+    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(places.predictions)} | (backend_env or {})
+    logs = places.serving(spec.name)
+    strategy = steps.strategy if live is not None else "blue_green"  # nothing to compare with yet
+    new, reports, staging_port = None, [], steps.staging.port if steps.staging else None
+
+    def started(backend_env: dict[str, str]):
+        backend = start_backend_task(target, artifact, version, backend_env, logs, serving, api_key)
+        wait_ready_task(backend, ready_timeout)  # /readyz: open even when locked
+        smoke_test_task(backend, records, expected, api_key)
+        return backend
+
     try:
-        new = start_backend_task(
-            target, artifact, packaged.model_version, env, Workdir(workdir).serving(spec.name), serving, api_key
-        )
-        wait_ready_task(new, ready_timeout)  # /readyz: open even when locked
-        smoke_test_task(new, records, expected, api_key)
-        state = switch_task(workdir, spec.name, port, new, api_key)
+        if strategy == "shadow":
+            new = started(env | {"LIFECYCLE_PREDICTION_LOG_DIR": str(places.shadow_log(spec.name).parent)})
+            reports.append(report := shadow_task(workdir, spec, port, new, live, steps, api_key))
+            if not report.passed:
+                raise RolloutFailed(f"shadow: {'; '.join(report.breaches)}")
+            retire_task(new)  # its log was the shadow's: the serving one starts fresh
+        new = started(env)
+        if steps.staging is not None:
+            reports.append(report := staging_task(workdir, spec, steps.staging, new, records, steps, api_key))
+            if not report.passed:
+                raise RolloutFailed(f"staging: {'; '.join(report.breaches)}")
+            if steps.staging.approval:
+                approved, why = wait_for_approval(steps.staging, version)
+                if not approved:
+                    raise RolloutFailed(f"production not approved ({why})")
+        if strategy == "canary":
+            for share in steps.steps[:-1]:
+                reports.append(report := canary_step_task(workdir, spec, port, new, live, share, steps, api_key))
+                if not report.passed:
+                    raise RolloutFailed(f"canary {share:g}%: {'; '.join(report.breaches)}")
+        watched = step_log(workdir, spec.name, port, "watch").path if live and steps.watch_seconds else None
+        state = switch_task(workdir, spec.name, port, new, api_key, watched)
+        if watched is not None:
+            reports.append(report := watch_task(workdir, spec, port, new, steps, watched))
+            if not report.passed:
+                raise RolloutFailed(f"watch after the switch: {'; '.join(report.breaches)}")
+            switch_task(workdir, spec.name, port, new, api_key)  # the watch's log off
     except Exception as exc:
-        note = abort_task(tracking, spec.name, new, packaged.model_version, str(exc))
+        note = abort_task(tracking, workdir, spec.name, port, new, live, version, str(exc), api_key, staging_port)
+        record_rollout_task(tracking, spec.name, version, steps, reports, "rolled back", note)
         raise RolloutFailed(note) from exc
-    retire_task(current.live if current.live and current.live.ident != new.ident else None)
-    previous = current.live.model_version if current.live else None
-    create_markdown_artifact(
-        key=f"{artifact_key(spec.name)}-rollout",
-        description=f"v{packaged.model_version} live on :{port}",
-        markdown=f"### Roll-out: v{packaged.model_version} live on http://127.0.0.1:{port}\n\n"
-        f"- backend: {target} `{artifact}` on :{new.port}\n- previous: v{previous}\n",
-    )
+    retire_task(live if live and live.ident != new.ident else None)
+    record_rollout_task(tracking, spec.name, version, steps, reports, "live", f"v{version} live on :{port}")
     return RolloutResult(
         dataset=spec.name,
         endpoint=f"http://127.0.0.1:{port}",
-        model_version=packaged.model_version,
-        previous_version=previous,
+        model_version=version,
+        previous_version=live.model_version if live else None,
         backend=state.live,
         switched=True,
+        strategy=strategy,
+        steps=reports,
     )
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tasks.core.feedback import LabelCoverage, ServedWindow
 from tasks.core.gate import GateDecision, Metrics
+from tasks.core.guardrails import StepReport
 from tasks.core.monitoring import ColumnDrift, NullRate, PerformanceDrift
 from tasks.stores.backends import Backend
 from tasks.stores.snapshots import SnapshotManifest
@@ -119,6 +120,8 @@ class RolloutResult(BaseModel):
     previous_version: str | None
     backend: Backend
     switched: bool
+    strategy: str = "blue_green"
+    steps: list[StepReport] = []  # each step's figures and verdict (staging, shadow, canary, watch)
 
 
 class LifecycleResult(BaseModel):

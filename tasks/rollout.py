@@ -1,22 +1,38 @@
 """Roll-out tasks: start the new back-end, check it (readiness, smoke rows scored as the
-registry's model scores them), switch the stable endpoint to it, retire the old one — or
-abort, roll the registry back and say so (the `model.rollout.rolled_back` event)."""
+registry's model scores them), optionally serve it on staging and wait for approval, move
+traffic to it (one switch, canary steps, or after a shadow phase), watch it, retire the old
+one — or, on any failure or guardrail breach, send traffic back, roll the registry back and
+say so (the `model.rollout.rolled_back` event). Each step's figures come from what nginx and
+the service recorded of the traffic actually served."""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
+import polars as pl
 from prefect import get_run_logger, task
-from pydantic import SecretStr
+from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field, SecretStr
 
-from tasks.common import UNCACHED
+from tasks.common import UNCACHED, artifact_key
+from tasks.core.feedback import ServedWindow
+from tasks.core.guardrails import StepReport, Tally, VersionFigures, judge, live_metric, shift_between
+from tasks.core.spec import DatasetSpec, RolloutPlan, StagingSpec
 from tasks.events import ROLLOUT_ROLLED_BACK, emit_model_event
 from tasks.stores.backends import (
     Backend,
     Kind,
     ServingState,
     container_limits,
+    key_headers,
     smoke_test,
     start_backend,
     state_dir,
@@ -24,9 +40,135 @@ from tasks.stores.backends import (
     wait_ready,
     write_state,
 )
-from tasks.stores.proxy import Lock, point_proxy, wait_proxy_serves
-from tasks.stores.registry import CHAMPION, PREVIOUS, load_model, rollback, version_by_alias, version_manifest
+from tasks.stores.proxy import AccessLog, Lock, Route, point_proxy, stop_proxy, wait_proxy_serves
+from tasks.stores.registry import (
+    CHAMPION,
+    PREVIOUS,
+    TAG_PREFIX,
+    TrackingConfig,
+    load_model,
+    rollback,
+    set_version_tags,
+    version_by_alias,
+    version_manifest,
+)
+from tasks.stores.served import labelled_window, scored_since
 from tasks.stores.snapshots import read_split
+from tasks.stores.workdir import Workdir
+
+
+def lock_for(api_key: SecretStr | None) -> Lock | None:
+    return Lock.bearer(api_key) if api_key is not None else None
+
+
+class Approval(RunInput):
+    """The answer a staging roll-out waits for (the form the Prefect UI shows on the paused run)."""
+
+    approve: bool = Field(description="serve this version in production")
+    note: str = Field(default="", max_length=500)
+
+
+def step_log(workdir: Path, dataset: str, port: int, name: str) -> AccessLog:
+    """A fresh nginx access log per step: the file holds one step's answers, then is removed."""
+    folder = state_dir(workdir, dataset, port) / "steps"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name.replace(' ', '-').replace('%', 'pct')}-{time.time_ns()}.jsonl"
+    return AccessLog(path)
+
+
+def _paired(new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
+    """Rows of the same request answered by both (shadow): joined on request id and row order."""
+    rank = pl.int_range(pl.len()).over("request_id").alias("row")
+    return new.with_columns(rank).join(old.with_columns(rank), on=["request_id", "row"], suffix="_old")
+
+
+def step_figures(
+    name: str,
+    started: float,
+    tallies: dict[int, Tally],
+    new: Backend,
+    old: Backend | None,
+    logs: tuple[Path, Path],
+    plan: RolloutPlan,
+    spec: DatasetSpec,
+    workdir: Path,
+    final: bool,
+    share: float | None = None,
+    paired: bool = False,
+) -> StepReport:
+    """The step's figures so far and the guardrails they break."""
+    rails, policy = plan.guardrails, spec.monitoring
+    new_rows = scored_since(logs[0], new.model_version, started)
+    old_rows = scored_since(logs[1], old.model_version, started) if old is not None else None
+    live = {}
+    if rails.max_live_metric_drop is not None and old is not None and not paired:
+        end = time.time() + 1
+        for backend in (new, old):
+            window = ServedWindow(model_version=backend.model_version, start=_utc(started), end=_utc(end))
+            rows = labelled_window(Workdir(workdir), spec, window)
+            value, labelled = live_metric(rows, spec, policy.performance_metric)
+            live[backend.port] = (value if labelled >= policy.min_labelled_rows else None, labelled)
+    challenger = VersionFigures.of(new.model_version, tallies[new.port], new_rows.height, *live.get(new.port, ()))
+    champion, shift, agreement = None, None, None
+    if old is not None:
+        champion = VersionFigures.of(old.model_version, tallies[old.port], old_rows.height, *live.get(old.port, ()))
+        new_p, old_p = new_rows["probability"].to_numpy(), old_rows["probability"].to_numpy()
+        shift = shift_between(new_p, old_p, rails.min_requests)
+        if paired:
+            both = _paired(new_rows, old_rows)
+            agreement = float((both["label"] == both["label_old"]).mean()) if both.height else None
+    served = (challenger.requests / (challenger.requests + champion.requests)) if share and champion and (
+        challenger.requests + champion.requests) else None  # fmt: skip
+    return StepReport(
+        name=name,
+        started_at=started,
+        seconds=round(time.time() - started, 1),
+        share=share,
+        served_share=None if served is None else round(100 * served, 1),
+        challenger=challenger,
+        champion=champion,
+        prediction_shift=shift,
+        agreement=agreement,
+        breaches=judge(challenger, champion, shift, rails, final, policy.min_labelled_rows),
+    )
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def bake(
+    name: str,
+    seconds: float,
+    access: AccessLog,
+    new: Backend,
+    old: Backend | None,
+    logs: tuple[Path, Path],
+    plan: RolloutPlan,
+    spec: DatasetSpec,
+    workdir: Path,
+    share: float | None = None,
+    paired: bool = False,
+    fail_closed: bool = True,
+) -> StepReport:
+    """Hold the step `seconds`, checking the guardrails every `check_seconds`; return at the
+    first breach or at the end. Without `fail_closed` a figure never computed is no breach."""
+    started = time.time()
+    tallies = {b.port: Tally() for b in (new, old) if b is not None}
+    logger = get_run_logger()
+    while True:
+        for port, status, ms in access.read():
+            if port in tallies:
+                tallies[port].add(status, ms)
+        final = time.time() - started >= seconds
+        report = step_figures(name, started, tallies, new, old, logs, plan, spec, workdir, final and fail_closed,
+                              share, paired)  # fmt: skip
+        if report.breaches or final:
+            logger.info("%s: %s", name, report.breaches or "guardrails held")
+            access.path.unlink(missing_ok=True)
+            return report
+        time.sleep(min(plan.check_seconds, max(0.1, seconds - (time.time() - started))))
+
 
 # -- Prefect tasks -------------------------------------------------------------------------------
 
@@ -61,15 +203,159 @@ def smoke_test_task(
 
 @task(name="switch-endpoint", **UNCACHED | {"retries": 0})
 def switch_task(
-    workdir: Path, dataset: str, port: int, backend: Backend, api_key: SecretStr | None = None
+    workdir: Path,
+    dataset: str,
+    port: int,
+    backend: Backend,
+    api_key: SecretStr | None = None,
+    access_log: Path | None = None,
 ) -> ServingState:
-    """Point the stable endpoint at `backend`; with `api_key` nginx answers 401 without it."""
+    """Point the stable endpoint at `backend` (with `access_log`: its answers recorded for the
+    watch); with `api_key` nginx answers 401 without it."""
     folder = state_dir(workdir, dataset, port)
-    point_proxy(folder, port, backend.port, Lock.bearer(api_key) if api_key is not None else None)
+    point_proxy(folder, port, Route(live=backend.port, access_log=access_log), lock_for(api_key))
     wait_proxy_serves(port, backend.model_version, api_key=api_key)
     state = ServingState(port=port, live=backend)
     write_state(workdir, dataset, state)
     return state
+
+
+@task(name="canary-step", task_run_name="canary-{share}pct", **UNCACHED | {"retries": 0})
+def canary_step_task(
+    workdir: Path, spec: DatasetSpec, port: int, new: Backend, old: Backend, share: float, plan: RolloutPlan,
+    api_key: SecretStr | None = None,
+) -> StepReport:  # fmt: skip
+    """`share` percent of requests to the new version for the bake time, the rest to the old."""
+    access = step_log(workdir, spec.name, port, f"canary-{share:g}")
+    route = Route(live=old.port, canary=new.port, percent=share, sticky_header=plan.sticky_header,
+                  access_log=access.path)  # fmt: skip
+    point_proxy(state_dir(workdir, spec.name, port), port, route, lock_for(api_key))
+    log = Workdir(workdir).prediction_log(spec.name)
+    return bake(f"canary {share:g}%", plan.bake_seconds, access, new, old, (log, log), plan, spec, workdir, share)
+
+
+@task(name="shadow", **UNCACHED | {"retries": 0})
+def shadow_task(
+    workdir: Path, spec: DatasetSpec, port: int, shadow: Backend, live: Backend, plan: RolloutPlan,
+    api_key: SecretStr | None = None,
+) -> StepReport:  # fmt: skip
+    """Live scoring requests also go to `shadow` (its answers dropped by nginx) for the bake time;
+    both answers are logged and compared request by request."""
+    access = step_log(workdir, spec.name, port, "shadow")
+    route = Route(live=live.port, shadow=shadow.port, access_log=access.path)
+    folder = state_dir(workdir, spec.name, port)
+    point_proxy(folder, port, route, lock_for(api_key))
+    logs = (Workdir(workdir).shadow_log(spec.name), Workdir(workdir).prediction_log(spec.name))
+    try:
+        return bake("shadow", plan.bake_seconds, access, shadow, live, logs, plan, spec, workdir, paired=True)
+    finally:  # the mirror goes whatever the verdict
+        point_proxy(folder, port, Route(live=live.port), lock_for(api_key))
+
+
+@task(name="watch", **UNCACHED | {"retries": 0})
+def watch_task(
+    workdir: Path, spec: DatasetSpec, port: int, new: Backend, plan: RolloutPlan, access_log: Path
+) -> StepReport:
+    """After the switch: the new version's answers against the guardrails for the watch window
+    (the old version still running). A breach rolls back; too little traffic to judge does not."""
+    log = Workdir(workdir).prediction_log(spec.name)
+    return bake("watch", plan.watch_seconds, AccessLog(access_log), new, None, (log, log), plan, spec, workdir,
+                fail_closed=False)  # fmt: skip
+
+
+@task(name="staging", **UNCACHED | {"retries": 0})
+def staging_task(
+    workdir: Path, spec: DatasetSpec, staging: StagingSpec, new: Backend, records: list[dict], plan: RolloutPlan,
+    api_key: SecretStr | None = None,
+) -> StepReport:  # fmt: skip
+    """Serve the new version on the staging endpoint, replay test rows through it and judge what
+    it answered (errors, p95, enough answers)."""
+    access = step_log(workdir, spec.name, staging.port, "staging")
+    folder = state_dir(workdir, spec.name, staging.port)
+    point_proxy(folder, staging.port, Route(live=new.port, access_log=access.path), lock_for(api_key))
+    wait_proxy_serves(staging.port, new.model_version, api_key=api_key)
+    started = time.time()
+    with httpx.Client(base_url=f"http://127.0.0.1:{staging.port}", headers=key_headers(api_key), timeout=30) as c:
+        for i in range(staging.requests):
+            c.post("/predict", json={"records": [records[i % len(records)]]})
+    time.sleep(1.5)  # nginx flushes its log each second
+    tallies = {new.port: Tally()}
+    for port, status, ms in access.read():
+        if port in tallies:
+            tallies[port].add(status, ms)
+    access.path.unlink(missing_ok=True)
+    log = Workdir(workdir).prediction_log(spec.name)
+    report = step_figures("staging", started, tallies, new, None, (log, log), plan, spec, workdir, final=True)
+    get_run_logger().info("staging on :%d: %s", staging.port, report.breaches or "guardrails held")
+    return report
+
+
+def wait_for_approval(staging: StagingSpec, model_version: str) -> tuple[bool, str]:
+    """Pause the flow run until someone answers the approval form (Prefect UI, or
+    `resume_flow_run(id, run_input={"approve": …})`); no answer within the timeout is a no."""
+    timeout = int(staging.approval_timeout_seconds)
+    form = Approval.with_initial_data(
+        description=f"v{model_version} serves on staging http://127.0.0.1:{staging.port}: serve it in production?",
+        approve=False,
+    )
+    try:
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=max(1, min(10, timeout // 10)))
+    except FlowPauseTimeout:
+        return False, f"no approval within {timeout}s"
+    return answer.approve, f"{'approved' if answer.approve else 'rejected'}: {answer.note}".rstrip(": ")
+
+
+@task(name="revert-endpoint", **UNCACHED | {"retries": 0})
+def revert_task(workdir: Path, dataset: str, port: int, old: Backend, api_key: SecretStr | None = None) -> float:
+    """Traffic back to the old version; the seconds it took until the endpoint served it."""
+    started = time.monotonic()
+    point_proxy(state_dir(workdir, dataset, port), port, Route(live=old.port), lock_for(api_key))
+    wait_proxy_serves(port, old.model_version, api_key=api_key)
+    write_state(workdir, dataset, ServingState(port=port, live=old))
+    return round(time.monotonic() - started, 3)
+
+
+@task(name="record-rollout", **UNCACHED)
+def record_rollout_task(
+    cfg: TrackingConfig, dataset: str, model_version: str, plan: RolloutPlan, reports: list[StepReport],
+    outcome: str, reason: str,
+) -> None:  # fmt: skip
+    """The decision and every step's figures: a Prefect artifact and tags on the model version."""
+    rows = [_report_row(r) for r in reports]
+    set_version_tags(cfg, model_version, {
+        f"{TAG_PREFIX}rollout.strategy": plan.strategy,
+        f"{TAG_PREFIX}rollout.outcome": outcome,
+        f"{TAG_PREFIX}rollout.reason": reason[:1000],
+        f"{TAG_PREFIX}rollout.steps": json.dumps(rows, default=str)[:4900],
+    })  # fmt: skip
+    header = "| step | s | target % | served % | answers | errors | p95 ms | shift | agreement | verdict |\n"
+    table = (
+        header
+        + "|---" * 10
+        + "|\n"
+        + "".join(
+            f"| {r['step']} | {r['seconds']} | {r['share'] or ''} | {r['served_share'] or ''} | {r['answers']} "
+            f"| {r['errors']} | {r['p95_ms'] or ''} | {r['shift'] or ''} | {r['agreement'] or ''} | {r['verdict']} |\n"
+            for r in rows
+        )
+    )
+    create_markdown_artifact(
+        key=f"{artifact_key(dataset)}-rollout",
+        description=f"v{model_version}: {outcome}",
+        markdown=f"### Roll-out of v{model_version} ({plan.strategy}): {outcome}\n\n{reason}\n\n{table}",
+    )
+
+
+def _report_row(r: StepReport) -> dict:
+    def rounded(x, n=3):
+        return None if x is None else round(x, n)
+
+    return {
+        "step": r.name, "seconds": r.seconds, "share": r.share, "served_share": r.served_share,
+        "answers": r.challenger.requests, "errors": r.challenger.errors, "p95_ms": rounded(r.challenger.p95_ms, 1),
+        "shift": rounded(r.prediction_shift), "agreement": rounded(r.agreement),
+        "verdict": "; ".join(r.breaches) or "held",
+    }  # fmt: skip
 
 
 @task(name="retire-backend", **UNCACHED)
@@ -88,14 +374,23 @@ def smoke_rows_task(cfg, model_version: str, n: int) -> tuple[list[dict], list[f
 
 
 @task(name="abort-rollout", **UNCACHED)
-def abort_task(cfg, dataset: str, backend: Backend | None, model_version: str, reason: str) -> str:
-    """Remove the new backend, keep the old one serving, and put `champion` back if it had moved."""
+def abort_task(
+    cfg, workdir: Path, dataset: str, port: int, backend: Backend | None, live: Backend | None, model_version: str,
+    reason: str, api_key: SecretStr | None = None, staging_port: int | None = None,
+) -> str:  # fmt: skip
+    """Traffic back to the old version (if it had moved), the new back-end removed, `champion`
+    back on the old version if it had moved: the registry names what serves."""
 
     logger = get_run_logger()
-    if backend is not None:
+    note = f"roll-out of v{model_version} failed: {reason}"
+    if live is not None and (backend is None or live.ident != backend.ident):
+        seconds = revert_task.fn(workdir, dataset, port, live, api_key)
+        note += f"; traffic back on v{live.model_version} in {seconds:.2f}s"
+    if staging_port is not None:
+        stop_proxy(state_dir(workdir, dataset, staging_port))
+    if backend is not None and (live is None or live.ident != backend.ident):
         stop_backend(backend)
     champion, previous = version_by_alias(cfg, CHAMPION), version_by_alias(cfg, PREVIOUS)
-    note = f"roll-out of v{model_version} failed: {reason}"
     if champion is not None and champion.version == model_version and previous is not None:
         rollback(cfg)
         note += f"; champion alias back on v{previous.version}"

@@ -12,10 +12,10 @@ from typing import Any, Literal
 from prefect import get_run_logger, task
 from pydantic import BaseModel, SecretStr
 
-from blocks import DriftPolicySettings, ServingTarget, TrackingSettings, block_name
+from blocks import DriftPolicySettings, RolloutSettings, ServingTarget, TrackingSettings, block_name
 from tasks.common import UNCACHED
 from tasks.core.errors import SettingsError
-from tasks.core.spec import DatasetSpec, DriftPolicy
+from tasks.core.spec import DatasetSpec, DriftPolicy, RolloutPlan
 from tasks.stores.proxy import Lock
 
 DEFAULT_TARGET, DEFAULT_PORT = "docker", 3000
@@ -63,6 +63,26 @@ def serving_choice(kind: str | None, port: int | None, block: ServingTarget | No
         memory=saved.get("memory"),
         push=bool(saved.get("image_repository") and block.registry_credentials is not None),
     )
+
+
+def merged_plan(config: RolloutPlan, *layers: BaseModel | None) -> RolloutPlan:
+    """The config's roll-out plan with each layer's set fields over it (block, then parameter);
+    the result is validated again (steps still rising to 100)."""
+    fields = config.model_dump()
+    for layer in layers:
+        if layer is not None:
+            fields = _deep_merge(fields, layer.model_dump(exclude_unset=True, exclude_none=True))
+    return RolloutPlan.model_validate(fields)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    """`over`'s keys on `base`; a nested section (guardrails, staging) merges field by field."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
+    return out
 
 
 def serving_api_key(spec: DatasetSpec) -> SecretStr | None:
@@ -113,6 +133,15 @@ def drift_policy_task(spec: DatasetSpec, override: DriftPolicy | None = None) ->
 @task(name="serving-target", **UNCACHED)
 def serving_target_task(spec: DatasetSpec, kind: str | None = None, port: int | None = None) -> ServingChoice:
     return serving_choice(kind, port, saved_block(ServingTarget, spec.name))
+
+
+@task(name="rollout-plan", **UNCACHED)
+def rollout_plan_task(spec: DatasetSpec, override: RolloutSettings | None = None) -> RolloutPlan:
+    """The flow's `plan` parameter over the Serving Target block's `rollout` over the config."""
+    block = saved_block(ServingTarget, spec.name)
+    plan = merged_plan(spec.rollout, block.rollout if block is not None else None, override)
+    get_run_logger().info("roll-out plan: %s", plan.model_dump(exclude_none=True))
+    return plan
 
 
 @task(name="push-image", **UNCACHED)

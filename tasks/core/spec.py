@@ -228,6 +228,72 @@ class RetrainingSpec(_Strict):
     min_labelled_rows: int = Field(default=100, ge=1, description="fewer labelled new rows: no retraining")
 
 
+class Guardrails(_Strict):
+    """What a new version must hold, judged per version on what it actually served in each step."""
+
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="share of its answers that are 5xx or timed out (nginx 499/502/504)"
+    )
+    max_p95_ms: float = Field(default=500, gt=0, description="95th percentile of its answer times, ms")
+    max_prediction_shift: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="largest gap between its and the champion's probability distributions on the same traffic "
+        "(Kolmogorov-Smirnov statistic: 0 same, 1 disjoint)",
+    )
+    min_requests: int = Field(
+        default=50, ge=1, description="fewer answers (or scored rows) than this in a step: cannot judge, rolls back"
+    )
+    max_live_metric_drop: float | None = Field(
+        default=None,
+        ge=0,
+        description="labelled rows: its `monitoring.performance_metric` below the champion's by more rolls back; "
+        "set, a step also needs `monitoring.min_labelled_rows` labels per version (empty: not judged)",
+    )
+
+
+class StagingSpec(_Strict):
+    """A staging endpoint the new version serves first: smoke and guardrail checks there, then approval."""
+
+    port: int = Field(ge=1, le=65535, description="the staging endpoint's port on 127.0.0.1")
+    requests: int = Field(default=200, ge=1, description="test-split requests replayed through staging")
+    approval: bool = Field(default=True, description="wait for approval (Prefect UI) before production")
+    approval_timeout_seconds: float = Field(default=3600, gt=0, description="no answer in time: rejected")
+
+
+class RolloutPlan(_Strict):
+    """How a new version reaches production behind the stable endpoint, and what rolls it back."""
+
+    strategy: Literal["blue_green", "canary", "shadow"] = Field(
+        default="blue_green",
+        description="blue_green: one switch; canary: traffic shares in steps; shadow: a mirrored copy of live "
+        "requests first (answers compared, never returned), then the switch",
+    )
+    steps: Annotated[list[float], Field(min_length=1)] = Field(
+        default=[10, 50, 100], description="canary: percent of requests per step, rising, ending at 100"
+    )
+    bake_seconds: float = Field(default=300, gt=0, description="each canary step, and the shadow phase, lasts this")
+    watch_seconds: float = Field(
+        default=300, ge=0, description="after the switch the old version keeps running this long; a breach goes back"
+    )
+    check_seconds: float = Field(default=5, gt=0, description="how often the guardrails are checked")
+    sticky_header: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="canary: requests with the same value of this header go to the same version",
+    )
+    guardrails: Guardrails = Guardrails()
+    staging: StagingSpec | None = None
+
+    @model_validator(mode="after")
+    def _rising_steps(self) -> RolloutPlan:
+        steps = self.steps
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
+            raise ValueError(f"canary steps must rise within (0, 100] and end at 100, got {steps}")
+        return self
+
+
 class DatasetSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -247,6 +313,7 @@ class DatasetSpec(_Strict):
     gate: list[GateRule] = DEFAULT_GATE
     monitoring: DriftPolicy = DriftPolicy()
     retraining: RetrainingSpec = RetrainingSpec()
+    rollout: RolloutPlan = RolloutPlan()
     model_name: str | None = Field(default=None, description="registered model name (default: the dataset name)")
     base_dir: Path = Field(default=Path("."), exclude=True, description="folder relative paths start from")
 
@@ -315,6 +382,7 @@ class DatasetSpec(_Strict):
                 "model_name",
                 "monitoring",
                 "retraining",
+                "rollout",
             }
         )
 
@@ -331,8 +399,8 @@ class DatasetSpec(_Strict):
 
     def cache_token(self) -> str:
         """Everything in the config that shapes data and models (not where the data is read from,
-        not the monitoring and retraining policies): any change refreshes the cache."""
-        return self._hash(exclude={"source", "description", "base_dir", "monitoring", "retraining"})
+        not the monitoring, retraining and roll-out policies): any change refreshes the cache."""
+        return self._hash(exclude={"source", "description", "base_dir", "monitoring", "retraining", "rollout"})
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path).expanduser()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import re
+import resource
 import signal
 import socket
 import subprocess
@@ -78,7 +81,7 @@ async def _start_container(image: str, port: int, env: dict[str, str], name: str
     host = DockerHost(base_url=os.environ.get("DOCKER_HOST"))
     container = await create_docker_container(
         image=image,
-        command=["serve", "--port", str(port)],
+        command=["serve", "--host", "127.0.0.1", "--port", str(port)],  # host network: loopback only
         name=name,
         environment=env,
         network_mode="host",
@@ -102,13 +105,44 @@ async def _remove_container(container_id: str) -> None:
 
 
 def container_limits(cpus: float | None, memory: str | None) -> dict:
-    """docker SDK `containers.create` arguments for the serving target's resources."""
+    """docker SDK `containers.create` arguments for the serving target's resources; a process
+    back-end reads the same two (`process_limits`)."""
     limits = {}
     if cpus:
         limits["nano_cpus"] = int(cpus * 1e9)
     if memory:
         limits["mem_limit"] = memory
     return limits
+
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(memory: str) -> int:
+    """Docker's memory notation (`512m`, `2g`, bytes) in bytes."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([bkmg]?)b?\s*", memory.lower())
+    if not match:
+        raise ValueError(f"memory limit {memory!r}: use a number with b, k, m or g (e.g. 2g)")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def process_limits(limits: dict):
+    """For a process back-end: its CPUs as a CPU-affinity set of ceil(cpus) cores, its memory as
+    the cap on its (and its workers') address space — stricter than a container's resident-memory
+    limit, so give it headroom. Returns the `preexec_fn` that applies them, or None."""
+    cores = sorted(os.sched_getaffinity(0))
+    wanted = math.ceil(limits["nano_cpus"] / 1e9) if limits.get("nano_cpus") else None
+    memory = memory_bytes(str(limits["mem_limit"])) if limits.get("mem_limit") else None
+    if wanted is None and memory is None:
+        return None
+
+    def apply() -> None:
+        if wanted is not None:
+            os.sched_setaffinity(0, cores[: max(1, min(wanted, len(cores)))])
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    return apply
 
 
 def key_headers(key: SecretStr | None) -> dict[str, str]:
@@ -143,6 +177,7 @@ def start_backend(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=process_limits(limits or {}),
         )
         ident = str(proc.pid)
     return Backend(kind=kind, ident=ident, port=port, model_version=model_version, artifact=artifact)
@@ -157,6 +192,8 @@ def stop_backend(backend: Backend) -> None:
     except ProcessLookupError:
         return
     for _ in range(60):
+        with contextlib.suppress(ChildProcessError):  # started by this process: reap it (a zombie still "exists")
+            os.waitpid(int(backend.ident), os.WNOHANG)
         try:
             os.killpg(int(backend.ident), 0)
         except ProcessLookupError:

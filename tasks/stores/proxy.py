@@ -7,6 +7,7 @@ lock holds whatever the back-end checks; its config file then holds the secret a
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from tasks.core.errors import SettingsError
 from tasks.stores.backends import RolloutFailed, key_headers
@@ -52,10 +53,28 @@ class Lock(BaseModel):
         return cls(authorization=SecretStr(f"Basic {pair}"), challenge=f'Basic realm="{realm}"', open_paths=open_paths)
 
 
-PROXY = """      proxy_pass http://backend;
+class Route(BaseModel):
+    """Where the stable endpoint sends requests: the live back-end, optionally a canary answering a
+    share of them (sticky on a header's value, if named), or a shadow getting a mirrored copy of the
+    scoring requests (its answers dropped). With `access_log`, nginx writes a JSON line per answer
+    (time, status, back-end, seconds): the guardrails' record of what each version served."""
+
+    live: int
+    canary: int | None = None
+    percent: float = Field(default=0, ge=0, lt=100)
+    sticky_header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    shadow: int | None = None
+    access_log: Path | None = None
+
+
+SCORING_PATHS = ("/predict", "/predict_batched")  # what a shadow is sent (never /feedback: labels once)
+SHADOW_LOCATION = "/_lifecycle_shadow"
+
+PROXY = """      proxy_pass http://{upstream};
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $http_host;
+      proxy_set_header x-request-id $lifecycle_request_id;
       proxy_read_timeout 300s;
 """
 
@@ -67,13 +86,35 @@ http {{
   access_log off;
   client_max_body_size 512m;
   # idle upstream connections close before uvicorn's 5 s keep-alive does (no reuse of a closed one)
-  upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; keepalive_timeout 4s; }}
+{upstreams}  # the client's request id, else nginx's own: the same id reaches every back-end
+  map $http_x_request_id $lifecycle_request_id {{ "" $request_id; default $http_x_request_id; }}
 {maps}  server {{
     listen 127.0.0.1:{port};
-{open}    location / {{
-{check}{proxy}    }}
-  }}
+{log}{locations}  }}
 }}
+"""
+
+UPSTREAM = "  upstream {name} {{ server 127.0.0.1:{port}; keepalive 32; keepalive_timeout 4s; }}\n"
+
+LOG_FORMAT = (
+    '  log_format lifecycle escape=json \'{"t":$msec,"status":$status,"upstream":"$upstream_addr",'
+    '"rt":$request_time,"urt":"$upstream_response_time"}\';\n'
+    '  map "$request_method:$request_uri" $lifecycle_logged { "~^POST:/model_info" 0; "~^POST:" 1; default 0; }\n'
+)
+ACCESS_LOG = """    log_subrequest on;
+    access_log {path} lifecycle if=$lifecycle_logged buffer=32k flush=1s;
+"""
+
+SHADOW = """    location = {location} {{
+      internal;
+      proxy_pass http://shadow$request_uri;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header x-request-id $lifecycle_request_id;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 30s;
+    }}
 """
 
 LOCK_MAPS = """  map $http_authorization $lifecycle_authorized {{ default 0; "{authorization}" 1; }}
@@ -87,20 +128,40 @@ LOCK_CHECK = """      add_header WWW-Authenticate $lifecycle_challenge always;
 """
 
 
-def nginx_conf(prefix: Path, port: int, backend_port: int, lock: Lock | None = None) -> str:
-    maps = check = opened = ""
+def nginx_conf(prefix: Path, port: int, route: Route | int, lock: Lock | None = None) -> str:
+    route = route if isinstance(route, Route) else Route(live=route)
+    backends = {"live": route.live, "canary": route.canary, "shadow": route.shadow}
+    upstreams = "".join(UPSTREAM.format(name=n, port=p) for n, p in backends.items() if p is not None)
+    maps, check, upstream = "", "", "live"
+    if route.canary is not None:
+        key = "$request_id"
+        if route.sticky_header:
+            header = "$http_" + route.sticky_header.lower().replace("-", "_")
+            maps += f'  map {header} $lifecycle_split_key {{ "" $request_id; default {header}; }}\n'
+            key = "$lifecycle_split_key"
+        maps += f'  split_clients "{key}" $lifecycle_upstream {{ {route.percent:g}% canary; * live; }}\n'
+        upstream = "$lifecycle_upstream"
     if lock is not None:
         key = lock.api_key.get_secret_value() if lock.api_key is not None else None
-        maps = LOCK_MAPS.format(
+        maps += LOCK_MAPS.format(
             authorization=_literal(lock.authorization.get_secret_value()),
             api_key=f'"{_literal(key)}" 1;' if key else "",
             challenge=lock.challenge,
         )
         check = LOCK_CHECK.format()
-        opened = "".join(f"    location = {path} {{\n{PROXY}    }}\n" for path in lock.open_paths)
-    return NGINX_CONF.format(
-        prefix=prefix, port=port, backend=backend_port, maps=maps, open=opened, check=check, proxy=PROXY
-    )
+    proxy = PROXY.format(upstream=upstream)
+    locations = "".join(f"    location = {path} {{\n{proxy}    }}\n" for path in (lock.open_paths if lock else ()))
+    if route.shadow is not None:
+        mirror = f"      mirror {SHADOW_LOCATION};\n      mirror_request_body on;\n"
+        paths = "|".join(p.lstrip("/") for p in SCORING_PATHS)
+        locations += f"    location ~ ^/({paths})$ {{\n{check}{mirror}{proxy}    }}\n"
+        locations += SHADOW.format(location=SHADOW_LOCATION)
+    locations += f"    location / {{\n{check}{proxy}    }}\n"
+    log = ""
+    if route.access_log is not None:
+        maps += LOG_FORMAT
+        log = ACCESS_LOG.format(path=route.access_log)
+    return NGINX_CONF.format(prefix=prefix, port=port, upstreams=upstreams, maps=maps, log=log, locations=locations)
 
 
 def _literal(value: str) -> str:
@@ -125,14 +186,14 @@ def _write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
-def point_proxy(folder: Path, port: int, backend_port: int, lock: Lock | None = None) -> None:
-    """Start the proxy on `port`, or repoint it at `backend_port` (and set or lift its lock) with a
-    graceful reload."""
+def point_proxy(folder: Path, port: int, route: Route | int, lock: Lock | None = None) -> None:
+    """Start the proxy on `port`, or give it a new route (a back-end port, a canary, a shadow) and
+    set or lift its lock, with a graceful reload."""
     prefix = folder / "nginx"
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "logs").mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
-    _write_private(conf, nginx_conf(prefix, port, backend_port, lock))
+    _write_private(conf, nginx_conf(prefix, port, route, lock))
     cmd = [nginx_binary(), "-p", str(prefix), "-c", str(conf)]
     test = subprocess.run([*cmd, "-t"], capture_output=True, text=True)
     if test.returncode != 0:
@@ -172,3 +233,30 @@ def wait_proxy_serves(port: int, version: str, timeout: float = 15, api_key: Sec
             pass
         time.sleep(0.2)
     raise RolloutFailed(f"the stable endpoint :{port} does not serve v{version} after the switch")
+
+
+class AccessLog:
+    """The JSON lines nginx appends for a route with `access_log`, read from where the last read
+    stopped (whole lines only): (back-end port, status, milliseconds) per answer."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def read(self) -> list[tuple[int, int, float]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        answers = []
+        for line in chunk[:end].splitlines():
+            entry = json.loads(line)
+            upstream = entry["upstream"].split(",")[-1].strip()  # "-": nginx answered itself (401, 413)
+            if ":" not in upstream:
+                continue
+            seconds = entry["urt"].split(",")[-1].strip()
+            ms = 1000 * (float(seconds) if seconds not in ("", "-") else float(entry["rt"]))
+            answers.append((int(upstream.rsplit(":", 1)[1]), int(entry["status"]), ms))
+        return answers

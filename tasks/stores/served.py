@@ -57,6 +57,19 @@ def window_ending_now(log_folder: Path, model_version: str, window: str) -> Serv
     return ServedWindow(model_version=model_version, start=start, end=end)
 
 
+def scored_since(log_folder: Path, model_version: str, since: float) -> pl.DataFrame:
+    """A version's rows logged at or after `since` (epoch seconds): request id, probability, label.
+    Only part files written since then are read."""
+    files = [f for f in parts(log_folder) if f.stat().st_mtime >= since]
+    columns = ["request_id", "logged_at", "probability", "label"]
+    if not files:
+        return pl.DataFrame(schema={"request_id": pl.String, "logged_at": pl.Float64, "probability": pl.Float64,
+                                    "label": pl.String})  # fmt: skip
+    scan = pl.concat([pl.scan_parquet(f, hive_partitioning=False) for f in files], how="diagonal_relaxed")
+    keep = (pl.col("model_version") == model_version) & (pl.col("logged_at") >= since)
+    return scan.filter(keep).select(columns).collect()
+
+
 def logged_keys(log_folder: Path, id_column: str | None) -> pl.DataFrame:
     """The join keys of every logged row, all versions: what a label can match."""
     scan = scan_parts(log_folder)

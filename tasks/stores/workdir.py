@@ -68,6 +68,10 @@ class Workdir:
     def prediction_log(self, dataset: str) -> Path:
         return self.predictions / dataset
 
+    def shadow_log(self, dataset: str) -> Path:
+        """What a shadow back-end answered (mirrored requests, never returned to a client)."""
+        return self.root.resolve() / "shadow" / dataset
+
     @property
     def label_store(self) -> Path:
         """Delayed labels, beside the prediction log (the bento derives it the same way)."""
