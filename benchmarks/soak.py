@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
                  log=scratch / "lifecycle.log")  # fmt: skip
     port = free_port()
     common = ("--config", str(args.config), "--workdir", str(work), "--target", "process", "--port", str(port),
-              "--smoke-rows", str(SMOKE_ROWS))  # fmt: skip
+              "--smoke-rows", str(SMOKE_ROWS), "--plan", '{"watch_seconds": 0}')  # fmt: skip
     first = run_flow("flows.rollout", *common, log=scratch / "rollout-1.log")
     cfg = registry.default_tracking(work, spec.name, spec.registered_model_name)
     test = read_split(registry.version_manifest(cfg, first["model_version"]), "test")

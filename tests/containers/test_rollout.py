@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from blocks import RolloutSettings
 from flows.lifecycle import lifecycle
 from flows.rollout import rollout
 from tasks.core.records import example_record
@@ -20,6 +21,7 @@ from tests.serving.server import free_port
 
 TELCO_CONFIG = CONFIGS / "telco_churn.yaml"
 TELCO = load_spec(TELCO_CONFIG)
+NO_WATCH = RolloutSettings(watch_seconds=0)  # the watch has tests of its own (test_progressive.py)
 
 
 class Poller(threading.Thread):
@@ -71,7 +73,7 @@ def test_roll_out_n_to_n_plus_1_never_drops_a_request(stable):
     poller = Poller(f"http://127.0.0.1:{port}")
     poller.start()
     time.sleep(1)
-    done = rollout(config=TELCO_CONFIG, workdir=workdir, port=port)
+    done = rollout(config=TELCO_CONFIG, workdir=workdir, port=port, plan=NO_WATCH)
     time.sleep(1)
     poller.stop.set()
     poller.join()
@@ -100,6 +102,7 @@ def test_a_failed_roll_out_keeps_the_old_version_serving_and_the_alias(stable):
             workdir=workdir,
             port=port,
             ready_timeout=25,
+            plan=NO_WATCH,
             backend_env={"LIFECYCLE_BUNDLE": "/nonexistent/bundle.json"},
         )
     assert registry.version_by_alias(cfg, registry.CHAMPION).version == live.model_version

@@ -48,6 +48,7 @@ def loop(process_worker, prefect_api, tmp_path_factory):
     raw = yaml.safe_load((CONFIGS / "telco_churn.yaml").read_text())
     raw["source"]["path"] = str((CONFIGS / raw["source"]["path"]).resolve())
     raw["monitoring"] = {"window": f"{WINDOW_ROWS}rows"}
+    raw["rollout"]["watch_seconds"] = 0  # the watch has tests of its own (tests/containers/test_progressive.py)
     config = folder / "telco_churn.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     spec = load_spec(config)

@@ -1,0 +1,160 @@
+"""Guardrail figures and verdicts, the roll-out plan, nginx routes and the process limits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr, ValidationError
+from scipy.stats import ks_2samp
+
+from blocks import RolloutSettings
+from tasks.core.guardrails import Tally, VersionFigures, judge, ks_statistic
+from tasks.core.spec import Guardrails, RolloutPlan
+from tasks.settings import merged_plan
+from tasks.stores.backends import memory_bytes, process_limits
+from tasks.stores.proxy import AccessLog, Lock, Route, nginx_binary, nginx_conf
+
+RAILS = Guardrails(max_error_rate=0.05, max_p95_ms=100, max_prediction_shift=0.2, min_requests=20)
+samples = st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=200)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, samples)
+def test_ks_statistic_is_scipys(a, b):
+    assert ks_statistic(np.array(a), np.array(b)) == pytest.approx(ks_2samp(a, b, method="asymp").statistic, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.2, 60_000, allow_nan=False), min_size=1, max_size=500))
+def test_p95_is_the_true_p95_rounded_up_to_its_5_percent_bucket(times):
+    tally = Tally()
+    for ms in times:
+        tally.add(200, ms)
+    exact = np.sort(times)[int(np.ceil(0.95 * len(times))) - 1]
+    assert exact <= tally.p95_ms() <= exact * 1.05 + 1e-9
+    assert tally.histogram.size == 330  # fixed whatever the traffic
+
+
+def test_errors_are_5xx_and_timeouts_not_4xx():
+    tally = Tally()
+    for status in (200, 400, 404, 413, 429, 499, 500, 502, 504):
+        tally.add(status, 1)
+    assert (tally.requests, tally.errors) == (9, 4)
+
+
+def _figures(requests=100, errors=0, p95=50.0, rows=100, version="2") -> VersionFigures:
+    return VersionFigures(version=version, requests=requests, errors=errors, p95_ms=p95, rows_scored=rows)
+
+
+def test_healthy_figures_break_nothing():
+    assert judge(_figures(), _figures(version="1"), 0.05, RAILS, final=True, min_labels=100) == []
+
+
+def test_each_rail_names_what_it_saw():
+    old = _figures(version="1")
+    assert "error rate 0.100" in judge(_figures(errors=10), old, 0.0, RAILS, True, 100)[0]
+    assert "p95 150 ms" in judge(_figures(p95=150), old, 0.0, RAILS, True, 100)[0]
+    assert "prediction shift 0.300" in judge(_figures(), old, 0.3, RAILS, True, 100)[0]
+
+
+def test_too_little_to_judge_fails_closed_only_at_the_end_of_a_step():
+    few = _figures(requests=5, p95=None, rows=5)
+    assert judge(few, _figures(version="1"), None, RAILS, final=False, min_labels=100) == []
+    breaches = judge(few, _figures(version="1"), None, RAILS, final=True, min_labels=100)
+    assert any("only 5 answers" in b for b in breaches) and any("not computable" in b for b in breaches)
+
+
+def test_errors_break_early_once_there_are_a_few():
+    assert judge(_figures(requests=6, errors=3), None, None, RAILS, final=False, min_labels=1)
+    assert judge(_figures(requests=4, errors=2), None, None, RAILS, final=False, min_labels=1) == []  # 2 may be luck
+
+
+def test_the_live_metric_is_judged_when_asked_and_fails_closed_without_labels():
+    rails = RAILS.model_copy(update={"max_live_metric_drop": 0.02})
+    new, old = _figures(), _figures(version="1")
+    new.live_metric, old.live_metric = 0.80, 0.85
+    assert "live metric 0.8000 vs 0.8500" in judge(new, old, 0.0, rails, True, 100)[0]
+    new.live_metric = 0.84
+    assert judge(new, old, 0.0, rails, True, 100) == []
+    new.live_metric = None
+    assert "live metric not computable" in judge(new, old, 0.0, rails, True, 100)[0]
+
+
+@pytest.mark.parametrize("steps", [[10, 50], [50, 10, 100], [0, 100], [10, 10, 100], [10, 150]])
+def test_canary_steps_must_rise_to_100(steps):
+    with pytest.raises(ValidationError, match="steps"):
+        RolloutPlan(steps=steps)
+
+
+def test_the_parameter_beats_the_block_beats_the_config_field_by_field():
+    config = RolloutPlan(watch_seconds=60, guardrails={"max_p95_ms": 300, "min_requests": 10})
+    block = RolloutSettings(strategy="canary", guardrails={"max_error_rate": 0.5})
+    plan = merged_plan(config, block, RolloutSettings(steps=[20, 100]))
+    assert (plan.strategy, plan.steps, plan.watch_seconds) == ("canary", [20, 100], 60)
+    assert (plan.guardrails.max_error_rate, plan.guardrails.max_p95_ms, plan.guardrails.min_requests) == (0.5, 300, 10)
+    with pytest.raises(ValidationError):
+        merged_plan(config, RolloutSettings(steps=[20, 50]))
+    with pytest.raises(ValidationError):
+        RolloutSettings(stratgy="canary")  # a typo is an error, not a silent default
+
+
+ROUTES = {
+    "blue-green": Route(live=9001),
+    "canary": Route(live=9001, canary=9002, percent=12.5),
+    "sticky canary": Route(live=9001, canary=9002, percent=10, sticky_header="X-Customer-Id"),
+    "shadow": Route(live=9001, shadow=9002),
+}
+
+
+@pytest.mark.parametrize("name", list(ROUTES))
+@pytest.mark.parametrize("locked", [False, True], ids=["open", "locked"])
+def test_every_route_is_a_config_nginx_accepts(tmp_path, name, locked):
+    route = ROUTES[name].model_copy(update={"access_log": tmp_path / "steps.jsonl"})
+    lock = Lock.bearer(SecretStr("k" * 20)) if locked else None
+    conf = tmp_path / "nginx.conf"
+    (tmp_path / "logs").mkdir()
+    conf.write_text(nginx_conf(tmp_path, 39999, route, lock))
+    test = subprocess.run([nginx_binary(), "-p", str(tmp_path), "-c", str(conf), "-t"], capture_output=True, text=True)
+    assert test.returncode == 0, test.stderr
+    text = conf.read_text()
+    assert "listen 127.0.0.1:39999" in text and "log_format lifecycle" in text
+    if name == "canary":
+        assert 'split_clients "$request_id" $lifecycle_upstream { 12.5% canary; * live; }' in text
+    if name == "sticky canary":
+        assert "map $http_x_customer_id $lifecycle_split_key" in text
+    if name == "shadow":
+        assert "location ~ ^/(predict|predict_batched)$" in text and text.count("mirror /_lifecycle_shadow;") == 1
+    if locked:  # every proxied location but the probes checks the key first
+        assert text.count("if ($lifecycle_denied)") == (2 if name == "shadow" else 1)
+
+
+def test_the_access_log_is_read_whole_lines_at_a_time(tmp_path):
+    path = tmp_path / "a.jsonl"
+    line = {"t": 1.0, "status": 200, "upstream": "127.0.0.1:9002", "rt": 0.020, "urt": "0.015"}
+    path.write_text(json.dumps(line) + "\n" + json.dumps(line | {"status": 401, "upstream": "-"}) + '\n{"t": 2')
+    log = AccessLog(path)
+    assert log.read() == [(9002, 200, 15.0)]  # nginx's own 401 names no back-end; the half line waits
+    with path.open("a") as f:
+        f.write(', "status": 504, "upstream": "127.0.0.1:9001", "rt": 30.0, "urt": "-"}\n')
+    assert log.read() == [(9001, 504, 30000.0)]
+    assert log.read() == []
+
+
+def test_memory_limits_read_docker_notation():
+    assert [memory_bytes(m) for m in ("512m", "2g", "2G", "1024", "64kb")] == [2**29, 2**31, 2**31, 1024, 65536]
+    with pytest.raises(ValueError, match="2 gigs"):
+        memory_bytes("2 gigs")
+
+
+def test_a_process_back_end_runs_within_its_cpu_and_memory_limits():
+    apply = process_limits({"nano_cpus": int(0.5e9), "mem_limit": "1g"})
+    code = "import os, resource; print(len(os.sched_getaffinity(0)), resource.getrlimit(resource.RLIMIT_AS)[0])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=apply, check=True)
+    assert out.stdout.split() == ["1", str(2**30)]
+    assert process_limits({}) is None
