@@ -84,7 +84,7 @@ def rollout(
     env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(places.predictions)} | (backend_env or {})
     logs = places.serving(spec.name)
     strategy = steps.strategy if live is not None else "blue_green"  # nothing to compare with yet
-    new, reports, staging_port = None, [], steps.staging.port if steps.staging else None
+    new, reports, staging_port, approval = None, [], steps.staging.port if steps.staging else None, ""
 
     def started(backend_env: dict[str, str]):
         backend = start_backend_task(target, artifact, version, backend_env, logs, serving, api_key)
@@ -105,9 +105,9 @@ def rollout(
             if not report.passed:
                 raise RolloutFailed(f"staging: {'; '.join(report.breaches)}")
             if steps.staging.approval:
-                approved, why = wait_for_approval(steps.staging, version)
+                approved, approval = wait_for_approval(steps.staging, version)
                 if not approved:
-                    raise RolloutFailed(f"production not approved ({why})")
+                    raise RolloutFailed(f"production not approved ({approval})")
         if strategy == "canary":
             for share in steps.steps[:-1]:
                 reports.append(report := canary_step_task(workdir, spec, port, new, live, share, steps, api_key))
@@ -125,7 +125,8 @@ def rollout(
         record_rollout_task(tracking, spec.name, version, steps, reports, "rolled back", note)
         raise RolloutFailed(note) from exc
     retire_task(live if live and live.ident != new.ident else None)
-    record_rollout_task(tracking, spec.name, version, steps, reports, "live", f"v{version} live on :{port}")
+    decision = f"v{version} live on :{port}" + (f" (staging {approval})" if approval else "")
+    record_rollout_task(tracking, spec.name, version, steps, reports, "live", decision)
     return RolloutResult(
         dataset=spec.name,
         endpoint=f"http://127.0.0.1:{port}",

@@ -276,7 +276,7 @@ def staging_task(
     wait_proxy_serves(staging.port, new.model_version, api_key=api_key)
     started = time.time()
     with httpx.Client(base_url=f"http://127.0.0.1:{staging.port}", headers=key_headers(api_key), timeout=30) as c:
-        for i in range(staging.requests):
+        for i in range(max(staging.requests, plan.guardrails.min_requests)):  # enough to judge
             c.post("/predict", json={"records": [records[i % len(records)]]})
     time.sleep(1.5)  # nginx flushes its log each second
     tallies = {new.port: Tally()}

@@ -300,6 +300,7 @@ def test_staging_waits_for_approval_and_only_an_approval_reaches_production(endp
         assert _live(endpoint) == old
         resume_flow_run(run_id, run_input={"approve": answer == "approve", "note": "by the test"})
     thread.join(timeout=300)
+    stop_proxy(state_dir(endpoint["workdir"], TELCO.name, staging))  # an approved staging keeps serving
     assert not thread.is_alive()
     if answer == "approve":
         assert outcome["result"].model_version == new and _live(endpoint) == new

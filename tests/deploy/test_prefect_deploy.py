@@ -7,12 +7,13 @@ import re
 import time
 
 import httpx
+import pytest
 
 from tasks.core.spec import load_spec
 from tasks.stores.backends import read_state, state_dir, stop_backend
 from tasks.stores.proxy import stop_proxy
 from tests.conftest import CONFIGS
-from tests.deploy.conftest import prefect
+from tests.deploy.conftest import PrefectApi, flow_run_id, prefect, wait_for
 from tests.serving.server import free_port
 
 TELCO = load_spec(CONFIGS / "telco_churn.yaml")
@@ -54,3 +55,45 @@ def test_rollout_deployment_runs_through_a_real_worker(process_worker, telco_lif
             stop_backend(state.live)
         stop_proxy(state_dir(workdir, TELCO.name, port))
     assert json.loads(json.dumps(info))["model_version"]
+
+
+def test_a_staged_rollout_waits_for_approval_in_the_ui_then_serves(process_worker, telco_lifecycle):
+    _, workdir = telco_lifecycle
+    api = PrefectApi(process_worker["env"])
+    port, staging = free_port(), free_port()
+    plan = {"staging": {"port": staging, "requests": 30, "approval_timeout_seconds": 600}, "watch_seconds": 0}
+    params = {"workdir": str(workdir), "port": port, "target": "process", "plan": plan}
+    out = prefect(process_worker["env"], "deployment", "run", "rollout/rollout", "--params", json.dumps(params))
+    assert out.returncode == 0, out.stdout + out.stderr
+    run_id = flow_run_id(out.stdout)
+    try:
+        wait_for(lambda: _paused(api, run_id), 600, "the roll-out paused for approval")
+        paused = api.flow_run(run_id)["state"]
+        assert paused["state_details"]["run_input_keyset"], paused  # the UI shows the approval form
+        served = httpx.post(f"http://127.0.0.1:{staging}/model_info", json={}, timeout=10).json()
+        with pytest.raises(httpx.ConnectError):  # production has not started
+            httpx.post(f"http://127.0.0.1:{port}/model_info", json={}, timeout=5)
+        api.post(f"/flow_runs/{run_id}/resume", {"run_input": {"approve": True, "note": "looks good"}})
+        done = wait_for(lambda: _final(api, run_id), 600, "the approved roll-out finished")
+        assert done == "COMPLETED", api.flow_run(run_id)["state"]
+        live = httpx.post(f"http://127.0.0.1:{port}/model_info", json={}, timeout=10).json()
+        assert live["model_version"] == served["model_version"]
+        artifact = api.artifact(run_id, "-rollout")
+        assert artifact and "| staging |" in artifact["data"], artifact
+    finally:
+        state = read_state(workdir, TELCO.name, port)
+        if state.live:
+            stop_backend(state.live)
+        for endpoint in (port, staging):
+            stop_proxy(state_dir(workdir, TELCO.name, endpoint))
+
+
+def _paused(api: PrefectApi, run_id: str) -> bool:
+    state = api.flow_run(run_id)["state"]
+    assert state["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"), state  # ended without pausing
+    return state["type"] == "PAUSED"
+
+
+def _final(api: PrefectApi, run_id: str) -> str | None:
+    state = api.flow_run(run_id)["state"]["type"]
+    return state if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
