@@ -86,20 +86,21 @@ def rollout(
     strategy = steps.strategy if live is not None else "blue_green"  # nothing to compare with yet
     new, reports, staging_port, approval = None, [], steps.staging.port if steps.staging else None, ""
 
-    def started(backend_env: dict[str, str]):
-        backend = start_backend_task(target, artifact, version, backend_env, logs, serving, api_key)
+    def proven(backend):
         wait_ready_task(backend, ready_timeout)  # /readyz: open even when locked
         smoke_test_task(backend, records, expected, api_key)
-        return backend
 
     try:
         if strategy == "shadow":
-            new = started(env | {"LIFECYCLE_PREDICTION_LOG_DIR": str(places.shadow_log(spec.name).parent)})
+            shadow_env = env | {"LIFECYCLE_PREDICTION_LOG_DIR": str(places.shadow_log(spec.name).parent)}
+            new = start_backend_task(target, artifact, version, shadow_env, logs, serving, api_key)
+            proven(new)
             reports.append(report := shadow_task(workdir, spec, port, new, live, steps, api_key))
             if not report.passed:
                 raise RolloutFailed(f"shadow: {'; '.join(report.breaches)}")
             retire_task(new)  # its log was the shadow's: the serving one starts fresh
-        new = started(env)
+        new = start_backend_task(target, artifact, version, env, logs, serving, api_key)
+        proven(new)
         if steps.staging is not None:
             reports.append(report := staging_task(workdir, spec, steps.staging, new, records, steps, api_key))
             if not report.passed:

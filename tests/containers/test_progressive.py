@@ -15,6 +15,7 @@ import bentoml
 import httpx
 import pytest
 import yaml
+from prefect.artifacts import Artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
@@ -23,6 +24,7 @@ from prefect.flow_runs import resume_flow_run
 from blocks import RolloutSettings
 from flows.lifecycle import lifecycle
 from flows.rollout import rollout
+from tasks.common import artifact_key
 from tasks.core.records import example_record
 from tasks.core.spec import load_spec
 from tasks.stores import registry
@@ -221,6 +223,8 @@ def test_shadow_never_answers_clients_and_its_answers_are_compared(endpoint):
     assert _live(endpoint) == new
     tags = _tags(endpoint, new)
     assert "shadow" in tags["lifecycle.rollout.steps"] and "agreement" in tags["lifecycle.rollout.steps"]
+    comparison = Artifact.get(f"{artifact_key(TELCO.name)}-rollout").data  # the comparison, in the UI
+    assert f"({plan.strategy}): live" in comparison and f"| shadow | {shadow.seconds} |" in comparison
     print(f"\nshadow: {shadow.challenger.rows_scored} rows mirrored, agreement {shadow.agreement:.3f}, "
           f"shift {shadow.prediction_shift:.3f}")  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -96,6 +97,7 @@ def test_a_failed_roll_out_keeps_the_old_version_serving_and_the_alias(stable):
     other = next(v.version for v in registry.versions(cfg) if v.version != live.model_version)
     registry.promote(cfg, other)
     assert registry.version_by_alias(cfg, registry.PREVIOUS).version == live.model_version
+    before = _backend_containers()
     with pytest.raises(RolloutFailed, match="not ready"):
         rollout(
             config=TELCO_CONFIG,
@@ -109,7 +111,9 @@ def test_a_failed_roll_out_keeps_the_old_version_serving_and_the_alias(stable):
     info = httpx.post(f"http://127.0.0.1:{port}/model_info", json={}).json()
     assert info["model_version"] == live.model_version
     assert read_state(workdir, TELCO.name, port).live == live
-    import subprocess
+    assert _backend_containers() == before  # the failed version's container is gone, the live one stays
 
+
+def _backend_containers() -> set[str]:
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
-    assert names.count("lifecycle-") == 1  # only the live backend is left
+    return {n for n in names.split() if n.startswith("lifecycle-")}
