@@ -21,9 +21,12 @@ setup: $(VENV)/.synced
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION)
 
-# The environment is rebuilt only when the lock file changes.
+# The environment is rebuilt only when the lock file changes. Bytecode is compiled once here (~40 s):
+# with PYTHONDONTWRITEBYTECODE set (as on our machines) every process otherwise compiles each library
+# it imports from source again — `import flows.lifecycle` 15 s instead of 5 s, `import prefect` 2.9 s
+# instead of 1.2 s, paid by every flow run, CLI call and server a test starts.
 $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	touch $@
 
 run: setup

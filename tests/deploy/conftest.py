@@ -42,6 +42,10 @@ def prefect_server(tmp_path_factory, docker_engine):
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # a run queued behind a deployment's concurrency limit is rescheduled 15 s ahead, not 30 s (the
+        # server's default); less the worker's 10 s prefetch, it is tried again every ~5 s instead of ~20 s:
+        # the second of two quick retrains starts soon after the first ends, still one at a time
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "15",
         "LIFECYCLE_PROJECT_DIR": str(ROOT),
         "LIFECYCLE_FLOW_IMAGE_TAG": "test",
     }
