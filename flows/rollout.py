@@ -33,7 +33,7 @@ from tasks.rollout import (
     watch_task,
 )
 from tasks.settings import rollout_plan_task, serving_api_key, serving_target_task
-from tasks.stores.backends import RolloutFailed, read_state
+from tasks.stores.backends import RolloutFailed, read_state, state_dir
 from tasks.stores.workdir import Workdir
 
 
@@ -82,7 +82,7 @@ def rollout(
     artifact = bento or (packaged.image if target == "docker" else packaged.bento_tag)
     places = Workdir(workdir)
     env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(places.predictions)} | (backend_env or {})
-    logs = places.serving(spec.name)
+    logs, endpoint = places.serving(spec.name), state_dir(workdir, spec.name, port)
     strategy = steps.strategy if live is not None else "blue_green"  # nothing to compare with yet
     new, reports, staging_port, approval = None, [], steps.staging.port if steps.staging else None, ""
 
@@ -98,7 +98,7 @@ def rollout(
             reports.append(report := shadow_task(workdir, spec, port, new, live, steps, api_key))
             if not report.passed:
                 raise RolloutFailed(f"shadow: {'; '.join(report.breaches)}")
-            retire_task(new)  # its log was the shadow's: the serving one starts fresh
+            retire_task(new, endpoint)  # its log was the shadow's: the serving one starts fresh
         new = start_backend_task(target, artifact, version, env, logs, serving, api_key)
         proven(new)
         if steps.staging is not None:
@@ -125,7 +125,7 @@ def rollout(
         note = abort_task(tracking, workdir, spec.name, port, new, live, version, str(exc), api_key, staging_port)
         record_rollout_task(tracking, spec.name, version, steps, reports, "rolled back", note)
         raise RolloutFailed(note) from exc
-    retire_task(live if live and live.ident != new.ident else None)
+    retire_task(live if live and live.ident != new.ident else None, endpoint)
     decision = f"v{version} live on :{port}" + (f" (staging {approval})" if approval else "")
     record_rollout_task(tracking, spec.name, version, steps, reports, "live", decision)
     return RolloutResult(

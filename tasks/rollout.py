@@ -40,7 +40,7 @@ from tasks.stores.backends import (
     wait_ready,
     write_state,
 )
-from tasks.stores.proxy import AccessLog, Lock, Route, point_proxy, stop_proxy, wait_proxy_serves
+from tasks.stores.proxy import AccessLog, Lock, Route, point_proxy, stop_proxy, wait_drained, wait_proxy_serves
 from tasks.stores.registry import (
     CHAMPION,
     PREVIOUS,
@@ -359,9 +359,13 @@ def _report_row(r: StepReport) -> dict:
 
 
 @task(name="retire-backend", **UNCACHED)
-def retire_task(backend: Backend | None) -> None:
-    if backend is not None:
-        stop_backend(backend)
+def retire_task(backend: Backend | None, endpoint: Path | None = None) -> None:
+    """Stop `backend` once the endpoint's proxy (its folder) no longer holds a request to it."""
+    if backend is None:
+        return
+    if endpoint is not None and not wait_drained(endpoint):
+        get_run_logger().warning("the proxy's old workers still run after 30 s; stopping %s anyway", backend.url)
+    stop_backend(backend)
 
 
 @task(name="smoke-rows", **UNCACHED)
@@ -389,6 +393,7 @@ def abort_task(
     if staging_port is not None:
         stop_proxy(state_dir(workdir, dataset, staging_port))
     if backend is not None and (live is None or live.ident != backend.ident):
+        wait_drained(state_dir(workdir, dataset, port))  # no request of the old workers' still on it
         stop_backend(backend)
     champion, previous = version_by_alias(cfg, CHAMPION), version_by_alias(cfg, PREVIOUS)
     if champion is not None and champion.version == model_version and previous is not None:

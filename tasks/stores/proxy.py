@@ -7,6 +7,7 @@ lock holds whatever the back-end checks; its config file then holds the secret a
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -260,3 +261,33 @@ class AccessLog:
             ms = 1000 * (float(seconds) if seconds not in ("", "-") else float(entry["rt"]))
             answers.append((int(upstream.rsplit(":", 1)[1]), int(entry["status"]), ms))
         return answers
+
+
+def wait_drained(folder: Path, timeout: float = 30) -> bool:
+    """Wait until the proxy's workers from before its last reload have exited (they finish their
+    in-flight requests and drop their idle connections to the old back-ends first): only then can
+    a back-end they used stop without resetting a request. False if some are still there."""
+    master = proxy_pid(folder)
+    deadline = time.monotonic() + timeout
+    while master is not None and time.monotonic() < deadline:
+        if not any(_is_draining(pid) for pid in _children(master)):
+            return True
+        time.sleep(0.1)
+    return master is None
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _is_draining(pid: int) -> bool:
+    try:
+        return b"shutting down" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False

@@ -17,8 +17,8 @@ from blocks import RolloutSettings
 from tasks.core.guardrails import Tally, VersionFigures, judge, ks_statistic
 from tasks.core.spec import Guardrails, RolloutPlan
 from tasks.settings import merged_plan
-from tasks.stores.backends import memory_bytes, process_limits
-from tasks.stores.proxy import AccessLog, Lock, Route, nginx_binary, nginx_conf
+from tasks.stores.backends import free_port, memory_bytes, process_limits
+from tasks.stores.proxy import AccessLog, Lock, Route, nginx_binary, nginx_conf, point_proxy, stop_proxy, wait_drained
 
 RAILS = Guardrails(max_error_rate=0.05, max_p95_ms=100, max_prediction_shift=0.2, min_requests=20)
 samples = st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=200)
@@ -158,3 +158,13 @@ def test_a_process_back_end_runs_within_its_cpu_and_memory_limits():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=apply, check=True)
     assert out.stdout.split() == ["1", str(2**30)]
     assert process_limits({}) is None
+
+
+def test_after_a_reload_the_proxy_drains_its_old_workers(tmp_path):
+    folder, port = tmp_path / "endpoint", free_port()
+    try:
+        point_proxy(folder, port, Route(live=free_port()))
+        point_proxy(folder, port, Route(live=free_port()))  # a graceful reload: the old worker shuts down
+        assert wait_drained(folder, timeout=15)
+    finally:
+        stop_proxy(folder)
