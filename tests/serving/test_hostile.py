@@ -43,7 +43,8 @@ def _served_by(url: str) -> list[psutil.Process]:
     port = str(urlparse(url).port)
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "serve" in cmd and "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
+        launched = "serve" in cmd or "tasks.stores.bento_server" in cmd  # bentoml's CLI, or our launcher of it
+        if launched and "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
             return [proc, *proc.children(recursive=True)]
     raise LookupError(f"no bentoml serve on port {port}")
 
