@@ -19,6 +19,7 @@ from tasks.results import RolloutResult
 from tasks.rollout import (
     abort_task,
     canary_step_task,
+    keep_step,
     record_rollout_task,
     retire_task,
     shadow_task,
@@ -95,31 +96,23 @@ def rollout(
             shadow_env = env | {"LIFECYCLE_PREDICTION_LOG_DIR": str(places.shadow_log(spec.name).parent)}
             new = start_backend_task(target, artifact, version, shadow_env, logs, serving, api_key)
             proven(new)
-            reports.append(report := shadow_task(workdir, spec, port, new, live, steps, api_key))
-            if not report.passed:
-                raise RolloutFailed(f"shadow: {'; '.join(report.breaches)}")
+            keep_step(reports, shadow_task(workdir, spec, port, new, live, steps, api_key))
             retire_task(new, endpoint)  # its log was the shadow's: the serving one starts fresh
         new = start_backend_task(target, artifact, version, env, logs, serving, api_key)
         proven(new)
         if steps.staging is not None:
-            reports.append(report := staging_task(workdir, spec, steps.staging, new, records, steps, api_key))
-            if not report.passed:
-                raise RolloutFailed(f"staging: {'; '.join(report.breaches)}")
+            keep_step(reports, staging_task(workdir, spec, steps.staging, new, records, steps, api_key))
             if steps.staging.approval:
                 approved, approval = wait_for_approval(steps.staging, version)
                 if not approved:
                     raise RolloutFailed(f"production not approved ({approval})")
         if strategy == "canary":
             for share in steps.steps[:-1]:
-                reports.append(report := canary_step_task(workdir, spec, port, new, live, share, steps, api_key))
-                if not report.passed:
-                    raise RolloutFailed(f"canary {share:g}%: {'; '.join(report.breaches)}")
+                keep_step(reports, canary_step_task(workdir, spec, port, new, live, share, steps, api_key))
         watched = step_log(workdir, spec.name, port, "watch").path if live and steps.watch_seconds else None
         state = switch_task(workdir, spec.name, port, new, api_key, watched)
         if watched is not None:
-            reports.append(report := watch_task(workdir, spec, port, new, steps, watched))
-            if not report.passed:
-                raise RolloutFailed(f"watch after the switch: {'; '.join(report.breaches)}")
+            keep_step(reports, watch_task(workdir, spec, port, new, steps, watched), "watch after the switch")
             switch_task(workdir, spec.name, port, new, api_key)  # the watch's log off
     except Exception as exc:
         note = abort_task(tracking, workdir, spec.name, port, new, live, version, str(exc), api_key, staging_port)

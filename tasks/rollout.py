@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tasks.events import ROLLOUT_ROLLED_BACK, emit_model_event
 from tasks.stores.backends import (
     Backend,
     Kind,
+    RolloutFailed,
     ServingState,
     container_limits,
     key_headers,
@@ -82,31 +84,48 @@ def _paired(new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
     return new.with_columns(rank).join(old.with_columns(rank), on=["request_id", "row"], suffix="_old")
 
 
-def step_figures(
-    name: str,
-    started: float,
-    tallies: dict[int, Tally],
-    new: Backend,
-    old: Backend | None,
-    logs: tuple[Path, Path],
-    plan: RolloutPlan,
-    spec: DatasetSpec,
-    workdir: Path,
-    final: bool,
-    share: float | None = None,
-    paired: bool = False,
-) -> StepReport:
+@dataclass(frozen=True)
+class Step:
+    """One watched stretch of a roll-out: the new version, the old one it is compared with (none
+    after the switch), and where each logged what it answered."""
+
+    name: str
+    new: Backend
+    old: Backend | None
+    plan: RolloutPlan
+    spec: DatasetSpec
+    workdir: Path
+    share: float | None = None  # canary: the new version's target share of requests, percent
+    paired: bool = False  # shadow: both answered the same requests; the new one logged apart
+
+    @property
+    def logs(self) -> tuple[Path, Path]:
+        """The prediction-log folders of the new and the old version's rows."""
+        places = Workdir(self.workdir)
+        served = places.prediction_log(self.spec.name)
+        return (places.shadow_log(self.spec.name) if self.paired else served), served
+
+
+def tally(access: AccessLog, tallies: dict[int, Tally]) -> None:
+    """Count the answers nginx logged since the last read, per back-end port of the step."""
+    for port, status, ms in access.read():
+        if port in tallies:
+            tallies[port].add(status, ms)
+
+
+def step_figures(step: Step, started: float, tallies: dict[int, Tally], final: bool) -> StepReport:
     """The step's figures so far and the guardrails they break."""
-    rails, policy = plan.guardrails, spec.monitoring
-    new_rows = scored_since(logs[0], new.model_version, started)
-    old_rows = scored_since(logs[1], old.model_version, started) if old is not None else None
+    new, old = step.new, step.old
+    rails, policy = step.plan.guardrails, step.spec.monitoring
+    new_rows = scored_since(step.logs[0], new.model_version, started)
+    old_rows = scored_since(step.logs[1], old.model_version, started) if old is not None else None
     live = {}
-    if rails.max_live_metric_drop is not None and old is not None and not paired:
+    if rails.max_live_metric_drop is not None and old is not None and not step.paired:
         end = time.time() + 1
         for backend in (new, old):
             window = ServedWindow(model_version=backend.model_version, start=_utc(started), end=_utc(end))
-            rows = labelled_window(Workdir(workdir), spec, window)
-            value, labelled = live_metric(rows, spec, policy.performance_metric)
+            rows = labelled_window(Workdir(step.workdir), step.spec, window)
+            value, labelled = live_metric(rows, step.spec, policy.performance_metric)
             live[backend.port] = (value if labelled >= policy.min_labelled_rows else None, labelled)
     challenger = VersionFigures.of(new.model_version, tallies[new.port], new_rows.height, *live.get(new.port, ()))
     champion, shift, agreement = None, None, None
@@ -114,17 +133,17 @@ def step_figures(
         champion = VersionFigures.of(old.model_version, tallies[old.port], old_rows.height, *live.get(old.port, ()))
         new_p, old_p = new_rows["probability"].to_numpy(), old_rows["probability"].to_numpy()
         shift = shift_between(new_p, old_p, rails.min_requests)
-        if paired:
+        if step.paired:
             both = _paired(new_rows, old_rows)
             agreement = float((both["label"] == both["label_old"]).mean()) if both.height else None
-    served = (challenger.requests / (challenger.requests + champion.requests)) if share and champion and (
-        challenger.requests + champion.requests) else None  # fmt: skip
+    answered = challenger.requests + (champion.requests if champion else 0)
+    served = 100 * challenger.requests / answered if step.share and champion and answered else None
     return StepReport(
-        name=name,
+        name=step.name,
         started_at=started,
         seconds=round(time.time() - started, 1),
-        share=share,
-        served_share=None if served is None else round(100 * served, 1),
+        share=step.share,
+        served_share=None if served is None else round(served, 1),
         challenger=challenger,
         champion=champion,
         prediction_shift=shift,
@@ -133,41 +152,32 @@ def step_figures(
     )
 
 
+def keep_step(reports: list[StepReport], report: StepReport, what: str | None = None) -> None:
+    """Add the step's report; a breached step (its report kept for the record) fails the roll-out,
+    naming the step (or `what`) and its breaches."""
+    reports.append(report)
+    if not report.passed:
+        raise RolloutFailed(f"{what or report.name}: {'; '.join(report.breaches)}")
+
+
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def bake(
-    name: str,
-    seconds: float,
-    access: AccessLog,
-    new: Backend,
-    old: Backend | None,
-    logs: tuple[Path, Path],
-    plan: RolloutPlan,
-    spec: DatasetSpec,
-    workdir: Path,
-    share: float | None = None,
-    paired: bool = False,
-    fail_closed: bool = True,
-) -> StepReport:
+def bake(step: Step, seconds: float, access: AccessLog, fail_closed: bool = True) -> StepReport:
     """Hold the step `seconds`, checking the guardrails every `check_seconds`; return at the
     first breach or at the end. Without `fail_closed` a figure never computed is no breach."""
     started = time.time()
-    tallies = {b.port: Tally() for b in (new, old) if b is not None}
-    logger = get_run_logger()
+    tallies = {b.port: Tally() for b in (step.new, step.old) if b is not None}
     while True:
-        for port, status, ms in access.read():
-            if port in tallies:
-                tallies[port].add(status, ms)
+        tally(access, tallies)
         final = time.time() - started >= seconds
-        report = step_figures(name, started, tallies, new, old, logs, plan, spec, workdir, final and fail_closed,
-                              share, paired)  # fmt: skip
+        report = step_figures(step, started, tallies, final and fail_closed)
         if report.breaches or final:
-            logger.info("%s: %s", name, report.breaches or "guardrails held")
+            get_run_logger().info("%s: %s", step.name, report.breaches or "guardrails held")
             access.path.unlink(missing_ok=True)
             return report
-        time.sleep(min(plan.check_seconds, max(0.1, seconds - (time.time() - started))))
+        time.sleep(min(step.plan.check_seconds, max(0.1, seconds - (time.time() - started))))
 
 
 # -- Prefect tasks -------------------------------------------------------------------------------
@@ -230,8 +240,8 @@ def canary_step_task(
     route = Route(live=old.port, canary=new.port, percent=share, sticky_header=plan.sticky_header,
                   access_log=access.path)  # fmt: skip
     point_proxy(state_dir(workdir, spec.name, port), port, route, lock_for(api_key))
-    log = Workdir(workdir).prediction_log(spec.name)
-    return bake(f"canary {share:g}%", plan.bake_seconds, access, new, old, (log, log), plan, spec, workdir, share)
+    step = Step(f"canary {share:g}%", new, old, plan, spec, workdir, share=share)
+    return bake(step, plan.bake_seconds, access)
 
 
 @task(name="shadow", **UNCACHED | {"retries": 0})
@@ -245,9 +255,8 @@ def shadow_task(
     route = Route(live=live.port, shadow=shadow.port, access_log=access.path)
     folder = state_dir(workdir, spec.name, port)
     point_proxy(folder, port, route, lock_for(api_key))
-    logs = (Workdir(workdir).shadow_log(spec.name), Workdir(workdir).prediction_log(spec.name))
     try:
-        return bake("shadow", plan.bake_seconds, access, shadow, live, logs, plan, spec, workdir, paired=True)
+        return bake(Step("shadow", shadow, live, plan, spec, workdir, paired=True), plan.bake_seconds, access)
     finally:  # the mirror goes whatever the verdict
         point_proxy(folder, port, Route(live=live.port), lock_for(api_key))
 
@@ -258,9 +267,8 @@ def watch_task(
 ) -> StepReport:
     """After the switch: the new version's answers against the guardrails for the watch window
     (the old version still running). A breach rolls back; too little traffic to judge does not."""
-    log = Workdir(workdir).prediction_log(spec.name)
-    return bake("watch", plan.watch_seconds, AccessLog(access_log), new, None, (log, log), plan, spec, workdir,
-                fail_closed=False)  # fmt: skip
+    step = Step("watch", new, None, plan, spec, workdir)
+    return bake(step, plan.watch_seconds, AccessLog(access_log), fail_closed=False)
 
 
 @task(name="staging", **UNCACHED | {"retries": 0})
@@ -280,12 +288,9 @@ def staging_task(
             c.post("/predict", json={"records": [records[i % len(records)]]})
     time.sleep(1.5)  # nginx flushes its log each second
     tallies = {new.port: Tally()}
-    for port, status, ms in access.read():
-        if port in tallies:
-            tallies[port].add(status, ms)
+    tally(access, tallies)
     access.path.unlink(missing_ok=True)
-    log = Workdir(workdir).prediction_log(spec.name)
-    report = step_figures("staging", started, tallies, new, None, (log, log), plan, spec, workdir, final=True)
+    report = step_figures(Step("staging", new, None, plan, spec, workdir), started, tallies, final=True)
     get_run_logger().info("staging on :%d: %s", staging.port, report.breaches or "guardrails held")
     return report
 

@@ -7,7 +7,6 @@ lock holds whatever the back-end checks; its config file then holds the secret a
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 from pydantic import BaseModel, Field, SecretStr
 
 from tasks.core.errors import SettingsError
@@ -270,24 +270,22 @@ def wait_drained(folder: Path, timeout: float = 30) -> bool:
     master = proxy_pid(folder)
     deadline = time.monotonic() + timeout
     while master is not None and time.monotonic() < deadline:
-        if not any(_is_draining(pid) for pid in _children(master)):
+        if not any(_is_draining(worker) for worker in _workers(master)):
             return True
         time.sleep(0.1)
     return master is None
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def _is_draining(pid: int) -> bool:
+def _workers(master: int) -> list[psutil.Process]:
     try:
-        return b"shutting down" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
-    except OSError:
+        return psutil.Process(master).children()
+    except psutil.NoSuchProcess:  # the proxy stopped: nothing left to drain
+        return []
+
+
+def _is_draining(worker: psutil.Process) -> bool:
+    """nginx titles a worker from before a reload "worker process is shutting down"."""
+    try:
+        return "shutting down" in " ".join(worker.cmdline())
+    except psutil.Error:  # exited meanwhile
         return False

@@ -19,9 +19,10 @@ def parts(folder: Path) -> list[Path]:
     return sorted(Path(folder).rglob("*.parquet")) if Path(folder).is_dir() else []
 
 
-def scan_parts(folder: Path) -> pl.LazyFrame | None:
-    """Every part file of a log folder as one lazy frame (older parts may lack newer columns)."""
-    files = parts(folder)
+def scan_parts(folder: Path, modified_since: float | None = None) -> pl.LazyFrame | None:
+    """Every part file of a log folder (or those written since an epoch time) as one lazy frame
+    (older parts may lack newer columns)."""
+    files = [f for f in parts(folder) if modified_since is None or f.stat().st_mtime >= modified_since]
     if not files:
         return None
     return pl.concat([pl.scan_parquet(f, hive_partitioning=False) for f in files], how="diagonal_relaxed")
@@ -60,14 +61,12 @@ def window_ending_now(log_folder: Path, model_version: str, window: str) -> Serv
 def scored_since(log_folder: Path, model_version: str, since: float) -> pl.DataFrame:
     """A version's rows logged at or after `since` (epoch seconds): request id, probability, label.
     Only part files written since then are read."""
-    files = [f for f in parts(log_folder) if f.stat().st_mtime >= since]
-    columns = ["request_id", "logged_at", "probability", "label"]
-    if not files:
+    scan = scan_parts(log_folder, modified_since=since)
+    if scan is None:
         return pl.DataFrame(schema={"request_id": pl.String, "logged_at": pl.Float64, "probability": pl.Float64,
                                     "label": pl.String})  # fmt: skip
-    scan = pl.concat([pl.scan_parquet(f, hive_partitioning=False) for f in files], how="diagonal_relaxed")
     keep = (pl.col("model_version") == model_version) & (pl.col("logged_at") >= since)
-    return scan.filter(keep).select(columns).collect()
+    return scan.filter(keep).select("request_id", "logged_at", "probability", "label").collect()
 
 
 def logged_keys(log_folder: Path, id_column: str | None) -> pl.DataFrame:
