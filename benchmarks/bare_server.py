@@ -1,6 +1,7 @@
 """The bare baseline for the serving benchmark: the same LightGBM booster behind a minimal
 Starlette endpoint — orjson in, dict lookups for categories, `Booster.predict`, orjson out.
-No validation, no logging, no metrics: what the hardware allows.
+No validation, no logging, no metrics: what the hardware allows. The same routes with `_compiled`
+use the booster compiled by lleaves (the same compiler and target as the packaged service).
 
     BARE_MODEL_DIR=<exported model folder> uvicorn benchmarks.bare_server:app --workers 2
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 from pathlib import Path
 
 import lightgbm as lgb
+import lleaves
 import numpy as np
 import orjson
 import polars as pl
@@ -30,6 +33,8 @@ CODES: dict[str, dict[str, float]] = {
 }
 RATIOS: list[tuple[str, str]] = [tuple(pair) for pair in META["ratios"]]
 THRESHOLD = META["threshold"]
+COMPILED = lleaves.Model(model_file=str(FOLDER / "model.txt"))
+COMPILED.compile(target_cpu="x86-64" if platform.machine() == "x86_64" else "generic", target_cpu_features="")
 
 
 def _row(record: dict) -> list[float]:
@@ -43,16 +48,24 @@ def _row(record: dict) -> list[float]:
     return values
 
 
-async def predict(request: Request) -> Response:
-    records = orjson.loads(await request.body())["records"]
-    proba = BOOSTER.predict(np.array([_row(r) for r in records], dtype=np.float64), num_threads=1)
+def _answer(proba) -> Response:
     out = [{"probability": float(p), "label": bool(p >= THRESHOLD)} for p in proba]
     return Response(orjson.dumps({"predictions": out}), media_type="application/json")
 
 
-async def score(request: Request) -> Response:
+async def predict(request: Request) -> Response:
+    records = orjson.loads(await request.body())["records"]
+    return _answer(BOOSTER.predict(np.array([_row(r) for r in records], dtype=np.float64), num_threads=1))
+
+
+async def predict_compiled(request: Request) -> Response:
+    records = orjson.loads(await request.body())["records"]
+    return _answer(COMPILED.predict(np.array([_row(r) for r in records], dtype=np.float64), n_jobs=1))
+
+
+async def _matrix(request: Request) -> np.ndarray:
     frame = pl.read_parquet(io.BytesIO(await request.body()))
-    matrix = np.column_stack(
+    return np.column_stack(
         [
             frame.get_column(f).replace_strict(CODES[f], default=None, return_dtype=pl.Float64).to_numpy()
             if f in CODES
@@ -61,10 +74,30 @@ async def score(request: Request) -> Response:
         ]
         + [(frame.get_column(a) / frame.get_column(b)).cast(pl.Float64).to_numpy() for a, b in RATIOS]
     )
-    proba = BOOSTER.predict(matrix)
+
+
+def _table(proba) -> Response:
     out = io.BytesIO()
     pl.DataFrame({"probability": proba}).write_parquet(out)
     return Response(out.getvalue(), media_type="application/vnd.apache.parquet")
 
 
-app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/score", score, methods=["POST"])])
+async def score(request: Request) -> Response:
+    return _table(BOOSTER.predict(await _matrix(request)))
+
+
+async def score_compiled(request: Request) -> Response:
+    return _table(COMPILED.predict(await _matrix(request), n_jobs=os.cpu_count()))
+
+
+app = Starlette(
+    routes=[
+        Route(path, endpoint, methods=["POST"])
+        for path, endpoint in {
+            "/predict": predict,
+            "/predict_compiled": predict_compiled,
+            "/score": score,
+            "/score_compiled": score_compiled,
+        }.items()
+    ]
+)

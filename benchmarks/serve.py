@@ -144,9 +144,17 @@ def main(argv: list[str] | None = None) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     export_bare_model(model, spec, tmp / "bare")
+    import lleaves  # TEMP until tasks.core.compiled lands
+
+    _ll = lleaves.Model(model_file=str(tmp / "bare" / "model.txt"))
+    _ll.compile(target_cpu="x86-64", target_cpu_features="")
+
+    class compiled:  # noqa: N801
+        predict = staticmethod(lambda m: _ll.predict(m, n_jobs=os.cpu_count()))
+
     body = tmp / "one.json"
     body.write_text(json.dumps({"records": [record]}))
-    bento_port, bare_port = free_port(), free_port()
+    bento_port, bare_port, typed_port = free_port(), free_port(), free_port()
     bento_env = {
         "LIFECYCLE_WORKERS": str(args.workers),
         "LIFECYCLE_PREDICTION_LOG_DIR": str(tmp / "predictions"),
@@ -162,6 +170,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"http://127.0.0.1:{bento_port}/readyz", bento_env, tmp / "bento.log",
             )
         )  # fmt: skip
+        stack.enter_context(  # the same bento with /predict left to BentoML's typed endpoint: the "before"
+            server(
+                serve_command(str(bento.tag), "127.0.0.1", typed_port),
+                f"http://127.0.0.1:{typed_port}/readyz",
+                bento_env | {"LIFECYCLE_FAST_PATH": "false", "LIFECYCLE_PREDICTION_LOG_DIR": str(tmp / "typed")},
+                tmp / "typed.log",
+            )
+        )
         bare_proc = stack.enter_context(
             server(
                 [*uvicorn, "--port", str(bare_port), "--workers", str(args.workers), "--log-level", "warning"],
@@ -172,8 +188,10 @@ def main(argv: list[str] | None = None) -> None:
         empty.write_text("{}")
         targets = {  # name: (url, body)
             "bare ASGI + Booster.predict": (f"http://127.0.0.1:{bare_port}/predict", body),
-            "bento /model_info (framework floor, no model)": (f"http://127.0.0.1:{bento_port}/model_info", empty),
+            "bare ASGI + compiled model": (f"http://127.0.0.1:{bare_port}/predict_compiled", body),
+            "bento /model_info (BentoML floor, no model)": (f"http://127.0.0.1:{bento_port}/model_info", empty),
             "bento /predict": (f"http://127.0.0.1:{bento_port}/predict", body),
+            "bento /predict via BentoML IO (FAST_PATH=false)": (f"http://127.0.0.1:{typed_port}/predict", body),
             "bento /predict_batched": (f"http://127.0.0.1:{bento_port}/predict_batched", body),
         }
         for clients in args.clients:
@@ -199,11 +217,15 @@ def main(argv: list[str] | None = None) -> None:
 
             repeats = 5 if n <= 10_000 else 3
             raw = median_rate(lambda matrix=matrix: model.booster.predict(matrix), n, repeats)
+            compiled_raw = median_rate(lambda matrix=matrix: compiled.predict(matrix), n, repeats)
             bare = median_rate(lambda: post(f"http://127.0.0.1:{bare_port}/score"), n, repeats)
+            bare_compiled = median_rate(lambda: post(f"http://127.0.0.1:{bare_port}/score_compiled"), n, repeats)
             bento_rate = median_rate(lambda: post(f"http://127.0.0.1:{bento_port}/v1/score_file"), n, repeats)
             for name, rate in (
                 ("raw Booster.predict", raw),
+                ("raw compiled predict", compiled_raw),
                 ("bare ASGI /score", bare),
+                ("bare ASGI /score, compiled", bare_compiled),
                 ("bento /v1/score_file", bento_rate),
             ):
                 bulk_rows.append({"rows": n, "target": name, "rows_per_s": rate, "ratio_to_raw": rate / raw})

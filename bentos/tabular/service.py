@@ -3,10 +3,13 @@
 `bundle.json` beside this file (written by the package phase) names the BentoML
 model and carries the dataset spec; the request model is generated from that spec,
 so it must be read when this module is imported — the one file read at import.
-Preprocessing is the shared `tasks.core.features` code, through the model itself; the service
-imports nothing of ours but `tasks.core`. Every scored row gets a `prediction_id`, returned and
-logged; the truth sent later to `/feedback` under that id (or the config's id column) goes to
-the label store, where monitoring joins it to the log.
+Preprocessing is the shared `tasks.core.features` code: the Polars path for tables, its row-wise twin
+for records; the service imports nothing of ours but `tasks.core`. `POST /predict` is answered by
+`RequestGuard` itself, ahead of BentoML's per-call machinery (`LIFECYCLE_FAST_PATH`), with the same
+request model, the same answer and the same log as the typed endpoint it stands in for.
+Every scored row gets a `prediction_id`, returned and logged; the truth sent later to
+`/feedback` under that id (or the config's id column) goes to the label store, where monitoring
+joins it to the log.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ from typing import Annotated
 
 import bentoml
 import numpy as np
+import orjson
 import polars as pl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 
 from tasks.core.errors import DataError
+from tasks.core.features import row_encoder
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID
 from tasks.core.integrity import check_model_files
 from tasks.core.logs import PredictionLog, label_root, log_root, write_part
@@ -62,6 +67,10 @@ BATCH_MAX_ROWS = min(MAX_ROWS, int(os.environ.get("LIFECYCLE_BATCH_MAX_ROWS", st
 API_KEY = os.environ.get("LIFECYCLE_API_KEY") or None  # set: every path but the probes needs it
 PUBLIC_METRICS = os.environ.get("LIFECYCLE_PUBLIC_METRICS", "false").lower() == "true"  # /metrics, docs open
 PROBES = frozenset({"/readyz", "/livez", "/healthz"})
+# POST /predict answered by the guard (no BentoML IO descriptors, middleware or thread hop); false: by BentoML
+FAST_PATH = os.environ.get("LIFECYCLE_FAST_PATH", "true").lower() == "true"
+ENCODE = row_encoder(SPEC)
+LIVE: dict[str, TabularService] = {}  # the one service instance of this worker process, once it is ready
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DATA_VERSION = str(BUNDLE["data_version"])
 LOGGED_COLUMNS = [
@@ -178,6 +187,8 @@ class RequestGuard:
         if len(body) > limit:  # a chunked body (no length) over the limit: refused before anyone parses it
             return await _refuse(send, 413, f"request body over the {limit}-byte limit")
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
+        if FAST_PATH and path == "/predict" and scope.get("method") == "POST" and "service" in LIVE:
+            return await _fast_predict(LIVE["service"], body, rid, send)
         scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"x-request-id"])
         scope["headers"].append((b"x-request-id", rid.encode()))
         return await self.app(scope, _replay(body, receive), _with_request_id(send, rid.encode()))
@@ -246,6 +257,30 @@ def _with_request_id(send, rid: bytes):
     return sending
 
 
+async def _fast_predict(service: TabularService, body: bytes, rid: str, send) -> None:
+    """`POST /predict` without BentoML's per-call machinery: the typed endpoint's own request model
+    (the same 400s, naming every field), `TabularService.answer`, one orjson write."""
+    try:
+        records = PREDICT_INPUT.model_validate_json(body).records
+    except ValidationError as exc:
+        detail = exc.errors(include_context=False, include_input=False)
+        status, answer = 400, {"error": f"{exc.error_count()} validation error for {exc.title}", "detail": detail}
+    else:
+        try:
+            status, answer = 200, service.answer([r.model_dump() for r in records], rid, "predict")
+        except Exception:
+            logger.exception("/predict failed (request %s)", rid)
+            status, answer = 500, {"error": "An unexpected error has occurred, please check the server log."}
+    payload = orjson.dumps(answer)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"x-request-id", rid.encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 async def _refuse(send, status: int, message: str) -> None:
     REFUSED.labels(status=str(status)).inc()
     body = json.dumps({"error": message}).encode()
@@ -287,13 +322,6 @@ def request_id_of(request: Request) -> str:
 
 def _prediction_ids(n: int) -> list[str]:
     return [uuid.uuid4().hex for _ in range(n)]
-
-
-def _predictions(ids: list[str], proba, labels) -> list[Prediction]:
-    return [
-        Prediction(prediction_id=i, probability=float(p), label=str(y), model_version=MODEL_VERSION)
-        for i, p, y in zip(ids, proba, labels, strict=True)
-    ]
 
 
 def _epoch(when: datetime) -> float:
@@ -359,6 +387,7 @@ class TabularService:
         self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
         self.label_folder = label_root() / SPEC.name
         logger.info("prediction log: %s; labels: %s", self.log.folder, self.label_folder)
+        LIVE["service"] = self
 
     # -- scoring -------------------------------------------------------------------------
     def _score(self, frame: pl.DataFrame, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
@@ -399,29 +428,40 @@ class TabularService:
             if count:
                 PREDICTIONS.labels(label=label, model_version=MODEL_VERSION, endpoint=endpoint).inc(count)
 
+    def answer(self, rows: list[dict], request_id: str, endpoint: str) -> dict:
+        """Validated records → the `Predictions` answer (a dict), logged once it exists."""
+        predictions = self._predictions(rows, endpoint, request_id)
+        return {"request_id": request_id, "model_version": MODEL_VERSION, "predictions": predictions}
+
+    def _predictions(self, rows: list[dict], endpoint: str, request_id: str | None) -> list[dict]:
+        """Each record's `Prediction` (a dict), logged under `request_id` (None: its prediction id).
+        Features by the row encoder: no frame is built for a few records."""
+        started = time.perf_counter()
+        proba = self.model.predict_matrix(np.array([ENCODE(r) for r in rows], dtype=np.float64))
+        LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        threshold, positive, negative = self.model.threshold, SPEC.target.positive, self.model.negative
+        labels = [positive if p >= threshold else negative for p in proba.tolist()]
+        ids = _prediction_ids(len(rows))
+        predictions = [
+            {"prediction_id": i, "probability": p, "label": y, "model_version": MODEL_VERSION}
+            for i, p, y in zip(ids, proba.tolist(), labels, strict=True)
+        ]
+        self._log(rows, proba, labels, ids, ids if request_id is None else [request_id] * len(rows), endpoint)
+        return predictions
+
     @api()
     async def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:
-        """Score one or many records: probability, label at the model's threshold, model version."""
+        """Score one or many records: probability, label at the model's threshold, model version.
+        (Served by `RequestGuard`'s fast path unless `LIFECYCLE_FAST_PATH=false`; the same answer.)"""
         request_id = request_id_of(ctx.request)
-        rows = [r.model_dump() for r in records]
-        proba, labels = self._score(records_frame(rows, SPEC), "predict")
-        ids = _prediction_ids(len(rows))
-        predictions = _predictions(ids, proba, labels)
-        answer = Predictions(request_id=request_id, model_version=MODEL_VERSION, predictions=predictions)
         ctx.response.headers["x-request-id"] = request_id
-        self._log(rows, proba, labels, ids, [request_id] * len(rows), "predict")  # once the answer exists
-        return answer
+        return Predictions.model_validate(self.answer([r.model_dump() for r in records], request_id, "predict"))
 
     @api(batchable=True, max_batch_size=BATCH_MAX_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
     async def predict_batched(self, records: BatchedRecords) -> list[Prediction]:
         """Like `predict`, but concurrent requests are merged into one model call (adaptive batching);
         at most `LIFECYCLE_BATCH_MAX_ROWS` records a call."""
-        rows = [r.model_dump() for r in records]
-        proba, labels = self._score(records_frame(rows, SPEC), "predict_batched")
-        ids = _prediction_ids(len(rows))
-        answer = _predictions(ids, proba, labels)
-        self._log(rows, proba, labels, ids, ids, "predict_batched")  # once the answer exists
-        return answer
+        return self._predictions([r.model_dump() for r in records], "predict_batched", None)
 
     @api()
     async def feedback(self, labels: Labels, ctx: bentoml.Context) -> FeedbackReceipt:
@@ -551,3 +591,6 @@ class TabularService:
     @bentoml.on_shutdown
     def flush_log(self) -> None:
         self.log.close()
+
+
+PREDICT_INPUT = TabularService.apis["predict"].input_spec  # the typed endpoint's request model, for the fast path

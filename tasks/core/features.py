@@ -2,11 +2,16 @@
 
 Every transform is row-wise and driven by the `DatasetSpec`: no fitted state, so
 the same function gives the same features for a training table and for one
-request record.
+request record. `row_encoder` is the per-record twin of `feature_matrix` for serving single
+records without building a frame: generated from the same declarations (category codes taken from
+the Polars path itself, derived features from the ops' row rules) and proven equal to it by
+`tests/unit/test_rowwise.py`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +19,7 @@ import polars as pl
 
 from tasks.core.errors import SpecError
 from tasks.core.ops import OPS
-from tasks.core.spec import DatasetSpec, DerivedFeature, memo
+from tasks.core.spec import DatasetSpec, DerivedFeature, memo, polars_dtype, typed_categories
 
 
 def derived_expr(d: DerivedFeature) -> pl.Expr:
@@ -82,3 +87,49 @@ def feature_matrix(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
 def encode_target(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """1 for the positive label, 0 otherwise."""
     return (frame.get_column(spec.target.column) == spec.target.positive).cast(pl.Int8).to_numpy()
+
+
+def row_encoder(spec: DatasetSpec) -> Callable[[Mapping[str, object]], list[float]]:
+    """One validated record (typed values as the request model gives them, None for null) → its
+    feature vector in `spec.feature_names` order, NaN for missing: equal to that record's row of
+    `feature_matrix`, with no frame built."""
+
+    def build():
+        base = []
+        for name in spec.base_features:
+            col = spec.columns[name]
+            if name in spec.categorical_features:
+                values = typed_categories(col)
+                column = pl.DataFrame({name: values}, schema={name: polars_dtype(col.type)})
+                codes = dict(zip(values, encode_features_of(column, spec, name), strict=True))
+                base.append((name, codes))
+            else:
+                base.append((name, None))
+        derived = [(OPS[d.op].row, tuple(d.inputs)) for d in spec.derived_features]
+        nan = math.nan
+
+        def encode(record: Mapping[str, object]) -> list[float]:
+            out = []
+            for name, codes in base:
+                value = record.get(name)
+                if value is None:
+                    out.append(nan)
+                elif codes is not None:
+                    out.append(codes.get(value, nan))
+                else:
+                    out.append(float(value))
+            for rule, inputs in derived:
+                args = [record.get(c) for c in inputs]
+                result = None if any(a is None for a in args) else rule(*(float(a) for a in args))
+                out.append(nan if result is None else result)
+            return out
+
+        return encode
+
+    return memo(spec, "row_encoder", build)
+
+
+def encode_features_of(column: pl.DataFrame, spec: DatasetSpec, name: str) -> list[float]:
+    """One base feature column encoded by the Polars path (the source of the row encoder's codes)."""
+    expr = next(e for e in _plan(spec).encode if e.meta.output_name() == name)
+    return column.select(expr).to_series().to_list()

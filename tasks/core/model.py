@@ -83,7 +83,9 @@ class TabularModel:
         return features.feature_matrix(typed, spec)
 
     def predict_proba(self, rows: pl.DataFrame) -> np.ndarray:
-        matrix = self.matrix(rows)
+        return self.predict_matrix(self.matrix(rows))
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
         # one thread for small inputs: OpenMP start-up and contention between concurrent
         # requests cost far more than a few rows take to predict
         threads = 1 if len(matrix) < SMALL_BATCH else 0
