@@ -39,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from tasks.core.errors import DataError
 from tasks.core.features import row_encoder
-from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID
+from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, new_prediction_ids
 from tasks.core.integrity import check_model_files
 from tasks.core.logs import PredictionLog, label_root, log_root, write_part
 from tasks.core.model import TabularModel, is_positive
@@ -547,7 +547,7 @@ class TabularService:
         logged = None
         if good.height:
             proba[accepted] = self._proba(good, "score_file")
-            ids = pl.Series(PREDICTION_ID, _prediction_ids(good.height), dtype=pl.String)
+            ids = new_prediction_ids(good.height)
             logged = good.with_columns(
                 ids,
                 pl.lit(request_id).alias("request_id"),

@@ -8,10 +8,13 @@ same key wins when they are joined (`latest_labels`). Pure Polars; no I/O here.
 
 from __future__ import annotations
 
+import binascii
 import math
+import os
 import re
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
@@ -19,6 +22,17 @@ from tasks.core.errors import DataError
 from tasks.core.spec import WINDOW_PATTERN, DatasetSpec
 
 PREDICTION_ID = "prediction_id"
+
+
+def new_prediction_ids(n: int) -> pl.Series:
+    """`n` fresh prediction ids (random UUID4s as 32 hex digits, like `uuid4().hex`) without a Python
+    object per id: 100k in ~20 ms instead of ~300 ms."""
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    return pl.Series(PREDICTION_ID, np.frombuffer(binascii.hexlify(raw.tobytes()), dtype="S32")).cast(pl.String)
+
+
 LABEL_SCHEMA = {
     PREDICTION_ID: pl.String,
     "id": pl.String,  # the value of the config's id column, as text

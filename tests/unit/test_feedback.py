@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -13,6 +14,7 @@ from tasks.core.feedback import (
     join_labels,
     label_coverage,
     latest_labels,
+    new_prediction_ids,
     unmatched_labels,
     validate_labels,
     window_bounds,
@@ -174,3 +176,12 @@ def test_prediction_drift_fires_when_served_probabilities_move_and_stays_quiet_o
     status, reasons = decide(1000, 0.0, policy, prediction=moved)
     assert status == "drift" and "predicted probabilities moved" in reasons[0]
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_new_prediction_ids_are_distinct_uuid4_hex():
+    ids = new_prediction_ids(50_000)
+    assert ids.dtype == pl.String and ids.name == "prediction_id" and ids.n_unique() == 50_000
+    assert ids.str.len_chars().eq(32).all()
+    for value in ids.sample(200, seed=1):
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
