@@ -45,7 +45,7 @@ def evaluate(
     if recorded:
         return recorded
     manifest = load_manifest_task(trained.manifest_path)
-    scores = score_task(tracking, spec, trained)
+    scores = score_task(tracking, spec, trained, Workdir(workdir).compiled)
     cv = cross_validate_task(tracking, spec, manifest, trained.manifest_path, trained)
     importance, plots = explain_task(tracking, spec, trained, Workdir(workdir).evaluation(run_id))
     decision = gate_task(spec, scores, cv)

@@ -14,9 +14,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common import CACHED, UNCACHED, artifact_key
+from tasks.core.compiled import compiled_for, max_abs_difference
 from tasks.core.errors import ModelIntegrityError
 from tasks.core.features import encode_target, feature_matrix
-from tasks.core.gate import GateDecision, apply_gate
+from tasks.core.gate import GateDecision, apply_gate, compiled_parity_check, with_check
 from tasks.core.metrics import Metrics, binary_metrics, choose_threshold, slice_metrics
 from tasks.core.spec import DatasetSpec
 from tasks.results import EvaluationResult, TrainResult
@@ -236,6 +237,7 @@ class Scores:
     champion_version: str | None
     candidate_is_champion: bool
     slices: list[dict]
+    compiled_unavailable: str = ""  # why there is no compiled model (else its parity is in `candidate`)
 
 
 @task(name="recorded-evaluation", **UNCACHED)
@@ -253,9 +255,13 @@ def recorded_evaluation_task(cfg: TrackingConfig, spec: DatasetSpec, trained: Tr
     return result.model_copy(update={"reused": True})
 
 
+COMPILED_DIFF = "compiled_max_abs_diff"
+
+
 @task(name="score-models", **UNCACHED)
-def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> Scores:
-    """Candidate, baselines and the current champion, all on the same untouched test rows."""
+def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, compiled_cache: Path) -> Scores:
+    """Candidate, baselines and the current champion, all on the same untouched test rows; the
+    candidate's compiled form (cached in `compiled_cache`) against its booster on those rows."""
 
     logger = get_run_logger()
     test = read_split(trained.manifest_path, "test")
@@ -267,6 +273,14 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> 
         candidate.predict_frame, test.head(spec.evaluation.latency_rows)
     )
     x_test, x_val, y_val = feature_matrix(test, spec), feature_matrix(validation, spec), encode_target(validation, spec)
+    compiled, unavailable = compiled_for(candidate.booster_text, compiled_cache)
+    if compiled is None:
+        logger.info("no compiled model: %s", unavailable)
+    else:
+        metrics[COMPILED_DIFF] = max_abs_difference(compiled, candidate.booster, x_test)
+        logger.info(
+            "%s: max |compiled − booster| = %.3g on the test rows", compiled.description, metrics[COMPILED_DIFF]
+        )
     baselines = {}
     for name in ("majority_class", "logistic_regression"):
         model = registry.load_baseline(cfg, trained.run_id, name)
@@ -288,7 +302,8 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult) -> 
                 logger.warning("champion v%s could not score the test rows: %s", champion.version, exc)
                 champion_metrics = {}
     slices = slice_metrics(test, y, proba, candidate.threshold, spec.evaluation.slices)
-    return Scores(metrics, baselines, champion_metrics, champion.version if champion else None, same, slices)
+    version = champion.version if champion else None
+    return Scores(metrics, baselines, champion_metrics, version, same, slices, unavailable)
 
 
 @task(name="cross-validate", **CACHED)
@@ -328,7 +343,8 @@ def explain_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, f
 def gate_task(spec: DatasetSpec, scores: Scores, cv: Metrics) -> GateDecision:
     others: dict[str, Metrics | None] = dict(scores.baselines)
     others["champion"] = scores.champion
-    return apply_gate(spec.gate, scores.candidate | cv, others)
+    decision = apply_gate(spec.gate, scores.candidate | cv, others)
+    return with_check(decision, compiled_parity_check(scores.candidate.get(COMPILED_DIFF), scores.compiled_unavailable))
 
 
 @task(name="log-evaluation", **UNCACHED)

@@ -37,13 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 
+from tasks.core.compiled import switched_off, verified_compiled
 from tasks.core.errors import DataError
 from tasks.core.features import row_encoder
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, new_prediction_ids
 from tasks.core.integrity import check_model_files
 from tasks.core.logs import PredictionLog, label_root, log_root, write_part
-from tasks.core.model import TabularModel, is_positive
-from tasks.core.records import example_record, label_model, record_model, records_frame
+from tasks.core.model import BOOSTER_FILE, TabularModel, is_positive
+from tasks.core.records import example_record, example_records, label_model, record_model, records_frame
 from tasks.core.schema import typed_with_failures
 from tasks.core.spec import DatasetSpec
 from tasks.core.tables import read_table
@@ -145,6 +146,7 @@ class ModelInfo(BaseModel):
     threshold: float
     features: list[str]
     max_rows: int
+    predictor: str  # "compiled (lleaves <version>, <cpu>)" or "booster"
 
 
 class RequestGuard:
@@ -383,6 +385,20 @@ class TabularService:
             Path(stored.path_of("mlflow_model")), BUNDLE["model_sha256"], BUNDLE["model_files"], str(stored.tag)
         )
         self.model: TabularModel = bentoml.mlflow.load_model(stored).unwrap_python_model().model
+        # the packaged compiled booster serves if it loads here and scores varied records as the booster does
+        packaged = BUNDLE.get("compiled") or {"unavailable": "none in this bento"}
+        why = packaged.get("unavailable", "")
+        if packaged.get("file"):
+            booster_file = Path(stored.path_of("mlflow_model")) / "artifacts" / "model" / BOOSTER_FILE
+            object_file = Path(__file__).with_name("compiled") / "model.o"
+            rows = self.model.matrix(records_frame([example_record(SPEC), *example_records(SPEC, 100)], SPEC))
+            self.model.compiled, why = verified_compiled(booster_file, object_file, packaged, self.model.booster, rows)
+        self.predictor = self.model.compiled.description if self.model.compiled else "booster"
+        if self.model.compiled is None:
+            level = logging.WARNING if packaged.get("file") and not switched_off() else logging.INFO
+            logger.log(level, "predictor: booster (no compiled model: %s)", why)
+        else:
+            logger.info("predictor: %s", self.predictor)
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
         self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
         self.label_folder = label_root() / SPEC.name
@@ -586,6 +602,7 @@ class TabularService:
             threshold=self.model.threshold,
             features=SPEC.feature_names,
             max_rows=MAX_ROWS,
+            predictor=self.predictor,
         )
 
     @bentoml.on_shutdown

@@ -9,6 +9,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks.core.compiled import PARITY_ATOL
+
 Metrics = dict[str, float]
 
 HIGHER_IS_BETTER = {"roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "cv_roc_auc_mean"}
@@ -76,6 +78,25 @@ def apply_gate(rules: list[GateRule], candidate: Metrics, others: dict[str, Metr
     that does not exist (no champion yet) passes its rule with that said."""
     checks = [check_rule(rule, candidate, others) for rule in rules]
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
+
+
+def with_check(decision: GateDecision, check: GateCheck) -> GateDecision:
+    """`decision` with one more check (a built-in one, after the config's rules)."""
+    checks = [*decision.checks, check]
+    return GateDecision(passed=all(c.passed for c in checks), checks=checks)
+
+
+COMPILED_RULE = f"compiled model equals the booster (atol {PARITY_ATOL:g})"
+
+
+def compiled_parity_check(difference: float | None, unavailable: str = "") -> GateCheck:
+    """Built in, not a config rule: the compiled model serves only if it scores as the booster does;
+    where there is none, the booster serves and the check passes saying so."""
+    if difference is None:
+        detail = f"no compiled model here ({unavailable or 'not compiled'}): serving uses the booster"
+        return GateCheck(rule=COMPILED_RULE, passed=True, detail=detail)
+    detail = f"max |compiled − booster| = {difference:.3g} on the test rows"
+    return GateCheck(rule=COMPILED_RULE, passed=difference <= PARITY_ATOL, detail=detail)
 
 
 def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | None]) -> GateCheck:

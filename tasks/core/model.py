@@ -17,10 +17,10 @@ import polars as pl
 
 from tasks.core import features
 from tasks.core.cast import cast_to_spec
+from tasks.core.compiled import SMALL_BATCH, CompiledModel
 from tasks.core.errors import DataError
 from tasks.core.spec import DatasetSpec, memo, polars_dtype
 
-SMALL_BATCH = 2048
 PROBABILITY = "probability"
 LABEL = "label"
 BOOSTER_FILE = "booster.txt"
@@ -40,6 +40,7 @@ class TabularModel:
         self.metadata = dict(metadata)
         self.negative = next(label for label in spec.target.labels if label != spec.target.positive)
         self._booster: lgb.Booster | None = None
+        self.compiled: CompiledModel | None = None  # set by whoever serves it (never saved): else the booster
 
     @property
     def booster(self) -> lgb.Booster:
@@ -82,14 +83,17 @@ class TabularModel:
             )
         return features.feature_matrix(typed, spec)
 
-    def predict_proba(self, rows: pl.DataFrame) -> np.ndarray:
-        return self.predict_matrix(self.matrix(rows))
-
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Probabilities of a feature matrix: the compiled model when set, else the booster."""
+        if self.compiled is not None:
+            return self.compiled.predict(matrix)
         # one thread for small inputs: OpenMP start-up and contention between concurrent
         # requests cost far more than a few rows take to predict
         threads = 1 if len(matrix) < SMALL_BATCH else 0
         return self.booster.predict(matrix, num_threads=threads)
+
+    def predict_proba(self, rows: pl.DataFrame) -> np.ndarray:
+        return self.predict_matrix(self.matrix(rows))
 
     def labels(self, proba: np.ndarray) -> np.ndarray:
         return np.where(is_positive(proba, self.threshold), self.spec.target.positive, self.negative)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 import re
 from datetime import datetime
 from typing import Annotated, Literal
@@ -126,6 +128,31 @@ def records_frame(records: list[dict], spec: DatasetSpec) -> pl.DataFrame:
 
     schema = memo(spec, "record_schema", build)
     return pl.DataFrame(records, schema=schema, orient="row") if records else pl.DataFrame(schema=schema)
+
+
+def example_records(spec: DatasetSpec, rows: int, seed: int = 0) -> list[dict]:
+    """`rows` valid records varied from `example_record`: every category, numbers across their
+    range, missing values where a column allows them."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(rows):
+        record = example_record(spec)
+        for name, col in spec.columns.items():
+            if name not in record:
+                continue
+            if col.nullable and rng.random() < 0.1:
+                record[name] = None
+            elif col.categories is not None:
+                record[name] = rng.choice(typed_categories(col))
+            elif col.type in ("int", "float"):
+                lo = col.min if col.min is not None else record[name] - 100.0
+                hi = col.max if col.max is not None else record[name] + 100.0
+                value = rng.uniform(lo, hi)
+                record[name] = min(max(round(value), math.ceil(lo)), math.floor(hi)) if col.type == "int" else value
+            elif col.type == "bool":
+                record[name] = rng.random() < 0.5
+        records.append(record)
+    return records
 
 
 def example_record(spec: DatasetSpec) -> dict:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from tasks.core.compiled import compile_booster
 from tasks.core.integrity import check_model_files
+from tasks.core.model import BOOSTER_FILE
 from tasks.core.spec import DatasetSpec
 from tasks.stores.registry import DIGEST, FILES, TrackingConfig, VersionInfo, load_model, recorded_hash
 from tasks.stores.shipped import copy_core, core_files
@@ -28,6 +30,8 @@ from tasks.stores.workdir import Workdir
 PROJECT = Path(__file__).resolve().parents[2]
 SERVICE_DIR = PROJECT / "bentos" / "tabular"
 MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow keeps the MLflow model inside a stored model
+STORED_BOOSTER = Path(MLFLOW_MODEL_FOLDER) / "artifacts" / "model" / BOOSTER_FILE  # the booster in a stored model
+COMPILED_OBJECT = Path("compiled") / "model.o"  # the compiled booster in the bento, beside service.py
 SERVICE_PACKAGES = (
     "bentoml",
     "mlflow",
@@ -40,6 +44,8 @@ SERVICE_PACKAGES = (
     "pyyaml",
     "pandera",
     "scikit-learn",
+    "lleaves",
+    "llvmlite",
 )
 
 
@@ -124,6 +130,7 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
     for path in SERVICE_DIR.glob("*.py"):
         shutil.copy2(path, staging / path.name)  # the recipe is written below
     copy_core(staging)
+    compiled = package_compiled(Path(stored.path), Workdir(workdir).compiled, staging)
     meta = info.metadata
     bundle = {
         "model_tag": model_tag,
@@ -136,6 +143,7 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
         "model_files": files,
         "base_image": base_image,
         "packages": [f"{p}=={version(p)}" for p in SERVICE_PACKAGES],
+        "compiled": compiled,  # the service checks the object file against this before loading it
     }
     (staging / "bundle.json").write_text(json.dumps(bundle, indent=2))
     recipe = yaml.safe_load((SERVICE_DIR / "bentofile.yaml").read_text())
@@ -153,6 +161,17 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
         raise RuntimeError(f"bentoml build failed ({proc.returncode}): {proc.stderr[-3000:]}")
     bento = bentoml.get(tag)
     return str(bento.tag), True
+
+
+def package_compiled(stored_model: Path, cache: Path, staging: Path) -> dict:
+    """The stored booster compiled (a cache hit when the gate compiled it) into `staging`:
+    its info for bundle.json, or {"unavailable": why} (then the booster serves)."""
+    compiled, reason = compile_booster((stored_model / STORED_BOOSTER).read_text(), cache)
+    if compiled is None:
+        return {"unavailable": reason}
+    (staging / COMPILED_OBJECT).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(cache / compiled["file"], staging / COMPILED_OBJECT)
+    return compiled
 
 
 def base_image() -> str:

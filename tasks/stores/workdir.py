@@ -49,6 +49,11 @@ class Workdir:
     def evaluation(self, run_id: str) -> Path:
         return self.root / "evaluation" / run_id
 
+    @property
+    def compiled(self) -> Path:
+        """Compiled boosters (lleaves object files), one per booster hash: the gate's and the bento's."""
+        return self.root / "compiled"
+
     # -- serving ---------------------------------------------------------------------------
     def bento_build(self, bento_tag: str) -> Path:
         return self.root.resolve() / "bento-build" / bento_tag.replace(":", "-")

@@ -32,6 +32,8 @@ LAZY = {
     "prefect_docker": "only image builds, pushes and container back-ends need it",
     "prefect_dask": "only parallel tuning starts a Dask cluster",
     "sqlalchemy": "only a database source needs it",
+    "lleaves": "optional (the compiled booster): the core must import on a platform without it",
+    "llvmlite": "lleaves' LLVM binding, optional with it",
 }
 
 
