@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
 from pathlib import Path
 
 import lightgbm as lgb
@@ -24,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tasks.core.compiled import portable_cpu
+
 FOLDER = Path(os.environ["BARE_MODEL_DIR"])
 BOOSTER = lgb.Booster(model_file=str(FOLDER / "model.txt"))
 META = json.loads((FOLDER / "meta.json").read_text())
@@ -34,7 +35,7 @@ CODES: dict[str, dict[str, float]] = {
 RATIOS: list[tuple[str, str]] = [tuple(pair) for pair in META["ratios"]]
 THRESHOLD = META["threshold"]
 COMPILED = lleaves.Model(model_file=str(FOLDER / "model.txt"))
-COMPILED.compile(target_cpu="x86-64" if platform.machine() == "x86_64" else "generic", target_cpu_features="")
+COMPILED.compile(target_cpu=portable_cpu(), target_cpu_features="")
 
 
 def _row(record: dict) -> list[float]:

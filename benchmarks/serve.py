@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     import bentoml
 
     from tasks.core.cast import clean
+    from tasks.core.compiled import compiled_for
     from tasks.core.features import feature_matrix
     from tasks.core.spec import load_spec
     from tasks.stores.backends import free_port
@@ -144,14 +145,9 @@ def main(argv: list[str] | None = None) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     export_bare_model(model, spec, tmp / "bare")
-    import lleaves  # TEMP until tasks.core.compiled lands
-
-    _ll = lleaves.Model(model_file=str(tmp / "bare" / "model.txt"))
-    _ll.compile(target_cpu="x86-64", target_cpu_features="")
-
-    class compiled:  # noqa: N801
-        predict = staticmethod(lambda m: _ll.predict(m, n_jobs=os.cpu_count()))
-
+    compiled, why_not = compiled_for(model.booster_text, tmp / "compiled")  # what the bento serves with
+    if compiled is None:
+        raise SystemExit(f"no compiled model here ({why_not}): the compiled rows cannot be measured")
     body = tmp / "one.json"
     body.write_text(json.dumps({"records": [record]}))
     bento_port, bare_port, typed_port = free_port(), free_port(), free_port()

@@ -37,15 +37,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 
-from tasks.core.compiled import switched_off, verified_compiled
+from tasks.core.cast import FAILURE_SCHEMA
+from tasks.core.compiled import CompiledUnavailable, load_compiled, switched_off
 from tasks.core.errors import DataError
 from tasks.core.features import row_encoder
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, new_prediction_ids
 from tasks.core.integrity import check_model_files
-from tasks.core.logs import PredictionLog, label_root, log_root, write_part
+from tasks.core.logs import SERVED_PARQUET, PredictionLog, label_root, log_root, write_part
 from tasks.core.model import BOOSTER_FILE, TabularModel, is_positive
-from tasks.core.records import example_record, example_records, label_model, record_model, records_frame
-from tasks.core.schema import typed_with_failures
+from tasks.core.records import example_record, label_model, record_model, records_frame
+from tasks.core.schema import typed_and_encoded, typed_with_failures
 from tasks.core.spec import DatasetSpec
 from tasks.core.tables import read_table
 
@@ -102,7 +103,7 @@ REFUSED = bentoml.metrics.Counter(
 )
 LATENCY = bentoml.metrics.Histogram(
     name="lifecycle_model_seconds",
-    documentation="Time in features + model per call",
+    documentation="Time in the model per call (features are computed before)",
     labelnames=["endpoint"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
@@ -380,19 +381,23 @@ class TabularService:
 
     def __init__(self) -> None:
         stored = self.bento_model  # resolved by BentoML to the stored model on the instance
-        # the stored files must be the registered ones (bundle.json's hash) before MLflow runs their code
+        # the stored files must be the registered ones (bundle.json's hash) before anything reads them
         check_model_files(
             Path(stored.path_of("mlflow_model")), BUNDLE["model_sha256"], BUNDLE["model_files"], str(stored.tag)
         )
-        self.model: TabularModel = bentoml.mlflow.load_model(stored).unwrap_python_model().model
-        # the packaged compiled booster serves if it loads here and scores varied records as the booster does
+        # the model's own plain files (what its MLflow code would read): no MLflow, nothing unpickled
+        model_folder = Path(stored.path_of("mlflow_model")) / "artifacts" / "model"
+        self.model = TabularModel.load(model_folder)
+        # the packaged compiled booster (checked against the booster when it was packaged) serves when its
+        # files are the recorded ones and this platform runs it; else the booster, loaded on first use
         packaged = BUNDLE.get("compiled") or {"unavailable": "none in this bento"}
         why = packaged.get("unavailable", "")
         if packaged.get("file"):
-            booster_file = Path(stored.path_of("mlflow_model")) / "artifacts" / "model" / BOOSTER_FILE
-            object_file = Path(__file__).with_name("compiled") / "model.o"
-            rows = self.model.matrix(records_frame([example_record(SPEC), *example_records(SPEC, 100)], SPEC))
-            self.model.compiled, why = verified_compiled(booster_file, object_file, packaged, self.model.booster, rows)
+            try:
+                object_file = Path(__file__).with_name("compiled") / "model.o"
+                self.model.compiled = load_compiled(model_folder / BOOSTER_FILE, object_file, packaged)
+            except CompiledUnavailable as exc:
+                why = str(exc)
         self.predictor = self.model.compiled.description if self.model.compiled else "booster"
         if self.model.compiled is None:
             level = logging.WARNING if packaged.get("file") and not switched_off() else logging.INFO
@@ -406,13 +411,9 @@ class TabularService:
         LIVE["service"] = self
 
     # -- scoring -------------------------------------------------------------------------
-    def _score(self, frame: pl.DataFrame, endpoint: str) -> tuple[np.ndarray, np.ndarray]:
-        proba = self._proba(frame, endpoint)
-        return proba, self.model.labels(proba)
-
-    def _proba(self, frame: pl.DataFrame, endpoint: str) -> np.ndarray:
+    def _proba(self, matrix: np.ndarray, endpoint: str) -> np.ndarray:
         started = time.perf_counter()
-        proba = self.model.predict_proba(frame)
+        proba = self.model.predict_matrix(matrix)
         LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return proba
 
@@ -452,9 +453,7 @@ class TabularService:
     def _predictions(self, rows: list[dict], endpoint: str, request_id: str | None) -> list[dict]:
         """Each record's `Prediction` (a dict), logged under `request_id` (None: its prediction id).
         Features by the row encoder: no frame is built for a few records."""
-        started = time.perf_counter()
-        proba = self.model.predict_matrix(np.array([ENCODE(r) for r in rows], dtype=np.float64))
-        LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        proba = self._proba(np.array([ENCODE(r) for r in rows], dtype=np.float64), endpoint)
         threshold, positive, negative = self.model.threshold, SPEC.target.positive, self.model.negative
         labels = [positive if p >= threshold else negative for p in proba.tolist()]
         ids = _prediction_ids(len(rows))
@@ -506,8 +505,10 @@ class TabularService:
     def explain(self, records: Records, top_k: Annotated[int, Field(ge=1, le=50)] = 5) -> list[Explanation]:
         """Each record's largest feature contributions (LightGBM `pred_contrib`, log-odds)."""
         frame = records_frame([r.model_dump() for r in records], SPEC)
-        proba, labels = self._score(frame, "explain")
-        contrib = self.model.booster.predict(self.model.matrix(frame), pred_contrib=True)
+        matrix = self.model.matrix(frame)
+        proba = self._proba(matrix, "explain")
+        labels = self.model.labels(proba)
+        contrib = self.model.booster.predict(matrix, pred_contrib=True)
         names = SPEC.feature_names
         out = []
         for row, p, y in zip(contrib, proba, labels, strict=True):
@@ -523,33 +524,40 @@ class TabularService:
         body = await request.body()
         if len(body) > MAX_FILE_BYTES:
             return JSONResponse({"error": f"file is over the {MAX_FILE_BYTES}-byte limit"}, status_code=413)
+        # reading, scoring and writing the answer all run off the event loop: other requests go on
+        status, answer, headers = await asyncio.to_thread(self._score_file, body, request_id_of(request))
+        if status != 200:
+            return JSONResponse(answer, status_code=status)
+        return Response(answer, media_type="application/vnd.apache.parquet", headers=headers)
+
+    def _score_file(self, body: bytes, request_id: str) -> tuple[int, bytes | dict, dict[str, str]]:
+        """(status, the Parquet answer or the error, headers) of one bulk file."""
         try:
             raw = read_table(body, "the request body", SPEC.base_features)  # the file rules of prepare
         except DataError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return 400, {"error": str(exc)}, {}
         if raw.height > MAX_FILE_ROWS:
-            return JSONResponse({"error": f"{raw.height} rows is over the {MAX_FILE_ROWS}-row limit"}, status_code=413)
+            return 413, {"error": f"{raw.height} rows is over the {MAX_FILE_ROWS}-row limit"}, {}
         missing = [c for c in SPEC.base_features if c not in raw.columns]
         if missing or raw.height == 0:
-            return JSONResponse({"error": f"no rows, or missing columns: {missing}"}, status_code=400)
-        request_id = request_id_of(request)
-        result, scored, logged = await asyncio.to_thread(self._score_table, raw, request_id)
+            return 400, {"error": f"no rows, or missing columns: {missing}"}, {}
+        result, scored, logged = self._score_table(raw, request_id)
         out = io.BytesIO()
-        result.write_parquet(out)
+        result.write_parquet(out, **SERVED_PARQUET)
         if logged is not None:  # once the answer exists
             self.log.append_frame(logged)
             self._count(logged.get_column("probability").to_numpy(), "score_file")
-        headers = {
-            "x-request-id": request_id,
-            "x-rows-scored": str(scored),
-            "x-rows-rejected": str(raw.height - scored),
-        }
-        return Response(out.getvalue(), media_type="application/vnd.apache.parquet", headers=headers)
+        counts = {"x-rows-scored": str(scored), "x-rows-rejected": str(raw.height - scored)}
+        return 200, out.getvalue(), {"x-request-id": request_id, **counts}
 
     def _score_table(self, raw: pl.DataFrame, request_id: str) -> tuple[pl.DataFrame, int, pl.DataFrame | None]:
         """The answer, the number of rows scored and the log rows for them (None if none)."""
         keep = [c for c in (SPEC.id_column,) if c and c in raw.columns]
-        typed, failures = typed_with_failures(raw, SPEC, SPEC.base_features)  # one cast for checks and scoring
+        fast = typed_and_encoded(raw, SPEC)  # every row valid: cast, checks and features in one pass
+        if fast is None:  # some row is not: one cast for the checks (with reasons) and the scoring
+            (typed, failures), matrix = typed_with_failures(raw, SPEC, SPEC.base_features), None
+        else:
+            (typed, matrix), failures = fast, pl.DataFrame(schema=FAILURE_SCHEMA)
         reason = pl.format("{}: {} (value={})", "column", "check", pl.col("value").fill_null("null"))
         reasons = failures.group_by("row", maintain_order=True).agg(reason.first().alias("reason"))
         for check, count in failures.group_by("check").len().iter_rows():
@@ -560,10 +568,13 @@ class TabularService:
         if reasons.height:
             good = good.filter(pl.Series(accepted))
         proba = np.full(raw.height, np.nan)
+        if good.height:
+            proba[accepted] = self._proba(self.model.matrix(good) if matrix is None else matrix, "score_file")
+        labels = self.model.label_series(proba)  # null where not scored
+        everything = good.height == raw.height
+        ids = new_prediction_ids(good.height)
         logged = None
         if good.height:
-            proba[accepted] = self._proba(good, "score_file")
-            ids = new_prediction_ids(good.height)
             logged = good.with_columns(
                 ids,
                 pl.lit(request_id).alias("request_id"),
@@ -572,22 +583,23 @@ class TabularService:
                 pl.lit(DATA_VERSION).alias("data_version"),
                 pl.lit("score_file").alias("endpoint"),
                 pl.Series("probability", proba[accepted], dtype=pl.Float64),
-                self.model.label_series(proba[accepted]),
+                labels if everything else labels.filter(pl.Series(accepted)),
             )
             logged = logged.select([c for c in LOG_SCHEMA if c in logged.columns])
-        scored_ids = pl.Series(PREDICTION_ID, [None] * raw.height, dtype=pl.String)
-        if good.height:
-            scored_ids = scored_ids.scatter(np.flatnonzero(accepted), ids)
-        result = (
-            raw.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), *keep)
-            .with_columns(scored_ids, pl.Series("probability", proba).fill_nan(None))
-            .with_columns(
-                self.model.label_series(proba),
-                pl.Series("reason", [None] * raw.height, dtype=pl.String).scatter(
-                    reasons.get_column("row"), reasons.get_column("reason")
-                ),
-                pl.lit(MODEL_VERSION).alias("model_version"),
-            )
+        if everything:
+            scored_ids, why = ids, pl.lit(None, dtype=pl.String).alias("reason")
+        else:
+            nothing = pl.repeat(None, raw.height, dtype=pl.String, eager=True)
+            scored_ids = nothing.alias(PREDICTION_ID).scatter(np.flatnonzero(accepted), ids)
+            why = nothing.alias("reason").scatter(reasons.get_column("row"), reasons.get_column("reason"))
+        result = raw.select(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
+            *keep,
+            scored_ids,
+            pl.Series("probability", proba).fill_nan(None),
+            labels,
+            why,
+            pl.lit(MODEL_VERSION).alias("model_version"),
         )
         return result, good.height, logged
 

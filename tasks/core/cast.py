@@ -42,19 +42,27 @@ def _as_text_if_string(col: pl.Expr, source_dtype: pl.DataType) -> pl.Expr:
     return col.str.strip_chars() if source_dtype == pl.String else col
 
 
+def cast_exprs(schema: pl.Schema, spec: DatasetSpec, columns: list[str]) -> list[pl.Expr]:
+    """The expressions casting `columns` of a frame with this `schema` to their declared types."""
+    kinds = column_kinds(spec)
+    exprs = []
+    for name in columns:
+        if name == spec.id_column and spec.id_type == "int":  # checked as a whole number, carried as its text
+            exprs.append(_cast_expr(name, "int", schema[name]).cast(pl.String).alias(name))
+        else:
+            exprs.append(_cast_expr(name, kinds[name], schema[name]).alias(name))
+    return exprs
+
+
 def cast_to_spec(
     raw: pl.DataFrame, spec: DatasetSpec, columns: list[str] | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Cast columns (default: all input columns) to their declared types; a value that does
     not parse becomes null and one failure row (row, column, check `dtype(<type>)`, value)."""
-    kinds = column_kinds(spec)
     columns = spec.input_columns if columns is None else columns
     raw = raw.select(columns)
-    if spec.id_column in columns and spec.id_type == "int":  # checked as a whole number, carried as its text
-        kinds[spec.id_column] = "int"
-    typed = raw.select(_cast_expr(name, kinds[name], raw.schema[name]).alias(name) for name in columns)
-    if kinds.get(spec.id_column) == "int":
-        typed = typed.with_columns(pl.col(spec.id_column).cast(pl.String))
+    typed = raw.select(cast_exprs(raw.schema, spec, columns))
+    kinds = column_kinds(spec)
     lost_to_type = {n: raw.get_column(n).is_not_null() & typed.get_column(n).is_null() for n in columns}
     if not any(mask.any() for mask in lost_to_type.values()):
         return typed, pl.DataFrame(schema=FAILURE_SCHEMA)

@@ -26,6 +26,7 @@ from tasks.core.errors import DataError, ModelIntegrityError
 
 SWITCH = "LIFECYCLE_COMPILED"  # "off": never compile or load, the booster serves
 SMALL_BATCH = 2048  # below it one thread: thread start-up and contention cost more than the rows take
+CHUNKS_PER_THREAD = 8  # big inputs are split this many times a thread, for the threads to balance
 PARITY_ATOL = 1e-9  # compiled and booster probabilities may differ by this much, no more
 ENTRY = "forest_root"  # lleaves' entry point: (rows in, probabilities out, first row, end row)
 # the entry with plain addresses: cheaper per call than lleaves' POINTER(c_double) arguments
@@ -138,7 +139,9 @@ class CompiledModel:
         if threads == 1:
             self._entry(source, target, 0, rows)
             return out
-        step = math.ceil(rows / threads)
+        # several chunks a thread: a core busy with other work (the log's writer, another request)
+        # holds up one small chunk, not half the rows
+        step = max(SMALL_BATCH, math.ceil(rows / (threads * CHUNKS_PER_THREAD)))
 
         def part(start: int) -> None:
             self._entry(source, target, start, min(start + step, rows))

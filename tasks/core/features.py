@@ -79,6 +79,11 @@ def encode_features(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     return frame.select(_plan(spec).encode)
 
 
+def encode_exprs(spec: DatasetSpec) -> list[pl.Expr]:
+    """`encode_features` as expressions over the typed base columns (for callers that fuse passes)."""
+    return _plan(spec).encode
+
+
 def feature_matrix(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """`encode_features` as a float64 matrix with NaN for missing values."""
     return encode_features(frame, spec).to_numpy().astype(np.float64, copy=False)

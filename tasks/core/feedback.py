@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from pydantic import BaseModel
 
 from tasks.core.errors import DataError
@@ -24,13 +25,22 @@ from tasks.core.spec import WINDOW_PATTERN, DatasetSpec
 PREDICTION_ID = "prediction_id"
 
 
+ROW_DIGITS = 10  # a bulk file's ids count its rows in this many digits (files are capped far below 10^10 rows)
+
+
 def new_prediction_ids(n: int) -> pl.Series:
-    """`n` fresh prediction ids (random UUID4s as 32 hex digits, like `uuid4().hex`) without a Python
-    object per id: 100k in ~20 ms instead of ~300 ms."""
-    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    return pl.Series(PREDICTION_ID, np.frombuffer(binascii.hexlify(raw.tobytes()), dtype="S32")).cast(pl.String)
+    """`n` fresh prediction ids for one bulk file: 32 hex digits each, a random 88-bit prefix drawn for
+    this call and the row's number. Unique, unguessable without one of them (the requester has them
+    all), and without a Python object per id: 100k in ~5 ms, and the answer and the log compress
+    3x better than with independent random ids."""
+    text = np.empty((n, 32), dtype=np.uint8)
+    text[:, : 32 - ROW_DIGITS] = np.frombuffer(binascii.hexlify(os.urandom((32 - ROW_DIGITS) // 2)), dtype=np.uint8)
+    rows = np.arange(n, dtype=np.int64)
+    for digit in range(ROW_DIGITS):
+        text[:, 31 - digit] = ord("0") + rows % 10
+        rows //= 10
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
+    return pl.Series(PREDICTION_ID, pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text)))
 
 
 LABEL_SCHEMA = {

@@ -37,6 +37,11 @@ def _from_serving_dir(folder: str, environ) -> Path:
     return root if root.is_absolute() else Path(environ.get("PWD", os.getcwd())) / root
 
 
+# Served data is written while requests wait for the CPU: zstd level 1 is ~2x faster than the default
+# level 3 on prediction ids and probabilities, for files ~5% bigger.
+SERVED_PARQUET = {"compression": "zstd", "compression_level": 1}
+
+
 def write_part(folder: Path, frame: pl.DataFrame) -> Path:
     """One whole part file under `folder/date=…/` (written aside, then renamed into place)."""
     now = datetime.now(UTC)
@@ -44,7 +49,7 @@ def write_part(folder: Path, frame: pl.DataFrame) -> Path:
     day.mkdir(parents=True, exist_ok=True)
     path = day / f"part-{now:%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp)
+    frame.write_parquet(tmp, **SERVED_PARQUET)
     tmp.replace(path)
     return path
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from tasks.core.compiled import compile_booster
+from tasks.core.compiled import compile_booster, verified_compiled
+from tasks.core.features import feature_matrix
 from tasks.core.integrity import check_model_files
-from tasks.core.model import BOOSTER_FILE
+from tasks.core.model import BOOSTER_FILE, TabularModel
+from tasks.core.records import example_records, records_frame
 from tasks.core.spec import DatasetSpec
 from tasks.stores.registry import DIGEST, FILES, TrackingConfig, VersionInfo, load_model, recorded_hash
 from tasks.stores.shipped import copy_core, core_files
@@ -163,11 +165,22 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
     return str(bento.tag), True
 
 
+PARITY_ROWS = 2000  # varied records from the spec the packaged object must score as the booster does
+
+
 def package_compiled(stored_model: Path, cache: Path, staging: Path) -> dict:
-    """The stored booster compiled (a cache hit when the gate compiled it) into `staging`:
-    its info for bundle.json, or {"unavailable": why} (then the booster serves)."""
-    compiled, reason = compile_booster((stored_model / STORED_BOOSTER).read_text(), cache)
+    """The stored booster compiled (a cache hit when the gate compiled it) into `staging`, once it
+    scores varied records from the spec as the booster does (the gate checked the test split): its
+    info for bundle.json, or {"unavailable": why} (then the booster serves). The service checks only
+    the files' hashes when it starts, so no worker loads LightGBM just to compare."""
+    booster_file = stored_model / STORED_BOOSTER
+    model = TabularModel.load(booster_file.parent)
+    compiled, reason = compile_booster(model.booster_text, cache)
     if compiled is None:
+        return {"unavailable": reason}
+    rows = feature_matrix(records_frame(example_records(model.spec, PARITY_ROWS), model.spec), model.spec)
+    loaded, reason = verified_compiled(booster_file, cache / compiled["file"], compiled, model.booster, rows)
+    if loaded is None:
         return {"unavailable": reason}
     (staging / COMPILED_OBJECT).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(cache / compiled["file"], staging / COMPILED_OBJECT)

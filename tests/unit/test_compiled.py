@@ -241,12 +241,12 @@ def test_the_parity_check_survives_a_recorded_evaluation(orders_spec):
     assert reused.candidate[COMPILED_DIFF] == 4e-17
 
 
-def test_packaging_reuses_the_gates_object_file_and_records_it(booster_text, tmp_path, monkeypatch):
+def test_packaging_reuses_the_gates_object_file_and_records_it(orders_model, tmp_path, monkeypatch):
     stored, cache, staging = tmp_path / "stored", tmp_path / "compiled", tmp_path / "staging"
-    (stored / STORED_BOOSTER).parent.mkdir(parents=True)
-    (stored / STORED_BOOSTER).write_text(booster_text)
+    model, _ = orders_model
+    model.save(stored / STORED_BOOSTER.parent)  # the TabularModel's files, where a stored BentoML model has them
     staging.mkdir()
-    gate_info, _ = compile_booster(booster_text, cache)  # what the gate compiled
+    gate_info, _ = compile_booster(model.booster_text, cache)  # what the gate compiled
     mtime = (cache / gate_info["file"]).stat().st_mtime_ns
     assert package_compiled(stored, cache, staging) == gate_info
     assert (cache / gate_info["file"]).stat().st_mtime_ns == mtime

@@ -1,5 +1,6 @@
 """Pure data functions on tiny in-memory frames (no Prefect)."""
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -214,3 +215,60 @@ def test_one_pass_verdict_matches_pandera_on_every_planted_corruption(telco_spec
         assert schema_holds(typed, spec) == schema_failures(typed, spec).is_empty(), corruption.broken[row]
     typed, _ = cast_to_spec(telco_raw, telco_spec)
     assert schema_holds(typed, telco_spec) and schema_failures(typed, telco_spec).is_empty()
+
+
+# -- bulk scoring's one-pass path (typed_and_encoded) answers as the two-step path does --------------
+def _two_step(frame: pl.DataFrame, spec):
+    from tasks.core.features import feature_matrix
+    from tasks.core.schema import typed_with_failures
+
+    typed, failures = typed_with_failures(frame, spec, spec.base_features)
+    return typed, failures, (feature_matrix(typed, spec) if failures.is_empty() else None)
+
+
+def _padded_category(frame: pl.DataFrame, spec) -> bool:
+    return any(
+        frame.get_column(c).cast(pl.String).pipe(lambda s: (s != s.str.strip_chars()).any())
+        for c in spec.categorical_features
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_one_pass_bulk_path_answers_as_the_two_step_path(orders_spec, data_):
+    from tasks.core.schema import typed_and_encoded
+
+    rows = data_.draw(st.integers(1, 6))
+    frame = pl.DataFrame(
+        {k: [data_.draw(st.sampled_from(v)) for _ in range(rows)] for k, v in _CELLS.items()},
+        schema={k: pl.String for k in _CELLS},
+    )
+    typed, failures, matrix = _two_step(frame, orders_spec)
+    fast = typed_and_encoded(frame, orders_spec)
+    if fast is None:  # sound, not complete: it leaves a padded category value to the two-step path
+        assert not failures.is_empty() or _padded_category(frame, orders_spec), frame.to_dicts()
+    else:
+        assert failures.is_empty(), frame.to_dicts()
+        assert fast[0].equals(typed) and fast[1].flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(fast[1], matrix)
+
+
+def test_one_pass_bulk_path_on_the_telco_table_and_its_planted_corruptions(telco_spec, telco_raw):
+    from tasks.core.schema import typed_and_encoded
+    from tests.corruption import corrupt_telco
+
+    typed, failures, matrix = _two_step(telco_raw, telco_spec)
+    fast = typed_and_encoded(telco_raw, telco_spec)
+    assert failures.is_empty() and fast is not None and fast[0].equals(typed)
+    np.testing.assert_array_equal(fast[1], matrix)
+    corruption = corrupt_telco(telco_raw)
+    for row in sorted(corruption.broken):
+        rows = corruption.frame[[0, 1, row]]
+        if not _two_step(rows, telco_spec)[1].is_empty():  # a corruption of a feature column
+            assert typed_and_encoded(rows, telco_spec) is None, corruption.broken[row]
+    # a nullable number that does not parse is a failure (a type loss), not a null
+    unparseable = telco_raw.head(3).with_columns(pl.col("total_charges").cast(pl.String).fill_null("0"))
+    unparseable = unparseable.with_columns(
+        pl.when(pl.int_range(3) == 1).then(pl.lit("12,5")).otherwise(pl.col("total_charges")).alias("total_charges")
+    )
+    assert not _two_step(unparseable, telco_spec)[1].is_empty() and typed_and_encoded(unparseable, telco_spec) is None
