@@ -226,15 +226,16 @@ def main(argv: list[str] | None = None) -> None:
             ):
                 bulk_rows.append({"rows": n, "target": name, "rows_per_s": rate, "ratio_to_raw": rate / raw})
         memory = {"bento": peak_rss_mib(bento_proc.pid), "bare ASGI": peak_rss_mib(bare_proc.pid)}
+        predictor = httpx.post(f"http://127.0.0.1:{bento_port}/model_info", json={}, timeout=30).json()["predictor"]
 
-    report = render(rows, bulk_rows, spec.name, str(bento.tag), args, memory, model.booster.num_trees())
+    report = render(rows, bulk_rows, spec.name, str(bento.tag), args, memory, model.booster.num_trees(), predictor)
     print(report)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report)
 
 
-def render(rows, bulk_rows, dataset, bento_tag, args, memory, trees) -> str:
+def render(rows, bulk_rows, dataset, bento_tag, args, memory, trees, predictor) -> str:
     import importlib.metadata as md
 
     lines = [
@@ -242,7 +243,8 @@ def render(rows, bulk_rows, dataset, bento_tag, args, memory, trees) -> str:
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores · "
         f"bentoml {md.version('bentoml')} · lightgbm {md.version('lightgbm')} · {args.workers} workers each · "
-        f"hey, {args.seconds:g} s per point after a 2 s warm-up, one record per request · model: {trees} trees",
+        f"hey, {args.seconds:g} s per point after a 2 s warm-up, one record per request · model: {trees} trees · "
+        f"the bento serves with: {predictor}",
         "",
         "| clients | target | req/s | p50 ms | p95 ms | p99 ms | errors | ratio to bare |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",

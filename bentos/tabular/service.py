@@ -101,6 +101,11 @@ REFUSED = bentoml.metrics.Counter(
     documentation="Requests answered by the guard before the service: unknown path, no key, too big, media type",
     labelnames=["status"],
 )
+FAST_ANSWERS = bentoml.metrics.Counter(
+    name="lifecycle_fast_path_requests",
+    documentation="POST /predict answered by the fast path (not in BentoML's request metrics), by status",
+    labelnames=["status"],
+)
 LATENCY = bentoml.metrics.Histogram(
     name="lifecycle_model_seconds",
     documentation="Time in the model per call (features are computed before)",
@@ -275,6 +280,7 @@ async def _fast_predict(service: TabularService, body: bytes, rid: str, send) ->
             logger.exception("/predict failed (request %s)", rid)
             status, answer = 500, {"error": "An unexpected error has occurred, please check the server log."}
     payload = orjson.dumps(answer)
+    FAST_ANSWERS.labels(status=str(status)).inc()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),

@@ -113,13 +113,11 @@ def _threads() -> int:
 class CompiledModel:
     """The compiled trees: feature matrix in, probabilities out (the booster's objective applied)."""
 
-    def __init__(self, model, info: dict):
-        if model.num_model_per_iteration() != 1:
-            raise CompiledUnavailable("only single-output boosters (binary, regression) are compiled")
+    def __init__(self, engine, n_features: int, info: dict):
         self.info = dict(info)
-        self._model = model  # holds the execution engine: the machine code lives as long as it does
-        self.n_features = model.num_feature()
-        self._entry = ENTRY_TYPE(model._execution_engine.get_function_address(ENTRY))
+        self._engine = engine  # the machine code lives as long as its execution engine
+        self.n_features = n_features
+        self._entry = ENTRY_TYPE(engine.get_function_address(ENTRY))
 
     @property
     def description(self) -> str:
@@ -171,11 +169,34 @@ def load_compiled(booster_file: Path, object_file: Path, info: dict) -> Compiled
     ]
     if differ:
         raise CompiledUnavailable(f"{object_file} was compiled for another platform: {', '.join(differ)}")
-    import lleaves
+    n_features, outputs = booster_shape(booster_file.read_text())
+    if outputs != 1:
+        raise CompiledUnavailable("only single-output boosters (binary, regression) are compiled")
+    return CompiledModel(_load_object(object_file.read_bytes(), info["cpu"]), n_features, info)
 
-    model = lleaves.Model(model_file=str(booster_file))
-    model.compile(cache=str(object_file), target_cpu=info["cpu"], target_cpu_features="")
-    return CompiledModel(model, info)
+
+def booster_shape(booster_text: str) -> tuple[int, int]:
+    """(features, outputs per iteration) from a LightGBM text model's header."""
+    header = dict(line.split("=", 1) for line in booster_text.split("\n\n", 1)[0].splitlines() if "=" in line)
+    return int(header["max_feature_idx"]) + 1, int(header.get("num_tree_per_iteration", "1"))
+
+
+def _load_object(data: bytes, cpu: str):
+    """An LLVM execution engine holding the object file's machine code: what lleaves does with a cached
+    object, without importing lleaves (and pandas with it) into a serving worker."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize()
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    machine = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
+        cpu=cpu, features="", reloc="pic", codemodel="large"
+    )
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+    engine.set_object_cache(getbuffer_func=lambda _module: data)
+    engine.finalize_object()
+    engine.run_static_constructors()
+    return engine
 
 
 def verified_compiled(

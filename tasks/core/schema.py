@@ -1,9 +1,13 @@
-"""The data contract as a Pandera schema, and the finder of every row that breaks it."""
+"""The data contract as a Pandera schema, and the finder of every row that breaks it.
+
+Pandera (and pandas with it, ~50 MB and 0.5 s) is imported only where it is asked for reasons: a
+serving process whose files are valid never loads it."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandera.polars as pa
 import polars as pl
 
 from tasks.core.cast import FAILURE_SCHEMA, cast_exprs, cast_to_spec
@@ -11,9 +15,14 @@ from tasks.core.errors import SpecError
 from tasks.core.features import encode_exprs
 from tasks.core.spec import DatasetSpec, column_kinds, polars_dtype, typed_categories
 
+if TYPE_CHECKING:
+    import pandera.polars as pa
+
 
 def build_schema(spec: DatasetSpec, columns: list[str] | None = None):
     """The `pandera.polars` schema of a typed frame with the spec's input columns (or a subset)."""
+    import pandera.polars as pa
+
     schema: dict[str, pa.Column] = {}
     if spec.id_column:
         schema[spec.id_column] = pa.Column(pl.String, nullable=False, unique=True)
@@ -74,6 +83,8 @@ def schema_rules(schema: pl.Schema, spec: DatasetSpec, columns: list[str] | None
 
 def schema_failures(typed: pl.DataFrame, spec: DatasetSpec, columns: list[str] | None = None) -> pl.DataFrame:
     """Every row-level failure Pandera finds (lazy: all checks, all rows)."""
+    import pandera.polars as pa
+
     try:
         build_schema(spec, columns).validate(typed, lazy=True)
     except pa.errors.SchemaErrors as exc:

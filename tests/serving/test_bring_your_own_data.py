@@ -12,7 +12,7 @@ from tasks.core.spec import load_spec
 from tasks.stores import registry
 from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS
-from tests.serving.server import bento_server
+from tests.serving.server import assert_served_as_registered, bento_server
 
 CREDIT = CONFIGS / "credit_data.yaml"
 
@@ -56,3 +56,4 @@ def test_the_second_dataset_serves_the_registered_model_over_http(credit):
     np.testing.assert_allclose(served, offline, atol=1e-9)
     bad = httpx.post(f"{url}/predict", json={"records": [{**records[0], "Age": 7}]}, timeout=30)
     assert bad.status_code == 400 and "Age" in bad.text
+    assert assert_served_as_registered(url, workdir, result.prepare.manifest_path, spec) == result.prepare.rows_kept

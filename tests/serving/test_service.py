@@ -19,7 +19,7 @@ from tasks.stores import registry
 from tasks.stores.served import read_labels
 from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS, FIXTURES
-from tests.serving.server import bento_server, logged_rows
+from tests.serving.server import assert_served_as_registered, bento_server, logged_rows
 
 TELCO = load_spec(CONFIGS / "telco_churn.yaml")
 
@@ -48,6 +48,14 @@ def test_prediction_matches_the_registered_mlflow_model(telco_server):
     assert [p["label"] for p in body["predictions"]] == expected["label"].tolist()
     assert body["model_version"] == result.registry.champion_version == result.package.model_version
     assert response.headers["x-request-id"] == body["request_id"]
+
+
+def test_the_whole_table_is_served_as_the_registered_model_scores_it(telco_server):
+    result = telco_server["result"]
+    compared = assert_served_as_registered(
+        telco_server["url"], telco_server["workdir"], result.prepare.manifest_path, TELCO
+    )
+    assert compared == result.prepare.rows_kept
 
 
 def test_batched_endpoint_gives_the_same_answer(telco_server):

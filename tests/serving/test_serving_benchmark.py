@@ -20,11 +20,15 @@ def test_the_serving_benchmark_prints_every_table(telco_lifecycle):
     table = out.stdout
     single = re.findall(r"^\| 2 \| (.+?) \| (\d+) \| .* \| (\d+) \| ([\d.]+) \|$", table, re.M)
     assert {name for name, *_ in single} == {
-        "bare ASGI + Booster.predict", "bento /model_info (framework floor, no model)", "bento /predict",
-        "bento /predict_batched",
+        "bare ASGI + Booster.predict", "bare ASGI + compiled model", "bento /model_info (BentoML floor, no model)",
+        "bento /predict", "bento /predict via BentoML IO (FAST_PATH=false)", "bento /predict_batched",
     }, table  # fmt: skip
     assert all(int(rps) > 0 and errors == "0" for _, rps, errors, _ in single), table
     bulk = dict(re.findall(r"^\| 2,000 \| (.+?) \| [\d,]+ \| ([\d.]+) \|$", table, re.M))
-    assert bulk.keys() == {"raw Booster.predict", "bare ASGI /score", "bento /v1/score_file"}, table
+    assert bulk.keys() == {
+        "raw Booster.predict", "raw compiled predict", "bare ASGI /score", "bare ASGI /score, compiled",
+        "bento /v1/score_file",
+    }, table  # fmt: skip
     assert bulk["raw Booster.predict"] == "1.00" and float(bulk["bento /v1/score_file"]) > 0, table
     assert re.search(r"^\| bento \| [\d,]+ \| \d+ \|$", table, re.M), table
+    assert "the bento serves with: compiled (lleaves" in table, table

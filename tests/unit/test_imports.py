@@ -23,7 +23,7 @@ LAZY = {
     "sklearn": "~1 s; only fitting baselines, plots and cross-validation need its estimators",
     "optuna": "~1 s; only tuning needs it",
     "optuna_integration": "only tuning with pruning needs it",
-    "lightgbm": "only training and evaluation tasks call it outside the core model",
+    "lightgbm": "only training and evaluation call it; the core model builds its booster on first use (~80 MB)",
     "matplotlib": "~1 s and a backend choice; only the plots need it",
     "bentoml": "~2 s; only packaging needs it",
     "bentoml_cli": "BentoML's CLI; only the server launcher runs it",
@@ -32,8 +32,9 @@ LAZY = {
     "prefect_docker": "only image builds, pushes and container back-ends need it",
     "prefect_dask": "only parallel tuning starts a Dask cluster",
     "sqlalchemy": "only a database source needs it",
-    "lleaves": "optional (the compiled booster): the core must import on a platform without it",
-    "llvmlite": "lleaves' LLVM binding, optional with it",
+    "lleaves": "optional (the compiled booster), only compiling needs it: the core imports on a platform without it",
+    "llvmlite": "lleaves' LLVM binding, optional with it; a serving worker loads the compiled object with it alone",
+    "pandera": "~0.5 s and pandas; only finding and wording failures needs it (a valid file never loads it)",
 }
 
 
