@@ -31,6 +31,7 @@ import bentoml
 import numpy as np
 import orjson
 import polars as pl
+from bentoml._internal.server.http import traffic
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -308,6 +309,41 @@ def static_files(app) -> frozenset[str]:
             for folder in route.app.all_directories:
                 paths |= {f"{route.path}/{f.relative_to(folder).as_posix()}" for f in Path(folder).rglob("*")}
     return frozenset(paths)
+
+
+class AnsweredTimeout(traffic.TimeoutMiddleware):
+    """BentoML's request timeout, with its timer cancelled once the request is over. BentoML's own
+    leaves one `loop.call_later` timer a request for the whole timeout, and the timer holds the
+    request's context (its tracing spans and everything they reference): measured here, a typed
+    endpoint at ~1,600 req/s and our 120 s timeout grew a worker by ~60 MB every 15 s until the
+    first timers fired. Installed in place of BentoML's (which imports it when it builds the app)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def _send(message) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, receive, _send))
+        try:
+            await waiter
+        except TimeoutError:
+            if task.cancel():
+                body = {"error": f"Not able to process the request in {self.timeout} seconds"}
+                await JSONResponse(body, status_code=504)(scope, receive, send)
+        else:
+            await task
+        finally:
+            timer.cancel()
+
+
+traffic.TimeoutMiddleware = AnsweredTimeout
 
 
 class GuardedService(bentoml.Service):

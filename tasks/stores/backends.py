@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, SecretStr
 
-from tasks.stores.bento_server import serve_command
+from tasks.stores.bento_server import SERVER_ENV, serve_command
 from tasks.stores.workdir import Workdir
 
 Kind = Literal["docker", "process"]
@@ -162,7 +162,7 @@ def start_backend(
     """Start the bento on a free port; with `api_key` the service gets it as LIFECYCLE_API_KEY
     (only the key given here: an inherited one is dropped)."""
     port = free_port()
-    env = {k: v for k, v in env.items() if k != API_KEY_ENV}
+    env = SERVER_ENV | {k: v for k, v in env.items() if k != API_KEY_ENV}
     if api_key is not None:
         env[API_KEY_ENV] = api_key.get_secret_value()
     if kind == "docker":

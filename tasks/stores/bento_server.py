@@ -3,7 +3,8 @@
 Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts, so a second
 server on the same machine (the next version in a roll-out, a canary, `make serve` beside a test)
 wipes the first one's counters and its /metrics then reports the newcomer's. This launcher gives
-each server a fresh folder and removes it when the server stops.
+each server a fresh folder and removes it when the server stops. It also starts the server with
+`SERVER_ENV` (container back-ends get the same).
 
     python -m tasks.stores.bento_server <bento tag> --host 127.0.0.1 --port 3000
 """
@@ -11,9 +12,14 @@ each server a fresh folder and removes it when the server stops.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 from pathlib import Path
+
+# Polars' allocator (jemalloc) with one arena: a worker's peak memory while it scores a 100k-row file
+# is ~65 MB lower (measured: 716 vs 780 MiB for the arbiter and 2 workers), at the same speed.
+SERVER_ENV = {"_RJEM_MALLOC_CONF": "narenas:1"}
 
 
 def serve_command(target: str, host: str, port: int, python: str = sys.executable) -> list[str]:
@@ -22,6 +28,8 @@ def serve_command(target: str, host: str, port: int, python: str = sys.executabl
 
 
 def main(argv: list[str]) -> int:
+    for name, value in SERVER_ENV.items():  # before anything allocates; the workers inherit it
+        os.environ.setdefault(name, value)
     # BentoML's own testing plugin sets the folder the same way; the CLI has no option for it
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml_cli.cli import cli
