@@ -63,6 +63,8 @@ def cast_to_spec(
     raw = raw.select(columns)
     typed = raw.select(cast_exprs(raw.schema, spec, columns))
     kinds = column_kinds(spec)
+    if spec.id_column in columns and spec.id_type == "int":  # checked as a whole number, carried as its text
+        kinds[spec.id_column] = "int"
     lost_to_type = {n: raw.get_column(n).is_not_null() & typed.get_column(n).is_null() for n in columns}
     if not any(mask.any() for mask in lost_to_type.values()):
         return typed, pl.DataFrame(schema=FAILURE_SCHEMA)
