@@ -42,6 +42,7 @@ SERVICE_PACKAGES = (
     "pandas",
     "numpy",
     "pyarrow",
+    "orjson",
     "pydantic",
     "pyyaml",
     "pandera",

@@ -131,9 +131,8 @@ def _faulty_bento(endpoint, tmp_path: Path) -> str:
     build = tmp_path / "faulty-build"
     shutil.copytree(src, build)
     shutil.copy2(FIXTURES / "faulty" / "faulty.py", build / "faulty.py")
-    recipe = {"service": "faulty:TabularService", "include": ["*.py", "tasks/__init__.py", "tasks/core/*.py",
-                                                              "bundle.json"]}  # fmt: skip
-    (build / "bentofile.yaml").write_text(yaml.safe_dump(recipe))
+    recipe = yaml.safe_load((build / "bentofile.yaml").read_text()) | {"service": "faulty:TabularService"}
+    (build / "bentofile.yaml").write_text(yaml.safe_dump(recipe))  # what the real bento includes
     version = f"{packaged.bento_tag.split(':')[1]}-faulty{time.time_ns()}"
     out = subprocess.run([BENTOML, "build", str(build), "--name", "telco-faulty", "--version", version,
                           "--output", "tag"], capture_output=True, text=True, cwd=build)  # fmt: skip
