@@ -227,10 +227,10 @@ def _two_step(frame: pl.DataFrame, spec):
 
 
 def _padded_category(frame: pl.DataFrame, spec) -> bool:
-    return any(
-        frame.get_column(c).cast(pl.String).pipe(lambda s: (s != s.str.strip_chars()).any())
-        for c in spec.categorical_features
-    )
+    """Whether a category value has surrounding spaces (the two-step path trims it; the one-pass
+    path leaves such a file to it)."""
+    texts = [frame.get_column(c).cast(pl.String) for c in spec.categorical_features]
+    return any(bool((text != text.str.strip_chars()).any()) for text in texts)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
