@@ -496,8 +496,8 @@ class TabularService:
         """Each record's `Prediction` (a dict), logged under `request_id` (None: its prediction id).
         Features by the row encoder: no frame is built for a few records."""
         proba = self._proba(np.array([ENCODE(r) for r in rows], dtype=np.float64), endpoint)
-        threshold, positive, negative = self.model.threshold, SPEC.target.positive, self.model.negative
-        labels = [positive if p >= threshold else negative for p in proba.tolist()]
+        positive, negative = SPEC.target.positive, self.model.negative
+        labels = [positive if yes else negative for yes in is_positive(proba, self.model.threshold).tolist()]
         ids = _prediction_ids(len(rows))
         predictions = [
             {"prediction_id": i, "probability": p, "label": y, "model_version": MODEL_VERSION}

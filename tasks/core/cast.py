@@ -42,16 +42,21 @@ def _as_text_if_string(col: pl.Expr, source_dtype: pl.DataType) -> pl.Expr:
     return col.str.strip_chars() if source_dtype == pl.String else col
 
 
+def _parsed_kinds(spec: DatasetSpec) -> dict[str, str]:
+    """The type each column's values are parsed as: its declared kind, but an int id is checked as
+    a whole number (and carried as its text)."""
+    kinds = column_kinds(spec)
+    if spec.id_column and spec.id_type == "int":
+        kinds[spec.id_column] = "int"
+    return kinds
+
+
 def cast_exprs(schema: pl.Schema, spec: DatasetSpec, columns: list[str]) -> list[pl.Expr]:
     """The expressions casting `columns` of a frame with this `schema` to their declared types."""
-    kinds = column_kinds(spec)
-    exprs = []
-    for name in columns:
-        if name == spec.id_column and spec.id_type == "int":  # checked as a whole number, carried as its text
-            exprs.append(_cast_expr(name, "int", schema[name]).cast(pl.String).alias(name))
-        else:
-            exprs.append(_cast_expr(name, kinds[name], schema[name]).alias(name))
-    return exprs
+    kinds = _parsed_kinds(spec)
+    exprs = [_cast_expr(name, kinds[name], schema[name]) for name in columns]
+    exprs = [e.cast(pl.String) if name == spec.id_column else e for name, e in zip(columns, exprs, strict=True)]
+    return [e.alias(name) for name, e in zip(columns, exprs, strict=True)]
 
 
 def cast_to_spec(
@@ -62,9 +67,7 @@ def cast_to_spec(
     columns = spec.input_columns if columns is None else columns
     raw = raw.select(columns)
     typed = raw.select(cast_exprs(raw.schema, spec, columns))
-    kinds = column_kinds(spec)
-    if spec.id_column in columns and spec.id_type == "int":  # checked as a whole number, carried as its text
-        kinds[spec.id_column] = "int"
+    kinds = _parsed_kinds(spec)
     lost_to_type = {n: raw.get_column(n).is_not_null() & typed.get_column(n).is_null() for n in columns}
     if not any(mask.any() for mask in lost_to_type.values()):
         return typed, pl.DataFrame(schema=FAILURE_SCHEMA)

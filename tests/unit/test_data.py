@@ -182,17 +182,22 @@ _CELLS = {
 }
 
 
+def _drawn_frame(data_) -> pl.DataFrame:
+    """1–6 rows of text cells, each drawn from its column's `_CELLS`."""
+    rows = data_.draw(st.integers(1, 6))
+    return pl.DataFrame(
+        {k: [data_.draw(st.sampled_from(v)) for _ in range(rows)] for k, v in _CELLS.items()},
+        schema={k: pl.String for k in _CELLS},
+    )
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_one_pass_verdict_matches_pandera(orders_spec, data_):
     from tasks.core.cast import cast_to_spec
     from tasks.core.schema import schema_failures, schema_holds
 
-    rows = data_.draw(st.integers(1, 6))
-    frame = pl.DataFrame(
-        {k: [data_.draw(st.sampled_from(v)) for _ in range(rows)] for k, v in _CELLS.items()},
-        schema={k: pl.String for k in _CELLS},
-    )
+    frame = _drawn_frame(data_)
     typed, _ = cast_to_spec(frame, orders_spec)
     assert schema_holds(typed, orders_spec) == schema_failures(typed, orders_spec).is_empty(), frame.to_dicts()
     features = orders_spec.base_features  # the subset serving checks
@@ -238,11 +243,7 @@ def _padded_category(frame: pl.DataFrame, spec) -> bool:
 def test_one_pass_bulk_path_answers_as_the_two_step_path(orders_spec, data_):
     from tasks.core.schema import typed_and_encoded
 
-    rows = data_.draw(st.integers(1, 6))
-    frame = pl.DataFrame(
-        {k: [data_.draw(st.sampled_from(v)) for _ in range(rows)] for k, v in _CELLS.items()},
-        schema={k: pl.String for k in _CELLS},
-    )
+    frame = _drawn_frame(data_)
     typed, failures, matrix = _two_step(frame, orders_spec)
     fast = typed_and_encoded(frame, orders_spec)
     if fast is None:  # sound, not complete: it leaves a padded category value to the two-step path
