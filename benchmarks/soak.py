@@ -235,10 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     logged = log.get_column("prediction_id") if log.height else pl.Series([], dtype=pl.String)
     received = pl.Series(traffic.received, dtype=pl.String)
     smoke = log.filter(~pl.col("prediction_id").is_in(received.implode())).height if log.height else 0
-    report(args, spec, traffic, samples, baseline, rollouts, logged, received, smoke)
+    error_log = state_dir(work, spec.name, port) / "nginx" / "error.log"
+    proxy_errors = [line for line in error_log.read_text().splitlines() if "[error]" in line]
+    report(args, spec, traffic, samples, baseline, rollouts, logged, received, smoke, proxy_errors)
 
 
-def report(args, spec, traffic, samples, baseline, rollouts, logged, received, smoke) -> None:
+def report(args, spec, traffic, samples, baseline, rollouts, logged, received, smoke, proxy_errors) -> None:
     print(f"\n## Soak — {spec.name}, {args.seconds:.0f} s, {args.clients} clients, roll-out half-way\n")
     versions = " → ".join(f"v{r['model_version']}" for r in rollouts)
     print(f"roll-outs: {len(rollouts)} ({versions}), each a fresh back-end behind nginx\n")
@@ -249,6 +251,8 @@ def report(args, spec, traffic, samples, baseline, rollouts, logged, received, s
     server_errors = sum(n for (_, s), n in traffic.statuses.items() if isinstance(s, int) and s >= 500)
     transport = sum(n for (_, s), n in traffic.statuses.items() if not isinstance(s, int))
     print(f"\nrequests: {total} · 5xx: {server_errors} · transport errors: {transport}")
+    if server_errors:  # what nginx said about them
+        print("\nthe proxy's errors:\n```\n" + "\n".join(proxy_errors[-20:]) + "\n```")
     if traffic.latencies:
         lat = sorted(traffic.latencies)
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]

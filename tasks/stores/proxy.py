@@ -199,9 +199,14 @@ def point_proxy(folder: Path, port: int, route: Route | int, lock: Lock | None =
     test = subprocess.run([*cmd, "-t"], capture_output=True, text=True)
     if test.returncode != 0:
         raise RolloutFailed(f"nginx config invalid: {test.stderr[-1000:]}")
-    if proxy_pid(folder) is not None:
+    if (master := proxy_pid(folder)) is not None:
+        # the workers this reload retires, named before it: a worker titles itself "shutting down"
+        # only once it has handled the master's signal, a moment a busy machine can stretch
+        retiring = {w.pid for w in _workers(master) if _is_worker(w)} | set(_retiring(folder))
+        (prefix / "retiring.json").write_text(json.dumps(sorted(retiring)))
         subprocess.run([*cmd, "-s", "reload"], check=True, capture_output=True)
     else:
+        (prefix / "retiring.json").unlink(missing_ok=True)  # a former master's
         subprocess.run(cmd, check=True, capture_output=True)
 
 
@@ -270,10 +275,20 @@ def wait_drained(folder: Path, timeout: float = 30) -> bool:
     master = proxy_pid(folder)
     deadline = time.monotonic() + timeout
     while master is not None and time.monotonic() < deadline:
-        if not any(_is_draining(worker) for worker in _workers(master)):
+        if not _retiring(folder):
             return True
         time.sleep(0.1)
     return master is None
+
+
+def _retiring(folder: Path) -> list[int]:
+    """The workers retired by the proxy's reloads that still run."""
+    path = folder / "nginx" / "retiring.json"
+    master = proxy_pid(folder)
+    if master is None or not path.is_file():
+        return []
+    alive = {w.pid for w in _workers(master)}
+    return [pid for pid in json.loads(path.read_text()) if pid in alive]
 
 
 def _workers(master: int) -> list[psutil.Process]:
@@ -283,9 +298,8 @@ def _workers(master: int) -> list[psutil.Process]:
         return []
 
 
-def _is_draining(worker: psutil.Process) -> bool:
-    """nginx titles a worker from before a reload "worker process is shutting down"."""
+def _is_worker(process: psutil.Process) -> bool:
     try:
-        return "shutting down" in " ".join(worker.cmdline())
+        return "worker process" in " ".join(process.cmdline())
     except psutil.Error:  # exited meanwhile
         return False

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
+import time
 
+import httpx
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -160,11 +164,37 @@ def test_a_process_back_end_runs_within_its_cpu_and_memory_limits():
     assert process_limits({}) is None
 
 
-def test_after_a_reload_the_proxy_drains_its_old_workers(tmp_path):
+def test_drained_means_the_old_workers_finished_their_requests(tmp_path):
+    """Asked straight after a reload (before the old worker has even heard of it), the proxy is
+    drained only once the request the old worker holds has its answer."""
+    asked = threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.set()
+            time.sleep(1.5)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
     folder, port = tmp_path / "endpoint", free_port()
+    answers: list[int] = []
     try:
-        point_proxy(folder, port, Route(live=free_port()))
+        point_proxy(folder, port, Route(live=upstream.server_port))
+        url = f"http://127.0.0.1:{port}/"
+        client = threading.Thread(target=lambda: answers.append(httpx.get(url, timeout=10).status_code))
+        client.start()
+        assert asked.wait(5)
         point_proxy(folder, port, Route(live=free_port()))  # a graceful reload: the old worker shuts down
         assert wait_drained(folder, timeout=15)
+        assert answers == [200]
+        client.join()
     finally:
         stop_proxy(folder)
+        upstream.shutdown()
