@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The local stack in one command, all on 127.0.0.1:
 #   deployments/stack.sh up     Prefect server, work pools, blocks + defaults + alerts,
-#                               `prefect deploy`, a process worker, `mlflow ui`
+#                               `prefect deploy`, a process worker, `mlflow ui`, `evidently ui`
 #   deployments/stack.sh down   stop what `up` started (by PID)
-# Ports and folders: PREFECT_PORT (4200), MLFLOW_PORT (5000), WORKDIR (artifacts),
+# Ports and folders: PREFECT_PORT (4200), MLFLOW_PORT (5000), EVIDENTLY_PORT (8000), WORKDIR (artifacts),
 # STACK_DIR (.stack). LIFECYCLE_ALERT_WEBHOOK_URL adds the alert automations.
 # LIFECYCLE_STACK_PASSWORD locks it for user `admin`: the Prefect API (PREFECT_SERVER_API_AUTH_STRING;
 # this script's worker, bootstrap and deploy get PREFECT_API_AUTH_STRING) and the MLflow UI (basic
-# auth by an nginx in front of `mlflow ui`, which then listens on a private loopback port).
+# auth by an nginx in front of `mlflow ui` and of `evidently ui`, which then listen on private loopback ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STACK_DIR=${STACK_DIR:-$ROOT/.stack}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
+EVIDENTLY_PORT=${EVIDENTLY_PORT:-8000}
 WORKDIR=${WORKDIR:-artifacts}
 BIN=$ROOT/.venv/bin
 
@@ -23,6 +24,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false  # the UI only: no background job workers
 export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-2}
 export LIFECYCLE_PROJECT_DIR=$ROOT LIFECYCLE_FLOW_IMAGE_TAG=${LIFECYCLE_FLOW_IMAGE_TAG:-latest}
+# the runs' links to the UIs (tasks/outputs.py)
+export LIFECYCLE_MLFLOW_UI_URL=http://127.0.0.1:$MLFLOW_PORT LIFECYCLE_EVIDENTLY_UI_URL=http://127.0.0.1:$EVIDENTLY_PORT
 LOCKED=${LIFECYCLE_STACK_PASSWORD:+yes}
 if [ -n "$LOCKED" ]; then  # every client this script starts (worker → flow runs, bootstrap, deploy)
   export PREFECT_API_AUTH_STRING="admin:$LIFECYCLE_STACK_PASSWORD"
@@ -53,6 +56,8 @@ sys.exit(f"{url} did not answer within {limit:.0f}s; see {log}")
 PY
 }
 
+free_port() { "$BIN/python" -c 'from tasks.stores.backends import free_port; print(free_port())'; }
+
 up() {
   mkdir -p "$STACK_DIR" "$PREFECT_HOME" "$WORKDIR"
   if [ -n "$LOCKED" ]; then  # the server alone gets the server-side setting
@@ -81,25 +86,35 @@ for d in yaml.safe_load(open("prefect.yaml"))["deployments"]:
   start worker "$BIN/prefect" worker start --pool lifecycle-process
   local db
   db=$(cd "$WORKDIR" && pwd)/mlflow.db
-  local mlflow_port=$MLFLOW_PORT lock="" auth=""
-  if [ -n "$LOCKED" ]; then  # mlflow ui on a private port, the locked front on MLFLOW_PORT
-    mlflow_port=$("$BIN/python" -c 'from tasks.stores.backends import free_port; print(free_port())')
+  local mlflow_port=$MLFLOW_PORT evidently_port=$EVIDENTLY_PORT lock="" auth=""
+  if [ -n "$LOCKED" ]; then  # the UIs on private ports, the locked fronts on the public ones
+    mlflow_port=$(free_port)
+    evidently_port=$(free_port)
     lock="   (user admin, password \$LIFECYCLE_STACK_PASSWORD)"
     auth=" PREFECT_API_AUTH_STRING=\"admin:\$LIFECYCLE_STACK_PASSWORD\""  # the name, never the value
   fi
   start mlflow "$BIN/mlflow" ui --backend-store-uri "sqlite:///$db" \
     --host 127.0.0.1 --port "$mlflow_port" --workers 1
+  local workspace
+  workspace=$(cd "$WORKDIR" && pwd)/monitoring/evidently  # where `monitor` records each run
+  mkdir -p "$workspace"
+  start evidently "$BIN/evidently" ui --workspace "$workspace" --host 127.0.0.1 --port "$evidently_port"
   wait_http "http://127.0.0.1:$mlflow_port/health" 120 "$STACK_DIR/mlflow.log"
+  wait_http "http://127.0.0.1:$evidently_port/api/version" 120 "$STACK_DIR/evidently.log"
   if [ -n "$LOCKED" ]; then
-    "$BIN/python" -m deployments.locks mlflow-front --folder "$STACK_DIR/mlflow-front" \
+    "$BIN/python" -m deployments.locks front --ui mlflow --folder "$STACK_DIR/mlflow-front" \
       --port "$MLFLOW_PORT" --backend "$mlflow_port"
+    "$BIN/python" -m deployments.locks front --ui evidently --folder "$STACK_DIR/evidently-front" \
+      --port "$EVIDENTLY_PORT" --backend "$evidently_port"
     wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 30 "$STACK_DIR/mlflow-front/nginx/error.log"
+    wait_http "http://127.0.0.1:$EVIDENTLY_PORT/api/version" 30 "$STACK_DIR/evidently-front/nginx/error.log"
   fi
   cat <<MSG
 
 Local stack is up (logs and PIDs in $STACK_DIR):
   Prefect UI   http://127.0.0.1:$PREFECT_PORT$lock
   MLflow UI    http://127.0.0.1:$MLFLOW_PORT$lock   (tracking database $db)
+  Evidently UI http://127.0.0.1:$EVIDENTLY_PORT$lock   (workspace $workspace)
   worker       pool lifecycle-process
 Use it from this shell:
   export PREFECT_API_URL=$PREFECT_API_URL$auth
@@ -110,11 +125,13 @@ MSG
 
 down() {
   [ -d "$STACK_DIR" ] || { echo "nothing to stop"; return; }
-  if [ -f "$STACK_DIR/mlflow-front/nginx/nginx.pid" ]; then
-    "$BIN/python" -m deployments.locks stop --folder "$STACK_DIR/mlflow-front" && echo "stopped mlflow-front"
-    rm -f "$STACK_DIR/mlflow-front/nginx/nginx.pid"
-  fi
-  for name in worker mlflow prefect-server; do
+  for front in mlflow-front evidently-front; do
+    if [ -f "$STACK_DIR/$front/nginx/nginx.pid" ]; then
+      "$BIN/python" -m deployments.locks stop --folder "$STACK_DIR/$front" && echo "stopped $front"
+      rm -f "$STACK_DIR/$front/nginx/nginx.pid"
+    fi
+  done
+  for name in worker evidently mlflow prefect-server; do
     local pidfile=$STACK_DIR/$name.pid
     [ -f "$pidfile" ] || continue
     local pid; pid=$(cat "$pidfile")

@@ -11,6 +11,7 @@ from flows.cli import run
 from flows.naming import named_after_config
 from tasks.monitor import (
     DriftPolicy,
+    dashboard_task,
     drift_task,
     emit_drift_task,
     load_batch_task,
@@ -63,6 +64,7 @@ def monitor(
     )
     result = result.model_copy(update={"mlflow_run_id": log_drift_task(tracking, result)})
     publish_drift_task(result)
+    dashboard_task(result, workdir, policy)
     if result.status == "drift":
         result = result.model_copy(update={"event_id": emit_drift_task(result, config, workdir)})
     return result

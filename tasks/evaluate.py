@@ -252,6 +252,10 @@ def recorded_evaluation_task(cfg: TrackingConfig, spec: DatasetSpec, trained: Tr
     cfg.activate()
     result = EvaluationResult.model_validate(mlflow.artifacts.load_dict(f"runs:/{trained.run_id}/{EVALUATION_RESULT}"))
     get_run_logger().info("run %s was evaluated with this config and champion: reusing it", trained.run_id)
+    card = mlflow.artifacts.load_text(f"runs:/{trained.run_id}/model_card.md")
+    gate = "passed" if result.gate.passed else "failed"
+    note = f"Reused: the evaluation recorded on MLflow run {trained.run_id} (same config and champion; gate {gate})"
+    publish_evaluation(spec, result, card, note)
     return result.model_copy(update={"reused": True})
 
 
@@ -384,11 +388,6 @@ def log_evaluation_task(
     )
     registry.log_text(cfg, trained.run_id, card, "model_card.md")
     registry.set_tags(cfg, trained.run_id, {"gate_passed": decision.passed, "gate_reasons": decision.reasons[:5000]})
-    key = artifact_key(spec.name)
-    create_markdown_artifact(key=f"{key}-model-card", markdown=card, description=f"Model card of run {trained.run_id}")
-    rows = [{"model": "candidate", **_headline(scores.candidate)}]
-    rows += [{"model": name, **_headline(m)} for name, m in comparators.items() if m]
-    create_table_artifact(key=f"{key}-test-metrics", table=rows, description="Test metrics on the same rows")
     result = EvaluationResult(
         dataset=spec.name,
         data_version=trained.data_version,
@@ -403,7 +402,22 @@ def log_evaluation_task(
     )
     registry.log_json(cfg, trained.run_id, result.model_dump(), EVALUATION_RESULT)
     registry.set_tags(cfg, trained.run_id, {"evaluation_key": evaluation_key(spec, scores.champion_version)})
+    publish_evaluation(spec, result, card)
     return result
+
+
+def publish_evaluation(spec: DatasetSpec, result: EvaluationResult, card: str, note: str = "") -> None:
+    """The model card and the test metrics (candidate, baselines, champion on the same rows) as
+    Prefect artifacts; `note` says what a re-run reused."""
+    key, lead = artifact_key(spec.name), f"_{note}_\n\n" if note else ""
+    description = f"Model card of run {result.run_id}"
+    create_markdown_artifact(key=f"{key}-model-card", markdown=lead + card, description=description)
+    champion = None if result.candidate_is_champion else result.champion
+    comparators = dict(result.baselines) | {"champion": champion}
+    rows = [{"model": "candidate", **_headline(result.candidate)}]
+    rows += [{"model": name, **_headline(m)} for name, m in comparators.items() if m]
+    description = "Test metrics on the same rows" + (f" ({note})" if note else "")
+    create_table_artifact(key=f"{key}-test-metrics", table=rows, description=description[:500])
 
 
 def _headline(m: Metrics) -> dict:

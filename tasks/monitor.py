@@ -23,7 +23,7 @@ from tasks.core.cast import FAILURE_SCHEMA, cast_to_spec
 from tasks.core.errors import DataError
 from tasks.core.features import encode_target
 from tasks.core.feedback import LabelCoverage, ServedWindow, label_coverage, unmatched_labels
-from tasks.core.monitoring import PerformanceDrift, decide, null_rates, performance_drift
+from tasks.core.monitoring import PerformanceDrift, decide, drift_margin, null_rates, performance_drift
 from tasks.core.prepare import frame_digest, split_quarantine
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, DriftPolicy
@@ -31,7 +31,7 @@ from tasks.core.tables import read_table
 from tasks.events import DRIFT_DETECTED, emit_model_event
 from tasks.results import DriftResult
 from tasks.stores import registry
-from tasks.stores.evidently import check_drift, check_prediction_drift
+from tasks.stores.evidently import check_drift, check_prediction_drift, record_figures
 from tasks.stores.registry import TAG_PREFIX, version_manifest
 from tasks.stores.served import labelled_window, logged_keys, read_labels, window_ending_now
 from tasks.stores.snapshots import atomic_write, read_split
@@ -217,6 +217,7 @@ def drift_task(
         quarantine_path=observed.quarantine_path,
         coverage=observed.coverage,
         performance=performance,
+        measured_at=datetime.now(UTC),
     )
     if current.height < policy.min_rows:
         status, reasons = decide(current.height, 0.0, policy, performance)
@@ -224,13 +225,15 @@ def drift_task(
             **base, status=status, reasons=reasons, drift_share=0.0, drifted_columns=[], columns=[], report_path=None
         )
     where = Workdir(workdir)
-    report = where.monitoring(spec.name) / f"drift-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.html"
+    report = where.monitoring(spec.name) / f"drift-{base['measured_at']:%Y%m%dT%H%M%S%f}.html"
     columns = drift_columns(spec, current)
-    per_column, share = check_drift(reference, current, columns, policy, report, where.evidently_workspace, spec.name)
+    at = base["measured_at"]
+    per_column, share = check_drift(
+        reference, current, columns, policy, report, where.evidently_workspace, spec.name, at
+    )
     prediction = check_prediction_drift(
-        reference_proba, proba, policy, prediction_report(report),
-        where.evidently_workspace, spec.name,
-    )  # fmt: skip
+        reference_proba, proba, policy, prediction_report(report), where.evidently_workspace, spec.name, at
+    )
     nulls = null_rates(reference, current, columns, policy)
     status, reasons = decide(current.height, share, policy, performance, prediction, nulls)
     return DriftResult(
@@ -255,6 +258,8 @@ def watched_figures(result: DriftResult) -> dict[str, float]:
             figures["label_delay_median_seconds"] = result.coverage.median_delay_seconds
     if result.performance and result.performance.live is not None:
         figures[f"live_{result.performance.metric}"] = result.performance.live
+    if result.performance and result.performance.reference is not None:
+        figures[f"test_{result.performance.metric}"] = result.performance.reference
     return figures
 
 
@@ -335,6 +340,15 @@ def drift_markdown(result: DriftResult) -> str:
         f"- MLflow run: `{result.mlflow_run_id}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+@task(name="record-dashboard", **UNCACHED)
+def dashboard_task(result: DriftResult, workdir: Path, policy: DriftPolicy) -> str:
+    """The run's figures as one point of each line on the dataset's Evidently dashboard."""
+    workspace = Workdir(workdir).evidently_workspace
+    ranked = [c.column for c in sorted(result.columns, key=drift_margin, reverse=True)]
+    figures = watched_figures(result)
+    return record_figures(workspace, result.dataset, result.measured_at, figures, ranked, policy.dashboard_days)
 
 
 @task(name="emit-drift-event", **UNCACHED)

@@ -124,12 +124,38 @@ class RolloutResult(BaseModel):
     steps: list[StepReport] = []  # each step's figures and verdict (staging, shadow, canary, watch)
 
 
+class Links(BaseModel):
+    """Where a person looks (None: the run does not know that UI's address)."""
+
+    prefect_run: str | None = None
+    mlflow_run: str | None = None
+    evidently_project: str | None = None
+
+
+class LifecycleOutputs(BaseModel):
+    """The workflow's outputs: the model, its metrics, its endpoint and the dashboards."""
+
+    model_id: str  # <registered model name>/<version>
+    model_name: str
+    model_version: str
+    champion_version: str | None
+    experiment_id: str
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+    artifact_uri: str  # where the model's files are
+    metrics: dict[str, float]  # the candidate's test metrics
+    endpoint: str | None = None  # when the run rolled the champion out
+    links: Links
+
+
 class LifecycleResult(BaseModel):
     prepare: PrepareResult
     train: TrainResult
     evaluate: EvaluationResult
     registry: RegisterResult
     package: PackageResult
+    rollout: RolloutResult | None = None
+    outputs: LifecycleOutputs
 
 
 class LabelsResult(BaseModel):
@@ -161,6 +187,7 @@ class DriftResult(BaseModel):
     performance: PerformanceDrift | None = None
     reasons: list[str] = []
     report_path: str | None
+    measured_at: datetime
     mlflow_run_id: str | None = None
     event_id: str | None = None
 

@@ -4,6 +4,8 @@ The drift statistics themselves come from Evidently (`tasks/stores/evidently.py`
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 from pydantic import BaseModel
 
@@ -17,6 +19,15 @@ class ColumnDrift(BaseModel):
     score: float
     threshold: float
     drifted: bool
+
+
+def drift_margin(drift: ColumnDrift) -> float:
+    """How far a column's score is past its threshold toward drift, whatever the method's direction
+    (p-values drift low, distances high): > 1 drifted, < 1 not. Comparable across methods."""
+    low, high = sorted((abs(drift.score), abs(drift.threshold)))
+    if low == 0:
+        return math.inf if drift.drifted else 0.0
+    return high / low if drift.drifted else low / high
 
 
 class NullRate(BaseModel):

@@ -218,6 +218,9 @@ class DriftPolicy(_Strict):
         ge=0,
         description="labelled rows scoring worse than the champion's test metric by more is drift",
     )
+    dashboard_days: float = Field(
+        default=30, gt=0, description="monitoring runs older than this leave the Evidently dashboard"
+    )
 
 
 class RetrainingSpec(_Strict):

@@ -1,4 +1,4 @@
-"""`make stack` for real: server, pools, blocks, deployments, worker and MLflow UI on loopback,
+"""`make stack` for real: server, pools, blocks, deployments, worker, MLflow and Evidently UIs on loopback,
 locked with LIFECYCLE_STACK_PASSWORD (401 without it, every run still completes through the
 worker); blocks edited through the API change the next run; alerts reach a real HTTP receiver
 once; a real headless Chromium logs in and finds the lifecycle run and its artifacts in the
@@ -66,7 +66,7 @@ def receiver():
 @pytest.fixture(scope="module")
 def stack(receiver, tmp_path_factory):
     folder = tmp_path_factory.mktemp("stack")
-    ports = {"PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(free_port())}
+    ports = {"PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(free_port()), "EVIDENTLY_PORT": str(free_port())}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env |= ports | {
         "STACK_DIR": str(folder / ".stack"),
@@ -112,6 +112,7 @@ def lifecycle_run(stack):
 
 def test_make_stack_serves_prefect_mlflow_and_runs_the_lifecycle(stack, lifecycle_run):
     assert f"http://127.0.0.1:{stack['PREFECT_PORT']}" in stack["up"] and "make stack-down" in stack["up"]
+    assert f"Evidently UI http://127.0.0.1:{stack['EVIDENTLY_PORT']}" in stack["up"]
     run = PrefectApi(stack["env"]).flow_run(lifecycle_run)
     assert run["name"] == f"lifecycle-{DATASET}" and "lifecycle" in run["tags"]
     model = httpx.get(
@@ -120,10 +121,15 @@ def test_make_stack_serves_prefect_mlflow_and_runs_the_lifecycle(stack, lifecycl
         auth=("admin", PASSWORD),
     ).json()["registered_model"]
     assert any(a["alias"] == "champion" for a in model["aliases"])  # the MLflow UI reads the stack's database
+    outputs = artifact(stack, lifecycle_run, "-outputs")  # the run links to the stack's UIs
+    assert f"http://127.0.0.1:{stack['MLFLOW_PORT']}/#/experiments/" in outputs
+    assert f"http://127.0.0.1:{stack['EVIDENTLY_PORT']}/projects/" in outputs
+    assert f"http://127.0.0.1:{stack['PREFECT_PORT']}/runs/flow-run/{lifecycle_run}" in outputs
 
 
 def test_the_locked_stack_answers_401_without_the_password(stack, lifecycle_run):
     prefect_url, mlflow_url = stack["env"]["PREFECT_API_URL"], f"http://127.0.0.1:{stack['MLFLOW_PORT']}"
+    evidently_url = f"http://127.0.0.1:{stack['EVIDENTLY_PORT']}"
     good, bad = ("admin", PASSWORD), ("admin", PASSWORD + "x")
     checks = {
         "prefect health, none": httpx.get(f"{prefect_url}/health"),  # the open probe
@@ -136,6 +142,10 @@ def test_the_locked_stack_answers_401_without_the_password(stack, lifecycle_run)
         "mlflow ui, password": httpx.get(f"{mlflow_url}/", auth=good),
         "mlflow api, password": httpx.get(f"{mlflow_url}/api/2.0/mlflow/registered-models/search", auth=good),
         "mlflow health, none": httpx.get(f"{mlflow_url}/health"),
+        "evidently ui, none": httpx.get(f"{evidently_url}/"),
+        "evidently projects, wrong": httpx.get(f"{evidently_url}/api/v2/projects", auth=bad),
+        "evidently projects, password": httpx.get(f"{evidently_url}/api/v2/projects", auth=good),
+        "evidently version, none": httpx.get(f"{evidently_url}/api/version"),
     }
     codes = {what: r.status_code for what, r in checks.items()}
     print(f"\nlocked stack: {codes}")
@@ -143,6 +153,8 @@ def test_the_locked_stack_answers_401_without_the_password(stack, lifecycle_run)
         "prefect health, none": 200, "prefect flows, none": 401, "prefect flows, wrong": 401,
         "prefect flows, password": 200, "mlflow ui, none": 401, "mlflow api, none": 401, "mlflow api, wrong": 401,
         "mlflow ui, password": 200, "mlflow api, password": 200, "mlflow health, none": 200,
+        "evidently ui, none": 401, "evidently projects, wrong": 401, "evidently projects, password": 200,
+        "evidently version, none": 200,
     }  # fmt: skip
     assert checks["mlflow ui, none"].headers["www-authenticate"].startswith("Basic")  # a browser asks
     # MLflow's own client with the documented variables, through the lock

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
@@ -16,9 +19,11 @@ from flows.lifecycle import lifecycle
 from flows.rollback import rollback
 from tasks.core.spec import load_spec
 from tasks.stores import registry
+from tasks.stores.backends import free_port, read_state, state_dir, stop_backend
+from tasks.stores.proxy import stop_proxy
 from tasks.stores.snapshots import read_split
 from tests.conftest import CONFIGS, ROOT
-from tests.flows.helpers import child_flow_runs, task_states
+from tests.flows.helpers import artifacts_of, child_flow_runs, task_states
 
 TELCO = CONFIGS / "telco_churn.yaml"
 
@@ -47,7 +52,20 @@ def first(workdir):
 
 @pytest.fixture(scope="module")
 def second(first, workdir):
-    return _run(workdir=workdir)
+    """A re-run that reuses what the first recorded, and rolls the champion out (a process back-end)
+    with the UIs' addresses known, as under `make stack`."""
+    port = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LIFECYCLE_MLFLOW_UI_URL", "http://127.0.0.1:5999")
+        env.setenv("LIFECYCLE_EVIDENTLY_UI_URL", "http://127.0.0.1:8999")
+        try:
+            yield _run(workdir=workdir, rollout=True, target="process", port=port)
+        finally:
+            spec = load_spec(TELCO)
+            state = read_state(workdir, spec.name, port)
+            if state.live:
+                stop_backend(state.live)
+            stop_proxy(state_dir(workdir, spec.name, port))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +108,29 @@ def test_run_is_fully_tracked(first, tracking):
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.train.run_id}'", max_results=500
     )
     assert len(trials) == result.train.n_trials == 50
+
+
+def test_the_result_names_the_model_its_run_and_where_it_is(first, tracking):
+    result, flow_run_id = first
+    out, version = result.outputs, result.registry.version
+    run = tracking.client().get_run(result.train.run_id)
+    assert out.model_id == f"{tracking.model_name}/{version}"
+    assert out.model_uri == f"models:/{tracking.model_name}/{version}"
+    assert (out.experiment_id, out.run_id) == (run.info.experiment_id, result.train.run_id)
+    assert out.artifact_uri == tracking.client().get_model_version(tracking.model_name, version).source
+    assert out.metrics == result.evaluate.candidate and out.endpoint is None and result.rollout is None
+    assert out.links.mlflow_run is None and out.links.evidently_project is None  # no UI address known
+    assert out.links.prefect_run.endswith(f"/runs/flow-run/{flow_run_id}")
+
+
+def test_a_run_that_rolls_out_names_its_endpoint_and_the_dashboards(second):
+    result, _ = second
+    out = result.outputs
+    assert result.rollout.switched and out.endpoint == result.rollout.endpoint
+    assert httpx.post(f"{out.endpoint}/model_info", json={}).json()["model_version"] == result.registry.champion_version
+    run = f"#/experiments/{out.experiment_id}/runs/{out.run_id}"
+    assert out.links.mlflow_run == f"http://127.0.0.1:5999/{run}"
+    assert re.fullmatch(r"http://127\.0\.0\.1:8999/projects/[0-9a-f-]{36}", out.links.evidently_project)
 
 
 def test_the_model_carries_its_preprocessing_and_spec(first, tracking):
@@ -139,6 +180,12 @@ def test_second_run_reuses_snapshot_candidate_and_evaluation(first, second):
     assert result.evaluate.reused and result.evaluate.gate == first[0].evaluate.gate
     assert not result.registry.created and not result.registry.promoted
     assert "already the champion" in result.registry.reason
+    # what was reused is still shown: the evaluation's artifacts, saying so
+    published = artifacts_of(runs["evaluate"])
+    card, metrics = published["telco-churn-model-card"], published["telco-churn-test-metrics"]
+    assert card.data.startswith(f"_Reused: the evaluation recorded on MLflow run {result.train.run_id}")
+    assert "Promotion gate: PASSED" in card.data and "Reused" in metrics.description
+    assert json.loads(metrics.data)[0]["model"] == "candidate"
 
 
 def test_a_crash_after_tuning_resumes_from_prefects_cache(second, workdir):

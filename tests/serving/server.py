@@ -37,16 +37,18 @@ def wait_until_ok(url: str, timeout: float, why_not, exited=lambda: None) -> Non
 
 
 @contextmanager
-def serving(cmd: list[str], port: int, log_file: Path, env: dict | None = None, timeout: float = 180, cwd=None):
+def serving(
+    cmd: list[str], port: int, log_file: Path, env: dict | None = None, timeout: float = 180, cwd=None, ready="/readyz"
+):
     """Run `cmd` (a server on loopback `port`) in its own process group; yield its base URL once
-    /readyz answers 200; stop the whole group after."""
+    `ready` answers 200; stop the whole group after."""
     with log_file.open("w") as log:
         proc = subprocess.Popen(
             cmd, env=os.environ | (env or {}), cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_ok(f"{url}/readyz", timeout, lambda: log_file.read_text()[-3000:], proc.poll)
+            wait_until_ok(f"{url}{ready}", timeout, lambda: log_file.read_text()[-3000:], proc.poll)
             yield url
         finally:
             os.killpg(proc.pid, signal.SIGTERM)

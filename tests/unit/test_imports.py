@@ -34,6 +34,7 @@ LAZY = {
     "sqlalchemy": "only a database source needs it",
     "lleaves": "optional (the compiled booster), only compiling needs it: the core imports on a platform without it",
     "llvmlite": "lleaves' LLVM binding, optional with it; a serving worker loads the compiled object with it alone",
+    "pandas": "Evidently's frame type; only building an Evidently report needs it",
     "pandera": "~0.5 s and pandas; only finding and wording failures needs it (a valid file never loads it)",
 }
 
