@@ -63,7 +63,7 @@ def monitor(
         spec, champion.version, observed, reference, reference_proba, proba, performance, policy, workdir
     )
     result = result.model_copy(update={"mlflow_run_id": log_drift_task(tracking, result)})
-    publish_drift_task(result)
+    publish_drift_task(result, tracking, policy)
     dashboard_task(result, workdir, policy)
     if result.status == "drift":
         result = result.model_copy(update={"event_id": emit_drift_task(result, config, workdir)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE
@@ -33,6 +34,11 @@ def content_key(task_ctx: Any, inputs: dict[str, Any]) -> str | None:
     if not has_token:
         return None
     return hash_objects(TASK_SOURCE.compute_key(task_ctx, inputs, {}), *parts)
+
+
+def markdown_image(title: str, png: bytes) -> str:
+    """A PNG inside a markdown artifact (the Prefect UI shows data URIs; no file server needed)."""
+    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def artifact_key(name: str) -> str:

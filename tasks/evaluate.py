@@ -4,6 +4,7 @@ are pure (`tasks/core/metrics.py`, `tasks/core/gate.py`). Functions first, `@tas
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.common import CACHED, UNCACHED, artifact_key
+from tasks.common import CACHED, UNCACHED, artifact_key, markdown_image
 from tasks.core.compiled import compiled_for, max_abs_difference
 from tasks.core.errors import ModelIntegrityError
 from tasks.core.features import encode_target, feature_matrix
@@ -255,7 +256,10 @@ def recorded_evaluation_task(cfg: TrackingConfig, spec: DatasetSpec, trained: Tr
     card = mlflow.artifacts.load_text(f"runs:/{trained.run_id}/model_card.md")
     gate = "passed" if result.gate.passed else "failed"
     note = f"Reused: the evaluation recorded on MLflow run {trained.run_id} (same config and champion; gate {gate})"
-    publish_evaluation(spec, result, card, note)
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(cfg.client().download_artifacts(trained.run_id, "plots", folder))
+        plots = {p.stem: p.read_bytes() for p in local.glob("*.png")}
+    publish_evaluation(spec, result, card, plots, note)
     return result.model_copy(update={"reused": True})
 
 
@@ -402,16 +406,25 @@ def log_evaluation_task(
     )
     registry.log_json(cfg, trained.run_id, result.model_dump(), EVALUATION_RESULT)
     registry.set_tags(cfg, trained.run_id, {"evaluation_key": evaluation_key(spec, scores.champion_version)})
-    publish_evaluation(spec, result, card)
+    publish_evaluation(spec, result, card, {p.stem: p.read_bytes() for p in plots})
     return result
 
 
-def publish_evaluation(spec: DatasetSpec, result: EvaluationResult, card: str, note: str = "") -> None:
-    """The model card and the test metrics (candidate, baselines, champion on the same rows) as
-    Prefect artifacts; `note` says what a re-run reused."""
+CARD_PLOTS = {"roc_curve": "ROC curve", "pr_curve": "Precision-recall curve", "calibration": "Calibration",
+              "shap_summary": "SHAP summary"}  # fmt: skip
+
+
+def publish_evaluation(
+    spec: DatasetSpec, result: EvaluationResult, card: str, plots: dict[str, bytes], note: str = ""
+) -> None:
+    """The model card (with its plots: `plots` by file stem) and the test metrics (candidate,
+    baselines, champion on the same rows) as Prefect artifacts; `note` says what a re-run reused."""
     key, lead = artifact_key(spec.name), f"_{note}_\n\n" if note else ""
+    shown = [(title, plots[stem]) for stem, title in CARD_PLOTS.items() if stem in plots]
+    pictures = [f"#### {title}\n\n{markdown_image(title, png)}\n" for title, png in shown]
+    body = lead + card + ("\n### Plots (test split)\n\n" + "\n".join(pictures) if pictures else "")
     description = f"Model card of run {result.run_id}"
-    create_markdown_artifact(key=f"{key}-model-card", markdown=lead + card, description=description)
+    create_markdown_artifact(key=f"{key}-model-card", markdown=body, description=description)
     champion = None if result.candidate_is_champion else result.champion
     comparators = dict(result.baselines) | {"champion": champion}
     rows = [{"model": "candidate", **_headline(result.candidate)}]

@@ -18,7 +18,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.common import UNCACHED, artifact_key
+from tasks.common import UNCACHED, artifact_key, markdown_image
 from tasks.core.cast import FAILURE_SCHEMA, cast_to_spec
 from tasks.core.errors import DataError
 from tasks.core.features import encode_target
@@ -294,8 +294,48 @@ def log_drift_task(cfg, result: DriftResult) -> str:
     return run.info.run_id
 
 
+HISTORY_RUNS = 20  # monitoring runs the drift artifact's chart shows
+
+
+def drift_history(cfg, dataset: str, limit: int = HISTORY_RUNS) -> list[tuple[datetime, float]]:
+    """(time, drift share) of the dataset's last `limit` monitoring runs in MLflow, oldest first."""
+    client = cfg.client()
+    experiment = client.get_experiment_by_name(f"{cfg.experiment}{MONITORING_SUFFIX}")
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.`{TAG_PREFIX}dataset` = '{dataset}'",
+        order_by=["attributes.start_time DESC"], max_results=limit,
+    )  # fmt: skip
+    points = [(r.info.start_time, r.data.metrics["drift_share"]) for r in runs if "drift_share" in r.data.metrics]
+    return [(datetime.fromtimestamp(ms / 1000, UTC), share) for ms, share in sorted(points)]
+
+
+def drift_chart(history: list[tuple[datetime, float]], drift_share: float) -> bytes:
+    """A small PNG of the share of drifted columns per run, with the policy's line."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2), dpi=90)
+    ax.plot(range(len(history)), [share for _, share in history], marker="o")
+    ax.axhline(drift_share, color="tab:red", linestyle="--", linewidth=1, label=f"drift at {drift_share:g}")
+    ax.set_xticks(range(len(history)), [f"{t:%m-%d %H:%M}" for t, _ in history], rotation=30, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("drifted share", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
+
+
 @task(name="publish-drift", **UNCACHED)
-def publish_drift_task(result: DriftResult) -> None:
+def publish_drift_task(result: DriftResult, cfg, policy: DriftPolicy) -> None:
     key = artifact_key(result.dataset)
     watched = [c.model_dump() | {"kind": "feature"} for c in sorted(result.columns, key=lambda c: not c.drifted)]
     if result.prediction:
@@ -306,10 +346,14 @@ def publish_drift_task(result: DriftResult) -> None:
         description=f"Drift of {result.rows} rows vs v{result.model_version}: {result.status}, "
         f"share of drifted columns {result.drift_share:.2f}",
     )
+    markdown = drift_markdown(result)
+    if history := drift_history(cfg, result.dataset):  # this run's included: it is logged first
+        chart = markdown_image("share of drifted columns", drift_chart(history, policy.drift_share))
+        markdown += f"\n#### Share of drifted columns, last {len(history)} runs\n\n{chart}\n"
     create_markdown_artifact(
         key=f"{key}-drift-report",
         description=f"{result.status}: {result.drift_share:.0%} of columns drifted vs v{result.model_version}",
-        markdown=drift_markdown(result),
+        markdown=markdown,
     )
 
 

@@ -264,6 +264,9 @@ def test_the_prefect_ui_shows_the_lifecycle_run_and_its_artifacts(stack, lifecyc
         page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()  # its latest version
         page.get_by_text("report:", exact=False).first.wait_for(timeout=30_000)
         assert ".html" in page.inner_text("body")
+        chart = page.locator("img[src^='data:image/png']").first  # the drift share over the last runs
+        chart.wait_for(timeout=30_000)
+        assert chart.evaluate("img => img.complete && img.naturalWidth") > 100
         page.screenshot(path=str(shots / "drift-report.png"), full_page=True)
         browser.close()
     print(f"\nscreenshots: {shots}")

@@ -20,6 +20,7 @@ from tasks.simulate import post_labels, sample_batch, send_traffic, valid_rows
 from tasks.stores.served import read_log
 from tasks.stores.workdir import Workdir
 from tests.conftest import CONFIGS
+from tests.flows.helpers import artifacts_of
 from tests.serving.server import bento_server, free_port, serving
 
 CONFIG = CONFIGS / "telco_churn.yaml"
@@ -71,7 +72,10 @@ def test_the_dashboard_draws_a_point_per_monitoring_run_of_served_traffic(served
         while read_log(log).height < ROWS * (run + 1) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert post_labels(url, answered.head(ROWS // 2), spec) == ROWS // 2  # half the truth arrives
-        results.append(monitor(config=CONFIG, workdir=workdir))
+        state = monitor(config=CONFIG, workdir=workdir, return_state=True)
+        results.append(state.result())
+    report = artifacts_of(state.state_details.flow_run_id)["telco-churn-drift-report"].data
+    assert f"Share of drifted columns, last {RUNS} runs" in report and "](data:image/png;base64," in report
     assert [r.rows for r in results] == [ROWS, 2 * ROWS, 3 * ROWS]  # the served window grows
     assert all(r.coverage is not None and r.performance.live is not None for r in results)
 

@@ -104,6 +104,9 @@ def test_run_is_fully_tracked(first, tracking):
     assert {"plots/feature_importance.png", "plots/shap_summary.png"} <= names
     card = mlflow.artifacts.load_text(f"runs:/{result.train.run_id}/model_card.md")
     assert result.prepare.data_version in card and "Promotion gate: PASSED" in card
+    evaluate_run = next(r.id for r in child_flow_runs(first[1]) if r.name.startswith("evaluate-"))
+    shown = artifacts_of(evaluate_run)["telco-churn-model-card"].data  # the card in the Prefect UI shows its plots
+    assert shown.count("](data:image/png;base64,") == 4 and "_Reused" not in shown
     trials = tracking.client().search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.train.run_id}'", max_results=500
     )
@@ -185,6 +188,7 @@ def test_second_run_reuses_snapshot_candidate_and_evaluation(first, second):
     card, metrics = published["telco-churn-model-card"], published["telco-churn-test-metrics"]
     assert card.data.startswith(f"_Reused: the evaluation recorded on MLflow run {result.train.run_id}")
     assert "Promotion gate: PASSED" in card.data and "Reused" in metrics.description
+    assert card.data.count("](data:image/png;base64,") == 4  # ROC, PR, calibration, SHAP: pictures, not file names
     assert json.loads(metrics.data)[0]["model"] == "candidate"
 
 
