@@ -43,6 +43,12 @@ ALERTS: dict[str, tuple[dict, str, str]] = {
         "Roll-out of {{ event.resource['prefect.resource.name'] }} v{{ event.payload.model_version }} rolled back",
         "{{ event.payload.reason }}",
     ),
+    "alert-kpi-missed": (
+        dict(expect={"model.kpi.missed"}, match=MODEL),
+        "Success criteria missed on {{ event.resource['prefect.resource.name'] }}: {{ event.payload.missed }}",
+        "{% for f in event.payload.figures %}{{ f.what }}: {{ f.value }} (target {{ f.target }}; {{ f.detail }})\n"
+        "{% endfor %}",
+    ),
 }
 
 

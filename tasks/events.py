@@ -10,6 +10,7 @@ from prefect.events import emit_event
 DRIFT_DETECTED = "model.drift.detected"
 MODEL_PROMOTED = "model.promoted"
 ROLLOUT_ROLLED_BACK = "model.rollout.rolled_back"
+KPI_MISSED = "model.kpi.missed"
 
 
 def model_resource(dataset: str) -> dict[str, str]:

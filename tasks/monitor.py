@@ -10,6 +10,7 @@ Evidently (and pandas) appear only in `tasks/stores/evidently.py`, imported lazi
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -313,8 +314,6 @@ def drift_history(cfg, dataset: str, limit: int = HISTORY_RUNS) -> list[tuple[da
 
 def drift_chart(history: list[tuple[datetime, float]], drift_share: float) -> bytes:
     """A small PNG of the share of drifted columns per run, with the policy's line."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")

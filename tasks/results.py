@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from tasks.core.feedback import LabelCoverage, ServedWindow
 from tasks.core.gate import GateDecision, Metrics
 from tasks.core.guardrails import StepReport
+from tasks.core.kpis import KpiFigure
 from tasks.core.monitoring import ColumnDrift, NullRate, PerformanceDrift
 from tasks.stores.backends import Backend
 from tasks.stores.snapshots import SnapshotManifest
@@ -212,3 +213,12 @@ class RollbackResult(BaseModel):
     model_name: str
     from_version: str
     to_version: str
+
+
+class KpiResult(BaseModel):
+    dataset: str
+    days: float
+    figures: list[KpiFigure]  # each success criterion: value, target, verdict
+    missed: list[str]
+    mlflow_run_id: str
+    event_id: str | None = None

@@ -114,6 +114,14 @@ LATENCY = bentoml.metrics.Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
 
+REQUEST_SECONDS = bentoml.metrics.Histogram(
+    name="lifecycle_request_seconds",
+    documentation="Scoring requests, from the whole body read to the answer returned (the KPI flow's p95)",
+    labelnames=["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0),
+)
+TIMED_PATHS = frozenset({"/predict", "/predict_batched", "/v1/score_file"})
+
 
 class Prediction(BaseModel):
     prediction_id: str
@@ -196,11 +204,16 @@ class RequestGuard:
         if len(body) > limit:  # a chunked body (no length) over the limit: refused before anyone parses it
             return await _refuse(send, 413, f"request body over the {limit}-byte limit")
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
-        if FAST_PATH and path == "/predict" and scope.get("method") == "POST" and "service" in LIVE:
-            return await _fast_predict(LIVE["service"], body, rid, send)
-        scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"x-request-id"])
-        scope["headers"].append((b"x-request-id", rid.encode()))
-        return await self.app(scope, _replay(body, receive), _with_request_id(send, rid.encode()))
+        started = time.perf_counter()
+        try:
+            if FAST_PATH and path == "/predict" and scope.get("method") == "POST" and "service" in LIVE:
+                return await _fast_predict(LIVE["service"], body, rid, send)
+            scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"x-request-id"])
+            scope["headers"].append((b"x-request-id", rid.encode()))
+            return await self.app(scope, _replay(body, receive), _with_request_id(send, rid.encode()))
+        finally:
+            if path in TIMED_PATHS:
+                REQUEST_SECONDS.labels(endpoint=path).observe(time.perf_counter() - started)
 
     def _answers(self, scope) -> bool:
         """Whether one of the app's routes takes this path (any method: a wrong one gets BentoML's 405);
