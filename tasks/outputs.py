@@ -37,6 +37,14 @@ def prefect_run_link(ui_url: str | None, run_id: str | None) -> str | None:
     return f"{ui_url.rstrip('/')}/runs/flow-run/{run_id}" if ui_url and run_id else None
 
 
+def artifact_location(client, source: str) -> str:
+    """Where a registered version's files are: MLflow 3 registers a logged model (`models:/m-…`),
+    whose files sit at its artifact location."""
+    if source.startswith("models:/m-"):
+        return client.get_logged_model(source.removeprefix("models:/")).artifact_location
+    return source
+
+
 @task(name="lifecycle-outputs", **UNCACHED)
 def outputs_task(
     cfg: TrackingConfig,
@@ -61,7 +69,7 @@ def outputs_task(
         experiment_id=run.info.experiment_id,
         run_id=evaluated.run_id,
         model_uri=f"models:/{registered.model_name}/{registered.version}",
-        artifact_uri=version.source,
+        artifact_uri=artifact_location(client, version.source),
         metrics=evaluated.candidate,
         endpoint=rolled.endpoint if rolled else None,
         links=Links(

@@ -120,7 +120,9 @@ def test_the_result_names_the_model_its_run_and_where_it_is(first, tracking):
     assert out.model_id == f"{tracking.model_name}/{version}"
     assert out.model_uri == f"models:/{tracking.model_name}/{version}"
     assert (out.experiment_id, out.run_id) == (run.info.experiment_id, result.train.run_id)
-    assert out.artifact_uri == tracking.client().get_model_version(tracking.model_name, version).source
+    source = tracking.client().get_model_version(tracking.model_name, version).source  # models:/m-…
+    assert out.artifact_uri == tracking.client().get_logged_model(source.removeprefix("models:/")).artifact_location
+    assert (Path(out.artifact_uri.removeprefix("file://")) / "MLmodel").is_file()  # the model's own files
     assert out.metrics == result.evaluate.candidate and out.endpoint is None and result.rollout is None
     assert out.links.mlflow_run is None and out.links.evidently_project is None  # no UI address known
     assert out.links.prefect_run.endswith(f"/runs/flow-run/{flow_run_id}")
