@@ -46,15 +46,22 @@ class Client(threading.Thread):
 
     def __init__(self, url: str, rows: list[dict]):
         super().__init__(daemon=True)
-        self.url, self.rows, self.stop, self.answers = url, rows, threading.Event(), []
+        self.url, self.rows, self.stop, self.answers, self.retried = url, rows, threading.Event(), [], 0
 
     def run(self) -> None:
         with httpx.Client(timeout=10) as client:
             for i in itertools.count():
                 if self.stop.is_set():
                     return
+                body = {"records": [self.rows[i % len(self.rows)]]}
                 try:
-                    r = client.post(f"{self.url}/predict", json={"records": [self.rows[i % len(self.rows)]]})
+                    try:
+                        r = client.post(f"{self.url}/predict", json=body)
+                    except (httpx.RemoteProtocolError, httpx.ReadError):
+                        # an idle keep-alive connection a proxy reload closed as it was reused: the
+                        # request never got an answer; a client retries it once on a new connection
+                        self.retried += 1
+                        r = client.post(f"{self.url}/predict", json=body)
                     seen = r.json()["model_version"] if r.status_code == 200 else r.text[:80]
                     self.answers.append((time.time(), r.status_code, seen))
                 except httpx.HTTPError as exc:
