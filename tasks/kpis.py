@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks.common import UNCACHED, artifact_key
 from tasks.core.kpis import KpiFigure, detection_delays, histogram_quantile, judge, retraining_delays, success_rate
 from tasks.events import KPI_MISSED, emit_model_event
-from tasks.monitor import MONITORING_SUFFIX
+from tasks.monitor import monitoring_runs
 from tasks.results import KpiResult
 from tasks.stores.backends import key_headers, read_state
 from tasks.stores.registry import TAG_PREFIX, TrackingConfig
@@ -66,18 +66,9 @@ def _flow_runs(
 
 def _verdicts(cfg: TrackingConfig, dataset: str, since: datetime) -> list[tuple[datetime, str]]:
     """(time, drift status) of the monitor's runs in MLflow since `since`."""
-    client = cfg.client()
-    experiment = client.get_experiment_by_name(f"{cfg.experiment}{MONITORING_SUFFIX}")
-    if experiment is None:
-        return []
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{TAG_PREFIX}dataset` = '{dataset}' and attributes.start_time >= {int(since.timestamp() * 1000)}",
-        max_results=MAX_RUNS,
-    )
     return [
         (datetime.fromtimestamp(r.info.start_time / 1000, UTC), r.data.tags.get(f"{TAG_PREFIX}drift_status", ""))
-        for r in runs
+        for r in monitoring_runs(cfg, dataset, MAX_RUNS, since)
     ]
 
 

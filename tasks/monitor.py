@@ -226,9 +226,9 @@ def drift_task(
             **base, status=status, reasons=reasons, drift_share=0.0, drifted_columns=[], columns=[], report_path=None
         )
     where = Workdir(workdir)
-    report = where.monitoring(spec.name) / f"drift-{base['measured_at']:%Y%m%dT%H%M%S%f}.html"
-    columns = drift_columns(spec, current)
     at = base["measured_at"]
+    report = where.monitoring(spec.name) / f"drift-{at:%Y%m%dT%H%M%S%f}.html"
+    columns = drift_columns(spec, current)
     per_column, share = check_drift(
         reference, current, columns, policy, report, where.evidently_workspace, spec.name, at
     )
@@ -298,16 +298,23 @@ def log_drift_task(cfg, result: DriftResult) -> str:
 HISTORY_RUNS = 20  # monitoring runs the drift artifact's chart shows
 
 
-def drift_history(cfg, dataset: str, limit: int = HISTORY_RUNS) -> list[tuple[datetime, float]]:
-    """(time, drift share) of the dataset's last `limit` monitoring runs in MLflow, oldest first."""
+def monitoring_runs(cfg, dataset: str, limit: int, since: datetime | None = None) -> list:
+    """The dataset's monitoring runs in MLflow (newest first, at most `limit`; since `since`)."""
     client = cfg.client()
     experiment = client.get_experiment_by_name(f"{cfg.experiment}{MONITORING_SUFFIX}")
     if experiment is None:
         return []
-    runs = client.search_runs(
-        [experiment.experiment_id], f"tags.`{TAG_PREFIX}dataset` = '{dataset}'",
-        order_by=["attributes.start_time DESC"], max_results=limit,
-    )  # fmt: skip
+    query = f"tags.`{TAG_PREFIX}dataset` = '{dataset}'"
+    if since is not None:
+        query += f" and attributes.start_time >= {int(since.timestamp() * 1000)}"
+    return client.search_runs(
+        [experiment.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=limit
+    )
+
+
+def drift_history(cfg, dataset: str, limit: int = HISTORY_RUNS) -> list[tuple[datetime, float]]:
+    """(time, drift share) of the dataset's last `limit` monitoring runs in MLflow, oldest first."""
+    runs = monitoring_runs(cfg, dataset, limit)
     points = [(r.info.start_time, r.data.metrics["drift_share"]) for r in runs if "drift_share" in r.data.metrics]
     return [(datetime.fromtimestamp(ms / 1000, UTC), share) for ms, share in sorted(points)]
 
