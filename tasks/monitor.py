@@ -34,7 +34,7 @@ from tasks.results import DriftResult
 from tasks.stores import registry
 from tasks.stores.evidently import check_drift, check_prediction_drift, record_figures
 from tasks.stores.registry import TAG_PREFIX, version_manifest
-from tasks.stores.served import labelled_window, logged_keys, read_labels, window_ending_now
+from tasks.stores.served import labelled_window, logged_keys, read_labels, read_log, window_ending_now
 from tasks.stores.snapshots import atomic_write, read_split
 from tasks.stores.workdir import Workdir
 
@@ -46,10 +46,7 @@ def read_batch(path: Path) -> pl.DataFrame:
     """A file of new rows (CSV/Parquet) or a folder of prediction-log Parquet files."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.rglob("*.parquet"))
-        if not files:
-            return pl.DataFrame()
-        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+        return read_log(path)
     if not path.is_file():
         raise DataError(f"batch not found: {path}")
     return read_table(path, str(path))

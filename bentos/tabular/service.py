@@ -41,11 +41,11 @@ from starlette.staticfiles import StaticFiles
 from tasks.core.cast import FAILURE_SCHEMA
 from tasks.core.compiled import CompiledUnavailable, load_compiled, switched_off
 from tasks.core.errors import DataError
-from tasks.core.features import row_encoder
+from tasks.core.features import category_enum, row_encoder
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, new_prediction_ids
 from tasks.core.integrity import check_model_files
 from tasks.core.logs import SERVED_PARQUET, PredictionLog, label_root, log_root, write_part
-from tasks.core.model import BOOSTER_FILE, TabularModel, is_positive
+from tasks.core.model import BOOSTER_FILE, TabularModel, is_positive, label_enum
 from tasks.core.records import example_record, label_model, record_model, records_frame
 from tasks.core.schema import typed_and_encoded, typed_with_failures
 from tasks.core.spec import DatasetSpec
@@ -62,6 +62,8 @@ MAX_ROWS = int(os.environ.get("LIFECYCLE_MAX_ROWS", "1000"))
 MAX_REQUEST_BYTES = int(os.environ.get("LIFECYCLE_MAX_REQUEST_BYTES", str(4 * 1024 * 1024)))
 MAX_FILE_BYTES = int(os.environ.get("LIFECYCLE_MAX_FILE_BYTES", str(256 * 1024 * 1024)))
 MAX_FILE_ROWS = int(os.environ.get("LIFECYCLE_MAX_FILE_ROWS", "2000000"))
+# bulk files a worker reads and scores at once (more wait, unread): its memory holds that many files
+BULK_SLOTS = int(os.environ.get("LIFECYCLE_BULK_SLOTS", "1"))
 BATCH_MAX_SIZE = int(os.environ.get("LIFECYCLE_BATCH_MAX_SIZE", "64"))
 BATCH_MAX_LATENCY_MS = int(os.environ.get("LIFECYCLE_BATCH_MAX_LATENCY_MS", "1000"))
 # /predict_batched is for small calls merged by BentoML: at most one batch's worth of records a call
@@ -79,15 +81,19 @@ DATA_VERSION = str(BUNDLE["data_version"])
 LOGGED_COLUMNS = [
     c for c in (SPEC.id_column, *SPEC.columns) if c and not (c in SPEC.columns and SPEC.columns[c].sensitive)
 ]
-LOG_SCHEMA = {name: dtype for name, dtype in records_frame([], SPEC).schema.items() if name in LOGGED_COLUMNS} | {
+# categories, labels and the per-request constants as codes: the log writes them as dictionaries
+CODED = {name: category_enum(SPEC, name) for name in SPEC.categorical_features}
+LOG_SCHEMA = {
+    name: CODED.get(name, dtype) for name, dtype in records_frame([], SPEC).schema.items() if name in LOGGED_COLUMNS
+} | {
     PREDICTION_ID: pl.String,
-    "request_id": pl.String,
+    "request_id": pl.Categorical,
     "logged_at": pl.Float64,
-    "model_version": pl.String,
-    "data_version": pl.String,
-    "endpoint": pl.String,
+    "model_version": pl.Categorical,
+    "data_version": pl.Categorical,
+    "endpoint": pl.Categorical,
     "probability": pl.Float64,
-    "label": pl.String,
+    "label": label_enum(SPEC),
 }
 
 PREDICTIONS = bentoml.metrics.Counter(
@@ -461,6 +467,7 @@ class TabularService:
             logger.info("predictor: %s", self.predictor)
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
         self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
+        self.bulk_slots = asyncio.Semaphore(BULK_SLOTS)
         self.label_folder = label_root() / SPEC.name
         logger.info("prediction log: %s; labels: %s", self.log.folder, self.label_folder)
         LIVE["service"] = self
@@ -576,11 +583,12 @@ class TabularService:
     async def score_file(self, request: Request) -> Response:
         """Bulk scoring: POST a Parquet or CSV body; get Parquet back with `prediction_id`, `probability`,
         `label` and, for rows that fail validation, `reason` (those rows are not scored)."""
-        body = await request.body()
-        if len(body) > MAX_FILE_BYTES:
-            return JSONResponse({"error": f"file is over the {MAX_FILE_BYTES}-byte limit"}, status_code=413)
-        # reading, scoring and writing the answer all run off the event loop: other requests go on
-        status, answer, headers = await asyncio.to_thread(self._score_file, body, request_id_of(request))
+        async with self.bulk_slots:
+            body = await request.body()
+            if len(body) > MAX_FILE_BYTES:
+                return JSONResponse({"error": f"file is over the {MAX_FILE_BYTES}-byte limit"}, status_code=413)
+            # reading, scoring and writing the answer all run off the event loop: other requests go on
+            status, answer, headers = await asyncio.to_thread(self._score_file, body, request_id_of(request))
         if status != 200:
             return JSONResponse(answer, status_code=status)
         return Response(answer, media_type="application/vnd.apache.parquet", headers=headers)
@@ -632,11 +640,11 @@ class TabularService:
         if good.height:
             logged = good.with_columns(
                 ids,
-                pl.lit(request_id).alias("request_id"),
+                pl.lit(request_id, dtype=pl.Categorical).alias("request_id"),
                 pl.lit(time.time()).alias("logged_at"),
-                pl.lit(MODEL_VERSION).alias("model_version"),
-                pl.lit(DATA_VERSION).alias("data_version"),
-                pl.lit("score_file").alias("endpoint"),
+                pl.lit(MODEL_VERSION, dtype=pl.Categorical).alias("model_version"),
+                pl.lit(DATA_VERSION, dtype=pl.Categorical).alias("data_version"),
+                pl.lit("score_file", dtype=pl.Categorical).alias("endpoint"),
                 pl.Series("probability", proba[accepted], dtype=pl.Float64),
                 labels if everything else labels.filter(pl.Series(accepted)),
             )
@@ -652,7 +660,7 @@ class TabularService:
             *keep,
             scored_ids,
             pl.Series("probability", proba).fill_nan(None),
-            labels,
+            labels.cast(pl.String),
             why,
             pl.lit(MODEL_VERSION).alias("model_version"),
         )

@@ -39,20 +39,24 @@ class _Plan:
 
     derived: list[pl.Expr]
     encode: list[pl.Expr]
+    encode_coded: list[pl.Expr]  # `encode` over a frame whose categories are already their `category_enum`
 
 
 def _plan(spec: DatasetSpec) -> _Plan:
     def build() -> _Plan:
         derived = [derived_expr(d) for d in spec.derived_features]
-        encode = []
+        encode, encode_coded = [], []
         for name in spec.base_features:
-            expr = pl.col(name)
+            expr = coded = pl.col(name)
             if name in spec.categorical_features:
                 expr = expr.cast(pl.String).cast(category_enum(spec, name)).to_physical()
+                coded = coded.to_physical()
             encode.append(expr.cast(pl.Float64).alias(name))
+            encode_coded.append(coded.cast(pl.Float64).alias(name))
         # derived features are computed from the base columns in the same select: one pass
         encode += [expr.cast(pl.Float64) for expr in derived]
-        return _Plan(derived=derived, encode=encode)
+        encode_coded += [expr.cast(pl.Float64) for expr in derived]
+        return _Plan(derived=derived, encode=encode, encode_coded=encode_coded)
 
     return memo(spec, "feature_plan", build)
 
@@ -79,9 +83,10 @@ def encode_features(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     return frame.select(_plan(spec).encode)
 
 
-def encode_exprs(spec: DatasetSpec) -> list[pl.Expr]:
-    """`encode_features` as expressions over the typed base columns (for callers that fuse passes)."""
-    return _plan(spec).encode
+def encode_exprs(spec: DatasetSpec, coded: bool = False) -> list[pl.Expr]:
+    """`encode_features` as expressions over the typed base columns (for callers that fuse passes);
+    `coded`: over columns where the categories are already their `category_enum`."""
+    return _plan(spec).encode_coded if coded else _plan(spec).encode
 
 
 def feature_matrix(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:

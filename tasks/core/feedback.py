@@ -28,6 +28,10 @@ PREDICTION_ID = "prediction_id"
 ROW_DIGITS = 10  # a bulk file's ids count its rows in this many digits (files are capped far below 10^10 rows)
 
 
+_FOUR_DIGITS = np.frombuffer("".join(f"{i:04d}" for i in range(10_000)).encode(), dtype=np.uint32)
+_TWO_DIGITS = np.frombuffer("".join(f"{i:02d}" for i in range(100)).encode(), dtype=np.uint16)
+
+
 def new_prediction_ids(n: int) -> pl.Series:
     """`n` fresh prediction ids for one bulk file: 32 hex digits each, a random 88-bit prefix drawn for
     this call and the row's number. Unique, unguessable without one of them (the requester has them
@@ -35,10 +39,11 @@ def new_prediction_ids(n: int) -> pl.Series:
     3x better than with independent random ids."""
     text = np.empty((n, 32), dtype=np.uint8)
     text[:, : 32 - ROW_DIGITS] = np.frombuffer(binascii.hexlify(os.urandom((32 - ROW_DIGITS) // 2)), dtype=np.uint8)
-    rows = np.arange(n, dtype=np.int64)
-    for digit in range(ROW_DIGITS):
-        text[:, 31 - digit] = ord("0") + rows % 10
-        rows //= 10
+    rows = np.arange(n, dtype=np.int64)  # ROW_DIGITS = 10 of them, from tables: four (one uint32) at a time
+    words, pairs = text.view(np.uint32), text.view(np.uint16)
+    words[:, 7] = _FOUR_DIGITS[rows % 10_000]
+    words[:, 6] = _FOUR_DIGITS[rows // 10_000 % 10_000]
+    pairs[:, 11] = _TWO_DIGITS[rows // 100_000_000 % 100]
     offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
     return pl.Series(PREDICTION_ID, pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text)))
 

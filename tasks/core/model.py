@@ -35,6 +35,11 @@ def is_positive(proba: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(proba) >= threshold
 
 
+def label_enum(spec: DatasetSpec) -> pl.Enum:
+    """The labels as an Enum (negative first): how bulk answers carry them and the log stores them."""
+    return pl.Enum([label for label in spec.target.labels if label != spec.target.positive] + [spec.target.positive])
+
+
 class TabularModel:
     def __init__(self, spec: DatasetSpec, booster_text: str, threshold: float, metadata: dict[str, str]):
         self.spec = spec
@@ -106,9 +111,10 @@ class TabularModel:
         return np.where(is_positive(proba, self.threshold), self.spec.target.positive, self.negative)
 
     def label_series(self, proba: np.ndarray) -> pl.Series:
-        """`labels` as a Polars column, without an array of Python strings; NaN (not scored) → null."""
+        """`labels` as a Polars column (a `label_enum`), without a Python string per row; NaN (not
+        scored) → null."""
         codes = pl.Series(is_positive(proba, self.threshold).astype(np.int8))
-        labels = pl.Series(LABEL, [self.negative, self.spec.target.positive]).gather(codes)
+        labels = pl.Series(LABEL, [self.negative, self.spec.target.positive], dtype=label_enum(self.spec)).gather(codes)
         return pl.select(pl.when(pl.Series(np.isnan(proba))).then(None).otherwise(labels).alias(LABEL)).to_series()
 
     def predict_frame(self, rows: pl.DataFrame) -> pl.DataFrame:

@@ -12,7 +12,7 @@ import polars as pl
 
 from tasks.core.cast import FAILURE_SCHEMA, cast_exprs, cast_to_spec
 from tasks.core.errors import SpecError
-from tasks.core.features import encode_exprs
+from tasks.core.features import category_enum, encode_exprs
 from tasks.core.spec import DatasetSpec, column_kinds, polars_dtype, typed_categories
 
 if TYPE_CHECKING:
@@ -113,10 +113,11 @@ def find_failures(raw: pl.DataFrame, spec: DatasetSpec, columns: list[str] | Non
 
 
 def typed_and_encoded(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, np.ndarray] | None:
-    """For a table whose every row is valid: its base features cast to their types and the model's
-    feature matrix (C order), in one lazy pass. None when any value fails (or there are no rows, or a
-    configured category has surrounding spaces): `typed_with_failures` then finds and words the
-    failures. Where it answers, it is the two-step path's answer (tests hold the two to it).
+    """For a table whose every row is valid: its base features cast to their types (categories
+    kept as their `category_enum`) and the model's feature matrix (C order), in one
+    lazy pass. None when any value fails (or there are no rows, or a configured category has
+    surrounding spaces): `typed_with_failures` then finds and words the failures. Where it answers,
+    it is the two-step path's answer (tests hold the two to it, Enums read as their text).
 
     Cheaper because each category column is looked up once: the shared encoding's strict cast to the
     category list fails on any value that is not exactly a category, so such a value needs no trim
@@ -128,12 +129,13 @@ def typed_and_encoded(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFram
     columns, kinds = spec.base_features, column_kinds(spec)
     numeric = [name for name in columns if name not in categorical]
     casts = dict(zip(numeric, cast_exprs(raw.schema, spec, numeric), strict=True))
-    typed = [casts[name] if name in casts else pl.col(name).cast(pl.String) for name in columns]
+    casts |= {name: pl.col(name).cast(pl.String).cast(category_enum(spec, name)) for name in categorical}
+    typed = [casts[name] for name in columns]
     lost = pl.any_horizontal(pl.lit(False), *(pl.col(name).is_not_null() & casts[name].is_null() for name in numeric))
     rules = schema_rules(pl.Schema({name: polars_dtype(kinds[name]) for name in numeric}), spec, numeric)
     rules += [pl.col(name).is_not_null() for name in categorical if not spec.columns[name].nullable]
     names = [f"__feature_{i}" for i in range(len(spec.feature_names))]
-    encoded = [expr.alias(name) for expr, name in zip(encode_exprs(spec), names, strict=True)]
+    encoded = [expr.alias(name) for expr, name in zip(encode_exprs(spec, coded=True), names, strict=True)]
     try:
         out = (
             raw.lazy()

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, ServedWindow, join_labels, window_bounds, window_rows
-from tasks.core.logs import write_part
+from tasks.core.logs import as_text, write_part
 from tasks.core.spec import DatasetSpec
 from tasks.stores.workdir import Workdir
 
@@ -25,7 +25,7 @@ def scan_parts(folder: Path, modified_since: float | None = None) -> pl.LazyFram
     files = [f for f in parts(folder) if modified_since is None or f.stat().st_mtime >= modified_since]
     if not files:
         return None
-    return pl.concat([pl.scan_parquet(f, hive_partitioning=False) for f in files], how="diagonal_relaxed")
+    return pl.concat([as_text(pl.scan_parquet(f, hive_partitioning=False)) for f in files], how="diagonal_relaxed")
 
 
 def read_log(folder: Path) -> pl.DataFrame:

@@ -15,6 +15,7 @@ import polars as pl
 
 from tasks.stores.backends import free_port
 from tasks.stores.bento_server import serve_command
+from tasks.stores.served import read_log
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
@@ -72,8 +73,7 @@ def logged_rows(folder: Path, dataset: str, request_ids: set[str], want: int, ti
     `want` of them (or the time is up)."""
     deadline = time.monotonic() + timeout
     while True:
-        files = sorted((folder / dataset).glob("date=*/part-*.parquet"))
-        frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
+        frame = read_log(folder / dataset)
         mine = frame.filter(pl.col("request_id").is_in(request_ids)) if frame.height else frame
         if mine.height >= want or time.monotonic() > deadline:
             return mine

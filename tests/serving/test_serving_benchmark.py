@@ -24,7 +24,7 @@ def test_the_serving_benchmark_prints_every_table(telco_lifecycle):
         "bento /predict", "bento /predict via BentoML IO (FAST_PATH=false)", "bento /predict_batched",
     }, table  # fmt: skip
     assert all(int(rps) > 0 and errors == "0" for _, rps, errors, _ in single), table
-    bulk = dict(re.findall(r"^\| 2,000 \| (.+?) \| [\d,]+ \| ([\d.]+) \|$", table, re.M))
+    bulk = dict(re.findall(r"^\| 2,000 \| (.+?) \| 1 \| [\d,]+ \| ([\d.]+) \|$", table, re.M))
     assert bulk.keys() == {
         "raw Booster.predict", "raw compiled predict", "bare ASGI /score", "bare ASGI /score, compiled",
         "bento /v1/score_file",

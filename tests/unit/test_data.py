@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from tasks.core.cast import clean
 from tasks.core.errors import QuarantineToleranceExceeded, SpecError
+from tasks.core.logs import as_text
 from tasks.core.prepare import (
     SPLIT_COLUMN,
     SPLITS,
@@ -250,17 +251,21 @@ def test_one_pass_bulk_path_answers_as_the_two_step_path(orders_spec, data_):
         assert not failures.is_empty() or _padded_category(frame, orders_spec), frame.to_dicts()
     else:
         assert failures.is_empty(), frame.to_dicts()
-        assert fast[0].equals(typed) and fast[1].flags["C_CONTIGUOUS"]
+        assert as_text(fast[0]).equals(typed) and fast[1].flags["C_CONTIGUOUS"]
         np.testing.assert_array_equal(fast[1], matrix)
 
 
 def test_one_pass_bulk_path_on_the_telco_table_and_its_planted_corruptions(telco_spec, telco_raw):
+    from tasks.core.features import category_enum
     from tasks.core.schema import typed_and_encoded
     from tests.corruption import corrupt_telco
 
     typed, failures, matrix = _two_step(telco_raw, telco_spec)
     fast = typed_and_encoded(telco_raw, telco_spec)
-    assert failures.is_empty() and fast is not None and fast[0].equals(typed)
+    assert failures.is_empty() and fast is not None and as_text(fast[0]).equals(typed)
+    assert [fast[0].schema[c] for c in telco_spec.categorical_features] == [
+        category_enum(telco_spec, c) for c in telco_spec.categorical_features
+    ]  # the codes are kept for the log
     np.testing.assert_array_equal(fast[1], matrix)
     corruption = corrupt_telco(telco_raw)
     for row in sorted(corruption.broken):
