@@ -435,12 +435,12 @@ def load_spec(path: str | Path, source: str | Path | None = None, n_trials: int 
         raise SpecError(f"dataset config not found: {path}") from exc
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
+    if n_trials is not None:  # validated with the rest (a budget below 1 is refused, not run)
+        raw = {**raw, "training": {**(raw.get("training") or {}), "n_trials": n_trials}}
     try:
         spec = DatasetSpec.model_validate({**raw, "base_dir": path.resolve().parent})
     except ValueError as exc:
         raise SpecError(f"{path}: {exc}") from exc
-    if n_trials is not None:
-        spec = spec.model_copy(update={"training": spec.training.model_copy(update={"n_trials": int(n_trials)})})
     return spec.with_source(source)
 
 

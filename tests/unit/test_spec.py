@@ -70,6 +70,12 @@ def test_missing_config_file_is_a_spec_error(tmp_path):
         load_spec(tmp_path / "nope.yaml")
 
 
+def test_a_trial_budget_override_is_validated_like_the_config():
+    assert load_spec(CONFIGS / "telco_churn.yaml", n_trials=4).training.n_trials == 4
+    with pytest.raises(SpecError, match=r"training.n_trials\n.*greater than or equal to 1"):
+        load_spec(CONFIGS / "telco_churn.yaml", n_trials=0)
+
+
 def test_spec_hash_ignores_where_data_is_read_but_not_what_shapes_it(telco_spec):
     moved = telco_spec.with_source("/elsewhere/file.csv")
     assert moved.spec_hash == telco_spec.spec_hash
