@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import base64
+import functools
+import importlib.metadata
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE
@@ -34,6 +38,27 @@ def content_key(task_ctx: Any, inputs: dict[str, Any]) -> str | None:
     if not has_token:
         return None
     return hash_objects(TASK_SOURCE.compute_key(task_ctx, inputs, {}), *parts)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def code_revision(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """Which code trained or evaluated: the checkout's commit and whether tracked files differ from
+    it, or, outside a checkout (an image, an installed package), the package version."""
+    try:
+        git = ["git", "-C", str(root)]
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, check=True, timeout=30)  # fmt: skip
+        return {"code_revision": sha.stdout.strip(), "code_dirty": str(bool(changed.stdout.strip())).lower()}
+    except (OSError, subprocess.SubprocessError):
+        try:
+            version = importlib.metadata.version("tabular-lifecycle")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        return {"code_revision": f"tabular-lifecycle {version}", "code_dirty": "unknown"}
 
 
 def markdown_image(title: str, png: bytes) -> str:

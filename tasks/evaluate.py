@@ -1,6 +1,8 @@
 """Evaluation: test metrics of the candidate, the baselines and the champion on the same rows,
-cross-validation, explanations, plots and the model card; the metrics and the gate themselves
-are pure (`tasks/core/metrics.py`, `tasks/core/gate.py`). Functions first, `@task` wrappers below."""
+calibration, 95% intervals, error analysis, group fairness, cross-validation, explanations, plots
+and the model card; the metrics, the assessment and the gate themselves are pure
+(`tasks/core/metrics.py`, `tasks/core/assessment.py`, `tasks/core/gate.py`). Functions first,
+`@task` wrappers below."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.common import CACHED, UNCACHED, artifact_key, markdown_image
+from tasks.common import CACHED, UNCACHED, artifact_key, code_revision, markdown_image
+from tasks.core.assessment import assess, spec_error_clusters
 from tasks.core.compiled import compiled_for, max_abs_difference
 from tasks.core.errors import ModelIntegrityError
 from tasks.core.features import encode_target, feature_matrix
-from tasks.core.gate import GateDecision, apply_gate, compiled_parity_check, with_check
+from tasks.core.gate import BASELINES, GateDecision, apply_gate, compiled_parity_check, with_check
 from tasks.core.metrics import Metrics, binary_metrics, choose_threshold, slice_metrics
 from tasks.core.spec import DatasetSpec
 from tasks.results import EvaluationResult, TrainResult
@@ -143,6 +146,57 @@ def save_plots(folder: Path, y, proba, threshold, importance: list[dict], contri
 
 
 # -- model card ------------------------------------------------------------------------------
+NO_CLUSTERS = "| – | no group of enough rows | | | | | | |\n"
+
+
+def _figure(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.4f}"
+
+
+def assessment_sections(candidate: Metrics, reliability: list[dict], fairness: dict[str, list[dict]],
+                        errors: list[dict], top: int = 10) -> str:  # fmt: skip
+    """The model card's calibration, uncertainty, error-analysis and fairness sections."""
+    intervals = "".join(
+        f"| {m} | {_figure(candidate.get(m))} | [{_figure(candidate.get(f'{m}_ci_low'))}, "
+        f"{_figure(candidate.get(f'{m}_ci_high'))}] |\n"
+        for m in ("roc_auc", "pr_auc", "log_loss", "brier")
+    )
+    bins = "".join(
+        f"| {b['bin']} | {b['rows']} | {_figure(b['mean_predicted'])} | {_figure(b['observed_rate'])} |\n"
+        for b in reliability
+    )
+    clusters = "".join(
+        f"| {r['column']} | {r['group']} | {r['rows']} | {r['errors']} | {r['false_positives']} | "
+        f"{r['false_negatives']} | {r['error_rate']:.3f} | {r['excess']:+.3f} |\n"
+        for r in errors[:top]
+    )
+    text = f"""## Uncertainty (95% bootstrap intervals over the test rows)
+| metric | value | interval |
+|---|---|---|
+{intervals}
+## Calibration: ECE {_figure(candidate.get("ece"))}
+| predicted | rows | mean predicted | observed rate |
+|---|---|---|---|
+{bins}
+## Error analysis (at the threshold; groups by excess error rate over the overall rate)
+| column | group | rows | errors | false positives | false negatives | error rate | excess |
+|---|---|---|---|---|---|---|---|
+{clusters or NO_CLUSTERS}"""
+    for column, groups in fairness.items():
+        rows = "".join(
+            f"| {g['group']} | {g['rows']} | {_figure(g['selection_rate'])} | {_figure(g['tpr'])} | "
+            f"{_figure(g['fpr'])} | {_figure(g['selection_rate_ratio'])} | {_figure(g['tpr_ratio'])} | "
+            f"{_figure(g['fpr_difference'])} | {'yes' if g['judged'] else 'too few rows'} |\n"
+            for g in groups
+        )
+        text += f"""
+## Fairness across `{column}` (ratios and differences to the best judged group)
+| group | rows | selection rate | TPR | FPR | selection ratio | TPR ratio | FPR difference | judged |
+|---|---|---|---|---|---|---|---|---|
+{rows}"""
+    return text
+
+
 def model_card(
     spec: DatasetSpec,
     data_version: str,
@@ -153,6 +207,7 @@ def model_card(
     importance: list[dict],
     decision: GateDecision,
     champion_version: str | None,
+    assessed: str = "",
 ) -> str:
     keys = ["roc_auc", "pr_auc", "log_loss", "brier", "f1", "precision", "recall"]
     header = "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
@@ -172,10 +227,12 @@ def model_card(
     )
     gate_rows = "".join(f"| {'✅' if c.passed else '❌'} | {c.rule} | {c.detail} |\n" for c in decision.checks)
     top = ", ".join(r["feature"] for r in importance[:5])
+    revision = code_revision()
     return f"""# Model card: {spec.registered_model_name}
 
 **Task:** predict `{spec.target.column} == {spec.target.positive!r}` — {spec.description or spec.name}
 **Data version:** `{data_version}` · **spec hash:** `{spec.spec_hash}` · **training hash:** `{spec.training_hash}`
+**Code:** `{revision["code_revision"]}` (uncommitted changes: {revision["code_dirty"]})
 **Decision threshold:** {candidate["threshold"]:.4f} (chosen on validation by `{spec.evaluation.threshold}`)
 
 ## Test metrics (untouched test split, same rows for every model)
@@ -193,6 +250,7 @@ Latency: {candidate.get("latency_ms_per_row", float("nan")):.4f} ms/row in batch
 | column | value | rows | positives | ROC AUC | F1 |
 |---|---|---|---|---|---|
 {slice_rows}
+{assessed}
 ## Parameters
 ```
 {params}
@@ -239,6 +297,10 @@ class Scores:
     candidate_is_champion: bool
     slices: list[dict]
     compiled_unavailable: str = ""  # why there is no compiled model (else its parity is in `candidate`)
+    champion_slices: list[dict] | None = None
+    reliability: list[dict] | None = None  # the candidate's reliability table
+    fairness: dict[str, list[dict]] | None = None  # the candidate's groups, per protected column
+    errors: list[dict] | None = None  # the candidate's error clusters, worst first
 
 
 @task(name="recorded-evaluation", **UNCACHED)
@@ -289,29 +351,44 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, com
         logger.info(
             "%s: max |compiled − booster| = %.3g on the test rows", compiled.description, metrics[COMPILED_DIFF]
         )
+    assessed = assess(test, y, proba, candidate.threshold, spec)
+    metrics |= assessed["metrics"]
     baselines = {}
-    for name in ("majority_class", "logistic_regression"):
-        model = registry.load_baseline(cfg, trained.run_id, name)
+    for name in BASELINES:
+        try:
+            model = registry.load_baseline(cfg, trained.run_id, name)
+        except ModelIntegrityError:
+            raise
+        except Exception as exc:  # a run trained before this baseline existed: its rules fail closed
+            logger.warning("run %s has no %s baseline: %s", trained.run_id, name, exc)
+            continue
         threshold = choose_threshold(y_val, model.predict_proba(x_val)[:, 1], spec.evaluation.threshold)
         baselines[name] = binary_metrics(y, model.predict_proba(x_test)[:, 1], threshold)
+    slices = slice_metrics(test, y, proba, candidate.threshold, spec.evaluation.slices)
     champion = registry.version_by_alias(cfg, registry.CHAMPION)
-    champion_metrics, same = None, False
+    champion_metrics, champion_slices, same = None, None, False
     if champion is not None:
         same = champion.run_id == trained.run_id
         if same:
-            champion_metrics = {k: v for k, v in metrics.items()}
+            champion_metrics, champion_slices = {k: v for k, v in metrics.items()}, slices
         else:
             try:
                 current = registry.load_model(cfg, f"models:/{cfg.model_name}@{registry.CHAMPION}")
-                champion_metrics = binary_metrics(y, current.predict_proba(test), current.threshold)
+                theirs = current.predict_proba(test)
+                champion_metrics = binary_metrics(y, theirs, current.threshold)
+                champion_metrics |= assess(test, y, theirs, current.threshold, spec)["metrics"]
+                champion_slices = slice_metrics(test, y, theirs, current.threshold, spec.evaluation.slices)
             except ModelIntegrityError:  # tampered files are refused, not skipped
                 raise
             except Exception as exc:  # a champion that cannot score these rows cannot be compared
                 logger.warning("champion v%s could not score the test rows: %s", champion.version, exc)
                 champion_metrics = {}
-    slices = slice_metrics(test, y, proba, candidate.threshold, spec.evaluation.slices)
     version = champion.version if champion else None
-    return Scores(metrics, baselines, champion_metrics, version, same, slices, unavailable)
+    errors = spec_error_clusters(test, y, proba, candidate.threshold, spec)
+    return Scores(
+        metrics, baselines, champion_metrics, version, same, slices, unavailable, champion_slices,
+        assessed["reliability"], assessed["fairness"], errors,
+    )  # fmt: skip
 
 
 @task(name="cross-validate", **CACHED)
@@ -351,7 +428,8 @@ def explain_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, f
 def gate_task(spec: DatasetSpec, scores: Scores, cv: Metrics) -> GateDecision:
     others: dict[str, Metrics | None] = dict(scores.baselines)
     others["champion"] = scores.champion
-    decision = apply_gate(spec.gate, scores.candidate | cv, others)
+    slices = {"candidate": scores.slices} | ({"champion": scores.champion_slices} if scores.champion_slices else {})
+    decision = apply_gate(spec.gate, scores.candidate | cv, others, slices)
     return with_check(decision, compiled_parity_check(scores.candidate.get(COMPILED_DIFF), scores.compiled_unavailable))
 
 
@@ -378,6 +456,9 @@ def log_evaluation_task(
     registry.log_artifact_files(cfg, trained.run_id, plots, "plots")
     registry.log_json(cfg, trained.run_id, scores.slices, "evaluation/slices.json")
     registry.log_json(cfg, trained.run_id, importance, "evaluation/importance.json")
+    reliability, fairness, errors = scores.reliability or [], scores.fairness or {}, scores.errors or []
+    registry.log_json(cfg, trained.run_id, {"reliability": reliability, "fairness": fairness, "errors": errors},
+                      "evaluation/assessment.json")  # fmt: skip
     comparators = dict(scores.baselines) | {"champion": None if scores.candidate_is_champion else scores.champion}
     card = model_card(
         spec,
@@ -389,9 +470,13 @@ def log_evaluation_task(
         importance,
         decision,
         scores.champion_version,
+        assessment_sections(scores.candidate, reliability, fairness, errors),
     )
     registry.log_text(cfg, trained.run_id, card, "model_card.md")
-    registry.set_tags(cfg, trained.run_id, {"gate_passed": decision.passed, "gate_reasons": decision.reasons[:5000]})
+    evaluated_by = {f"evaluation_{k}": v for k, v in code_revision().items()}
+    registry.set_tags(
+        cfg, trained.run_id, {"gate_passed": decision.passed, "gate_reasons": decision.reasons[:5000]} | evaluated_by
+    )
     result = EvaluationResult(
         dataset=spec.name,
         data_version=trained.data_version,
@@ -403,6 +488,9 @@ def log_evaluation_task(
         champion_version=scores.champion_version,
         candidate_is_champion=scores.candidate_is_champion,
         gate=decision,
+        reliability=reliability,
+        fairness=fairness,
+        errors=errors,
     )
     registry.log_json(cfg, trained.run_id, result.model_dump(), EVALUATION_RESULT)
     registry.set_tags(cfg, trained.run_id, {"evaluation_key": evaluation_key(spec, scores.champion_version)})
@@ -431,6 +519,18 @@ def publish_evaluation(
     rows += [{"model": name, **_headline(m)} for name, m in comparators.items() if m]
     description = "Test metrics on the same rows" + (f" ({note})" if note else "")
     create_table_artifact(key=f"{key}-test-metrics", table=rows, description=description[:500])
+    if result.errors:
+        what = "Where the candidate's mistakes gather (test split, worst first)"
+        create_table_artifact(key=f"{key}-error-analysis", table=[_plain(r) for r in result.errors[:50]],
+                              description=what)  # fmt: skip
+    for column, groups in result.fairness.items():
+        create_table_artifact(key=f"{key}-fairness-{artifact_key(column)}", table=[_plain(g) for g in groups],
+                              description=f"Selection rate, TPR and FPR per {column} group (test split)")  # fmt: skip
+
+
+def _plain(row: dict) -> dict:
+    """A row as a Prefect table takes it: floats rounded, NaN as empty."""
+    return {k: (None if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in row.items()}
 
 
 def _headline(m: Metrics) -> dict:

@@ -90,6 +90,9 @@ class EvaluationResult(BaseModel):
     candidate_is_champion: bool
     gate: GateDecision
     reused: bool = False
+    reliability: list[dict] = []  # the candidate's reliability table (test split)
+    fairness: dict[str, list[dict]] = {}  # per protected column, its groups' figures
+    errors: list[dict] = []  # error clusters, worst excess error rate first
 
 
 class RegisterResult(BaseModel):

@@ -14,8 +14,9 @@ import numpy as np
 import polars as pl
 from prefect import get_run_logger, task
 
-from tasks.common import CACHED, UNCACHED
+from tasks.common import CACHED, UNCACHED, code_revision
 from tasks.core import features
+from tasks.core.gate import BASELINES
 from tasks.core.metrics import choose_threshold
 from tasks.core.model import TabularModel
 from tasks.core.spec import DatasetSpec
@@ -53,11 +54,22 @@ def matrices(train: pl.DataFrame, validation: pl.DataFrame, spec: DatasetSpec) -
 
 
 # -- baselines --------------------------------------------------------------------------
-def fit_majority(m: Matrices):
-    """Predicts the training share of the positive class for every row."""
+def fit_dummy(m: Matrices, strategy: str, seed: int):
+    """scikit-learn's dummy: `prior` gives every row the training share of positives (the
+    majority class's ranking), `stratified` draws labels at that share, `uniform` at 1/2."""
     from sklearn.dummy import DummyClassifier
 
-    return DummyClassifier(strategy="prior").fit(m.x_train, m.y_train)
+    return DummyClassifier(strategy=strategy, random_state=seed).fit(m.x_train, m.y_train)
+
+
+def fit_tree(m: Matrices, seed: int):
+    """A shallow decision tree (depth 4) on the same features, missing values imputed."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.tree import DecisionTreeClassifier
+
+    tree = DecisionTreeClassifier(max_depth=4, min_samples_leaf=20, random_state=seed)
+    return make_pipeline(SimpleImputer(strategy="median"), tree).fit(m.x_train, m.y_train)
 
 
 def fit_logistic(m: Matrices, seed: int):
@@ -93,17 +105,20 @@ def fit_logistic(m: Matrices, seed: int):
     return best
 
 
-@dataclass
-class Baselines:
-    majority_class: object
-    logistic_regression: object
-
-    def items(self):
-        return {"majority_class": self.majority_class, "logistic_regression": self.logistic_regression}.items()
+Baselines = dict[str, object]  # name (one of `BASELINES`) → fitted scikit-learn model
 
 
 def fit_baselines(m: Matrices, spec: DatasetSpec) -> Baselines:
-    return Baselines(majority_class=fit_majority(m), logistic_regression=fit_logistic(m, spec.training.seed))
+    """The candidate's comparators, on the same rows: dummies, a linear model and a shallow tree."""
+    seed = spec.training.seed
+    fitted = {
+        "majority_class": fit_dummy(m, "prior", seed),
+        "stratified": fit_dummy(m, "stratified", seed),
+        "uniform": fit_dummy(m, "uniform", seed),
+        "logistic_regression": fit_logistic(m, seed),
+        "decision_tree": fit_tree(m, seed),
+    }
+    return {name: fitted[name] for name in BASELINES}
 
 
 # -- LightGBM + Optuna --------------------------------------------------------------------
@@ -232,7 +247,8 @@ def log_training_task(
             "data_version": manifest.data_version,
             "spec_hash": spec.spec_hash,
             "training_hash": spec.training_hash,
-        },
+        }
+        | code_revision(),
     )
     run_name = f"train-{spec.name}-{manifest.data_version}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
@@ -247,7 +263,8 @@ def log_training_task(
                 "training_hash": spec.training_hash,
                 "training_key": key,
                 "manifest_path": str(manifest_path),
-            },
+            }
+            | code_revision(),
         )
         mlflow.log_params(
             final_params(spec, tuning)

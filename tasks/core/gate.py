@@ -13,20 +13,32 @@ from tasks.core.compiled import PARITY_ATOL
 
 Metrics = dict[str, float]
 
-HIGHER_IS_BETTER = {"roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "cv_roc_auc_mean"}
-LOWER_IS_BETTER = {"log_loss", "brier", "latency_ms_per_row", "cv_roc_auc_std"}
+HIGHER_IS_BETTER = {
+    "roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "cv_roc_auc_mean",
+    "fairness_selection_rate_ratio", "fairness_tpr_ratio",
+}  # fmt: skip
+LOWER_IS_BETTER = {"log_loss", "brier", "latency_ms_per_row", "cv_roc_auc_std", "ece", "fairness_fpr_difference"}
+BOOTSTRAPPED = ("roc_auc", "pr_auc", "log_loss", "brier")  # each has a 95% interval: <metric>_ci_low/_ci_high
+SLICE_METRICS = ("roc_auc", "f1")  # what `slice_metrics` measures per slice
+BASELINES = ("majority_class", "stratified", "uniform", "logistic_regression", "decision_tree")
 
 
 class GateRule(BaseModel):
-    """One promotion rule: a bound (`min`/`max`) or a comparison (`vs` with `max_drop`)."""
+    """One promotion rule: a bound (`min`/`max`) or a comparison with another model on the same
+    rows (`vs`, with `max_drop` or `min_gain`; per slice; or tolerant while the intervals overlap)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     metric: str
     min: float | None = None
     max: float | None = None
-    vs: Literal["champion", "logistic_regression", "majority_class"] | None = None
+    vs: Literal["champion", *BASELINES] | None = None  # type: ignore[valid-type]
     max_drop: float = Field(default=0.0, ge=0, description="how much worse than `vs` is still a pass")
+    min_gain: float | None = Field(default=None, ge=0, description="the candidate must beat `vs` by at least this")
+    per_slice: bool = Field(default=False, description="each slice of evaluation.slices vs the same slice of `vs`")
+    unless_overlap: bool = Field(
+        default=False, description="a candidate worse than `vs` passes while their 95% bootstrap intervals overlap"
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> GateRule:
@@ -34,6 +46,14 @@ class GateRule(BaseModel):
             raise ValueError(f"unknown gate metric {self.metric!r}")
         if (self.vs is None) == (self.min is None and self.max is None):
             raise ValueError("a gate rule needs either min/max or vs")
+        if self.vs is None and (self.min_gain is not None or self.per_slice or self.unless_overlap):
+            raise ValueError("min_gain, per_slice and unless_overlap compare with `vs`")
+        if self.min_gain is not None and (self.max_drop or self.unless_overlap):
+            raise ValueError("min_gain asks for a gain: it takes no max_drop or unless_overlap")
+        if self.per_slice and (self.metric not in SLICE_METRICS or self.unless_overlap):
+            raise ValueError(f"per_slice compares one of {SLICE_METRICS}, without intervals")
+        if self.unless_overlap and self.metric not in BOOTSTRAPPED:
+            raise ValueError(f"unless_overlap needs a metric with intervals: {BOOTSTRAPPED}")
         return self
 
     @property
@@ -62,7 +82,10 @@ class GateDecision(BaseModel):
 
 def _describe(rule: GateRule) -> str:
     if rule.vs:
-        return f"{rule.metric} vs {rule.vs} (max drop {rule.max_drop:g})"
+        scope = "every slice's " if rule.per_slice else ""
+        allowed = f"min gain {rule.min_gain:g}" if rule.min_gain is not None else f"max drop {rule.max_drop:g}"
+        tolerance = ", unless the 95% intervals overlap" if rule.unless_overlap else ""
+        return f"{scope}{rule.metric} vs {rule.vs} ({allowed}{tolerance})"
     bounds = [f">= {rule.min:g}" if rule.min is not None else "", f"<= {rule.max:g}" if rule.max is not None else ""]
     return f"{rule.metric} {' and '.join(b for b in bounds if b)}"
 
@@ -71,12 +94,18 @@ def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
-def apply_gate(rules: list[GateRule], candidate: Metrics, others: dict[str, Metrics | None]) -> GateDecision:
+Slices = dict[str, list[dict]]  # model ("candidate", a comparator) → its `slice_metrics` rows
+
+
+def apply_gate(
+    rules: list[GateRule], candidate: Metrics, others: dict[str, Metrics | None], slices: Slices | None = None
+) -> GateDecision:
     """Check every rule; fails closed: a missing candidate metric is a failure.
 
     `others` maps a comparator name to its metrics on the same test rows; a comparator
-    that does not exist (no champion yet) passes its rule with that said."""
-    checks = [check_rule(rule, candidate, others) for rule in rules]
+    that does not exist (no champion yet) passes its rule with that said. `slices` holds the
+    per-slice metrics of the candidate and the comparators (for `per_slice` rules)."""
+    checks = [check_rule(rule, candidate, others, slices or {}) for rule in rules]
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
 
 
@@ -99,7 +128,7 @@ def compiled_parity_check(difference: float | None, unavailable: str = "") -> Ga
     return GateCheck(rule=COMPILED_RULE, passed=difference <= PARITY_ATOL, detail=detail)
 
 
-def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | None]) -> GateCheck:
+def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | None], slices: Slices) -> GateCheck:
     name = _describe(rule)
     value = candidate.get(rule.metric)
     if not _present(value):
@@ -112,12 +141,53 @@ def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | N
     other = others[rule.vs]
     if other is None:
         return GateCheck(rule=name, passed=True, detail=f"no {rule.vs} yet")
+    if rule.per_slice:
+        return _check_slices(rule, name, slices.get("candidate"), slices.get(rule.vs))
     reference = other.get(rule.metric)
     if not _present(reference):
         return GateCheck(rule=name, passed=False, detail=f"{rule.vs} has no {rule.metric}")
-    drop = (reference - value) if rule.higher_is_better else (value - reference)
+    drop = _drop(rule, value, reference)
+    detail = f"candidate {value:.4f} vs {rule.vs} {reference:.4f}"
+    if rule.min_gain is not None:
+        return GateCheck(rule=name, passed=-drop >= rule.min_gain - 1e-12, detail=f"{detail} (gain {-drop:.4f})")
     ok = drop <= rule.max_drop + 1e-12
-    detail = f"candidate {value:.4f} vs {rule.vs} {reference:.4f} (worse by {max(drop, 0):.4f})"
+    detail += f" (worse by {max(drop, 0):.4f})"
+    if rule.unless_overlap and not ok:
+        mine, theirs = _interval(candidate, rule.metric), _interval(other, rule.metric)
+        if mine is None or theirs is None:
+            return GateCheck(rule=name, passed=False, detail=f"{detail}; no intervals to compare")
+        ok = mine[0] <= theirs[1] and theirs[0] <= mine[1]
+        detail += f"; 95% intervals [{mine[0]:.4f}, {mine[1]:.4f}] and [{theirs[0]:.4f}, {theirs[1]:.4f}]"
+        detail += " overlap" if ok else " do not overlap"
+    return GateCheck(rule=name, passed=ok, detail=detail)
+
+
+def _drop(rule: GateRule, value: float, reference: float) -> float:
+    """How much worse the candidate is than the reference (negative: better)."""
+    return (reference - value) if rule.higher_is_better else (value - reference)
+
+
+def _interval(m: Metrics, metric: str) -> tuple[float, float] | None:
+    low, high = m.get(f"{metric}_ci_low"), m.get(f"{metric}_ci_high")
+    return (low, high) if _present(low) and _present(high) else None
+
+
+def _check_slices(rule: GateRule, name: str, mine: list[dict] | None, theirs: list[dict] | None) -> GateCheck:
+    """Every slice both models were measured on (with both classes in it) against the same slice:
+    the worst one decides."""
+    if mine is None or theirs is None:
+        return GateCheck(rule=name, passed=False, detail=f"no slice metrics of the candidate and {rule.vs}")
+    reference = {(s["column"], s["value"]): s.get(rule.metric) for s in theirs}
+    drops = [
+        (_drop(rule, s[rule.metric], reference[key]), key, s[rule.metric], reference[key])
+        for s in mine
+        if (key := (s["column"], s["value"])) in reference and _present(s.get(rule.metric)) and _present(reference[key])
+    ]
+    if not drops:
+        return GateCheck(rule=name, passed=False, detail="no slice measured on both models")
+    drop, (column, value), got, ref = max(drops, key=lambda d: d[0])
+    ok = drop <= rule.max_drop + 1e-12 if rule.min_gain is None else -drop >= rule.min_gain - 1e-12
+    detail = f"worst of {len(drops)} slices: {column}={value} candidate {got:.4f} vs {rule.vs} {ref:.4f}"
     return GateCheck(rule=name, passed=ok, detail=detail)
 
 

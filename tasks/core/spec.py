@@ -189,6 +189,16 @@ class EvaluationSpec(_Strict):
     explain_rows: int = Field(
         default=2000, ge=1, description="test rows sampled (seeded) for SHAP values: their cost grows with rows"
     )
+    protected: list[str] = Field(
+        default=[],
+        description="columns with categories (or bool) whose groups get fairness figures (selection rate, "
+        "TPR, FPR); may be feature: false",
+    )
+    min_group_rows: int = Field(default=30, ge=1, description="smaller groups are reported, not judged (fairness)")
+    calibration_bins: int = Field(default=10, ge=2, description="equal-width bins of the reliability table and ECE")
+    bootstrap_rounds: int = Field(default=1000, ge=100, description="resamples of the test rows for 95% intervals")
+    error_bins: int = Field(default=4, ge=2, description="quantile bins of each numeric feature in the error analysis")
+    error_min_rows: int = Field(default=20, ge=1, description="smaller groups are left out of the error analysis")
 
 
 class DriftPolicy(_Strict):
@@ -345,6 +355,15 @@ class DatasetSpec(_Strict):
         bad_slices = [c for c in self.evaluation.slices if c not in self.categorical_features]
         if bad_slices:
             raise ValueError(f"evaluation.slices must be category feature columns: {bad_slices}")
+        grouping = {
+            c for c, col in self.columns.items() if (col.categories or col.type == "bool") and not col.sensitive
+        }  # a protected column's values are its groups: categories (of any type) or true/false
+        bad_groups = [c for c in self.evaluation.protected if c not in grouping]
+        if bad_groups:
+            raise ValueError(f"evaluation.protected must be read columns with categories: {bad_groups}")
+        per_slice = [r for r in self.gate if r.per_slice and not self.evaluation.slices]
+        if per_slice:
+            raise ValueError("a per_slice gate rule needs evaluation.slices")
         return self
 
     # -- derived views -------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import mlflow.artifacts
+import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 import polars as pl
@@ -83,9 +84,19 @@ def test_first_run_registers_a_champion_that_beats_the_bar(first, tracking):
     result, _ = first
     ev = result.evaluate
     assert ev.candidate["roc_auc"] >= 0.84
-    assert ev.baselines["majority_class"]["roc_auc"] == 0.5
+    assert ev.baselines["majority_class"]["roc_auc"] == 0.5 == ev.baselines["uniform"]["roc_auc"]
     assert ev.baselines["logistic_regression"]["roc_auc"] > 0.8
+    assert ev.baselines["decision_tree"]["roc_auc"] < ev.candidate["roc_auc"] and "stratified" in ev.baselines
     assert {"cv_roc_auc_mean", "cv_roc_auc_std", "latency_ms_per_row", "brier", "log_loss"} <= set(ev.candidate)
+    assert {"ece", "fairness_tpr_ratio", "roc_auc_ci_low", "roc_auc_ci_high"} <= set(ev.candidate)
+    assert ev.candidate["roc_auc_ci_low"] < ev.candidate["roc_auc"] < ev.candidate["roc_auc_ci_high"]
+    # every rule of the config is in the gate's report, with its figures
+    details = {c.rule: c.detail for c in ev.gate.checks}
+    assert "gain" in details["roc_auc vs decision_tree (min gain 0.005)"]
+    assert "ece=" in details["ece <= 0.05"] and "fairness_tpr_ratio=" in details["fairness_tpr_ratio >= 0.7"]
+    assert {"every slice's roc_auc vs champion (max drop 0.1)",
+            "pr_auc vs champion (max drop 0, unless the 95% intervals overlap)"} <= set(details)  # fmt: skip
+    assert set(ev.fairness) == {"female", "senior_citizen"} and ev.errors[0]["excess"] > 0
     assert ev.gate.passed and result.registry.promoted
     assert result.registry.champion_version == result.registry.version == "1"
     champion = registry.version_by_alias(tracking, registry.CHAMPION)
@@ -104,9 +115,20 @@ def test_run_is_fully_tracked(first, tracking):
     assert {"plots/feature_importance.png", "plots/shap_summary.png"} <= names
     card = mlflow.artifacts.load_text(f"runs:/{result.train.run_id}/model_card.md")
     assert result.prepare.data_version in card and "Promotion gate: PASSED" in card
+    code = f"**Code:** `{tags['lifecycle.code_revision']}`"
+    for section in ("## Uncertainty", "## Calibration: ECE", "## Error analysis", "## Fairness across `female`",
+                    "## Fairness across `senior_citizen`", code):  # fmt: skip
+        assert section in card, section
+    assert len(tags["lifecycle.code_revision"]) == 40 and tags["lifecycle.code_dirty"] in ("true", "false")
+    model_info = mlflow.models.get_model_info(result.train.model_uri)
+    assert model_info.metadata["code_revision"] == tags["lifecycle.code_revision"]  # the model carries it too
     evaluate_run = next(r.id for r in child_flow_runs(first[1]) if r.name.startswith("evaluate-"))
-    shown = artifacts_of(evaluate_run)["telco-churn-model-card"].data  # the card in the Prefect UI shows its plots
+    published = artifacts_of(evaluate_run)
+    shown = published["telco-churn-model-card"].data  # the card in the Prefect UI shows its plots
     assert shown.count("](data:image/png;base64,") == 4 and "_Reused" not in shown
+    assert {"telco-churn-error-analysis", "telco-churn-fairness-female", "telco-churn-fairness-senior-citizen"} <= set(
+        published
+    )
     trials = tracking.client().search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.train.run_id}'", max_results=500
     )

@@ -39,10 +39,12 @@ def test_tuned_model_beats_the_majority_baseline_and_is_close_to_logistic(telco_
     import lightgbm as lgb
 
     auc = roc_auc_score(m.y_val, lgb.Booster(model_str=booster).predict(m.x_val))
-    majority = roc_auc_score(m.y_val, baselines.majority_class.predict_proba(m.x_val)[:, 1])
-    logistic = roc_auc_score(m.y_val, baselines.logistic_regression.predict_proba(m.x_val)[:, 1])
-    assert majority == 0.5
+    majority = roc_auc_score(m.y_val, baselines["majority_class"].predict_proba(m.x_val)[:, 1])
+    logistic = roc_auc_score(m.y_val, baselines["logistic_regression"].predict_proba(m.x_val)[:, 1])
+    others = {n: roc_auc_score(m.y_val, b.predict_proba(m.x_val)[:, 1]) for n, b in baselines.items()}
+    assert majority == 0.5 and others["uniform"] == 0.5 and abs(others["stratified"] - 0.5) < 0.06  # chance
     assert logistic > 0.8  # a properly fitted baseline, not a strawman
+    assert 0.75 < others["decision_tree"] < auc  # a shallow tree learns something, less than the candidate
     assert auc > 0.82 and auc > logistic - 0.02
 
 

@@ -33,6 +33,15 @@ def test_the_second_dataset_is_prepared_trained_evaluated_and_registered(credit)
     assert result.evaluate.gate.passed and result.registry.promoted
     assert {s["column"] for s in _slices(workdir, result.train.run_id)} == set(spec.evaluation.slices)
     assert result.package.bento_tag.startswith("credit_data")
+    # `Home` is protected in the config: each housing group's selection rate, TPR and FPR, and the worst ratios
+    groups = result.evaluate.fairness["Home"]
+    test = read_split(result.prepare.manifest_path, "test")
+    counts = dict(test.get_column("Home").cast(str).fill_null("<null>").value_counts().iter_rows())
+    assert {g["group"]: g["rows"] for g in groups} == counts
+    judged = [g for g in groups if g["judged"]]
+    assert len(judged) >= 3 and max(g["tpr_ratio"] for g in judged) == 1.0
+    assert result.evaluate.candidate["fairness_tpr_ratio"] == pytest.approx(min(g["tpr_ratio"] for g in judged))
+    print("\nHome groups: " + "; ".join(f"{g['group']} ({g['rows']}): TPR {g['tpr']:.3f}" for g in groups))
 
 
 def _slices(workdir, run_id):

@@ -1,0 +1,188 @@
+"""Calibration, bootstrap intervals, error clusters and group fairness against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tasks.core.assessment import (
+    bootstrap_interval,
+    error_clusters,
+    expected_calibration_error,
+    fairness_figures,
+    group_fairness,
+    paired_bootstrap_interval,
+    reliability,
+)
+
+
+def accuracy(y, proba):
+    return float(((proba >= 0.5) == (y == 1)).mean())
+
+
+# -- calibration --------------------------------------------------------------------------------
+def test_ece_by_hand():
+    y, proba = np.array([0, 1, 1, 0]), np.array([0.1, 0.4, 0.8, 0.9])
+    # two bins: [0, .5) holds .1 and .4 (mean .25, observed .5); [.5, 1] holds .8 and .9 (mean .85, observed .5)
+    assert expected_calibration_error(y, proba, bins=2) == pytest.approx(0.5 * 0.25 + 0.5 * 0.35)
+    table = reliability(y, proba, bins=2)
+    assert [(b["bin"], b["rows"]) for b in table] == [("[0.00, 0.50)", 2), ("[0.50, 1.00]", 2)]
+    assert table[1]["mean_predicted"] == pytest.approx(0.85) and table[1]["observed_rate"] == 0.5
+
+
+def test_a_probability_of_one_falls_in_the_last_bin_and_empty_bins_weigh_nothing():
+    y, proba = np.array([1, 1, 0]), np.array([1.0, 1.0, 0.0])
+    assert expected_calibration_error(y, proba, bins=10) == 0.0
+    assert [b["rows"] for b in reliability(y, proba, bins=10)] == [1, 0, 0, 0, 0, 0, 0, 0, 0, 2]
+
+
+def test_sharpening_keeps_the_ranking_but_not_the_calibration():
+    rng = np.random.default_rng(0)
+    proba = rng.uniform(0.05, 0.95, 20_000)
+    y = (rng.uniform(size=proba.size) < proba).astype(int)  # calibrated by construction
+    logit = np.log(proba / (1 - proba))
+    sharp = 1 / (1 + np.exp(-4 * logit))  # same order, overconfident
+    assert expected_calibration_error(y, proba) < 0.02 < 0.1 < expected_calibration_error(y, sharp)
+
+
+# -- uncertainty --------------------------------------------------------------------------------
+def test_bootstrap_interval_by_hand():
+    y, right = np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.2])
+    assert bootstrap_interval(y, right, accuracy, rounds=200) == (1.0, 1.0)  # every resample is all right
+    # two rows, one right: a resample is right on 0, 1 or 2 of them (1/4, 1/2, 1/4), so the 95% interval is [0, 1]
+    assert bootstrap_interval(np.array([1, 1]), np.array([0.9, 0.1]), accuracy, rounds=2000) == (0.0, 1.0)
+
+
+def test_bootstrap_is_seeded_holds_the_estimate_and_narrows_with_rows():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 4000)
+    proba = np.clip(y * 0.3 + rng.uniform(0, 0.7, y.size), 0, 1)
+    small = bootstrap_interval(y[:400], proba[:400], accuracy, rounds=300, seed=7)
+    assert small == bootstrap_interval(y[:400], proba[:400], accuracy, rounds=300, seed=7)
+    assert small != bootstrap_interval(y[:400], proba[:400], accuracy, rounds=300, seed=8)
+    big = bootstrap_interval(y, proba, accuracy, rounds=300, seed=7)
+    assert big[0] <= accuracy(y, proba) <= big[1]
+    assert (big[1] - big[0]) < 0.6 * (small[1] - small[0])  # ~1/sqrt(10) of the width
+
+
+def test_a_paired_interval_of_a_model_against_itself_is_zero():
+    rng = np.random.default_rng(2)
+    y, proba = rng.integers(0, 2, 300), rng.uniform(size=300)
+    diff = paired_bootstrap_interval(y, [proba, proba], lambda yy, pp: accuracy(yy, pp[0]) - accuracy(yy, pp[1]))
+    assert diff == (0.0, 0.0)
+
+
+# -- error analysis -----------------------------------------------------------------------------
+def test_error_clusters_rank_groups_by_excess_error_rate():
+    frame = pl.DataFrame({"plan": ["a"] * 4 + ["b"] * 4, "age": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]})
+    y = np.array([1, 0, 1, 0, 1, 1, 0, 0])
+    proba = np.array([0.9, 0.1, 0.8, 0.2, 0.1, 0.2, 0.9, 0.6])  # plan b: all four wrong (2 FN, 2 FP)
+    rows = error_clusters(frame, y, proba, 0.5, ["plan"], ["age"], bins=2, min_rows=1)
+    assert [(r["column"], r["group"]) for r in rows] == [
+        ("age", "[4.5, 8]"), ("plan", "b"), ("age", "[1, 4.5)"), ("plan", "a")
+    ]  # fmt: skip
+    worst = rows[1]
+    assert (worst["rows"], worst["errors"], worst["false_positives"], worst["false_negatives"]) == (4, 4, 2, 2)
+    assert worst["error_rate"] == 1.0 and worst["excess"] == pytest.approx(0.5)  # overall: 4 of 8 wrong
+    assert rows[-1]["excess"] == pytest.approx(-0.5)
+    assert error_clusters(frame, y, proba, 0.5, ["plan"], [], min_rows=5) == []  # groups below min_rows: left out
+
+
+# -- fairness -----------------------------------------------------------------------------------
+def test_group_fairness_by_hand():
+    groups = np.array(["x"] * 10 + ["y"] * 10)
+    y = np.array([1] * 5 + [0] * 5 + [1] * 5 + [0] * 5)
+    # x: 4 of 5 positives caught, 1 of 5 negatives flagged; y: 2 of 5 caught, 2 of 5 flagged
+    pred = np.array([1, 1, 1, 1, 0, 1, 0, 0, 0, 0] + [1, 1, 0, 0, 0, 1, 1, 0, 0, 0])
+    x, yy = group_fairness(groups, y, pred, min_rows=10)
+    assert (x["selection_rate"], x["tpr"], x["fpr"]) == (0.5, 0.8, 0.2)
+    assert (yy["selection_rate"], yy["tpr"], yy["fpr"]) == (0.4, 0.4, 0.4)
+    assert yy["selection_rate_ratio"] == pytest.approx(0.8) and yy["tpr_ratio"] == pytest.approx(0.5)
+    assert yy["fpr_difference"] == pytest.approx(0.2) and x["tpr_ratio"] == 1.0 and x["fpr_difference"] == 0.0
+    figures = fairness_figures({"g": [x, yy]})
+    assert figures == pytest.approx(
+        {"fairness_selection_rate_ratio": 0.8, "fairness_tpr_ratio": 0.5, "fairness_fpr_difference": 0.2}
+    )
+
+
+def test_a_group_too_small_to_judge_is_reported_but_sets_no_figure():
+    groups = np.array(["big"] * 40 + ["tiny"] * 3)
+    y = np.array([1, 0] * 20 + [1, 1, 0])
+    pred = np.array([1, 0] * 20 + [0, 0, 1])  # the tiny group is all wrong
+    rows = group_fairness(groups, y, pred, min_rows=30)
+    assert [r["judged"] for r in rows] == [True, False] and rows[1]["tpr_ratio"] == 0.0
+    assert fairness_figures({"g": rows})["fairness_tpr_ratio"] == 1.0
+
+
+# -- the gate's new rules -----------------------------------------------------------------------
+def _metrics(y, proba, threshold=0.5):
+    from tasks.core.metrics import binary_metrics
+
+    return binary_metrics(y, proba, threshold) | {"ece": expected_calibration_error(y, proba)}
+
+
+def test_a_planted_weak_slice_tops_the_error_analysis_and_blocks_promotion_through_a_slice_rule():
+    from tasks.core.gate import GateRule, apply_gate
+    from tasks.core.metrics import slice_metrics
+
+    rng = np.random.default_rng(3)
+    plan = np.array(["basic"] * 400 + ["pro"] * 400 + ["weak"] * 80)
+    frame = pl.DataFrame({"plan": plan, "tenure": rng.uniform(0, 70, plan.size)})
+    y = rng.integers(0, 2, plan.size)
+    champion = np.clip(0.25 + 0.5 * y + rng.normal(0, 0.18, y.size), 0, 1)
+    candidate = np.clip(0.22 + 0.56 * y + rng.normal(0, 0.18, y.size), 0, 1)  # a touch better...
+    weak = plan == "weak"
+    candidate[weak] = rng.uniform(size=weak.sum())  # ...except on one slice, where it guesses
+    clusters = error_clusters(frame, y, candidate, 0.5, ["plan"], ["tenure"], min_rows=20)
+    assert (clusters[0]["column"], clusters[0]["group"]) == ("plan", "weak") and clusters[0]["excess"] > 0.2
+
+    mine, theirs = _metrics(y, candidate), _metrics(y, champion)
+    slices = {
+        "candidate": slice_metrics(frame, y, candidate, 0.5, ["plan"]),
+        "champion": slice_metrics(frame, y, champion, 0.5, ["plan"]),
+    }
+    overall = GateRule(metric="roc_auc", vs="champion", max_drop=0.05)
+    per_slice = GateRule(metric="roc_auc", vs="champion", max_drop=0.05, per_slice=True)
+    decision = apply_gate([overall, per_slice], mine, {"champion": theirs}, slices)
+    assert [c.passed for c in decision.checks] == [True, False], decision.checks  # the headline hides it
+    assert "plan=weak" in decision.checks[1].detail and not decision.passed
+
+
+def test_a_well_ranked_but_badly_calibrated_model_fails_an_ece_rule():
+    from tasks.core.gate import GateRule, apply_gate
+
+    rng = np.random.default_rng(4)
+    proba = rng.uniform(0.05, 0.95, 5000)
+    y = (rng.uniform(size=proba.size) < proba).astype(int)
+    sharp = 1 / (1 + np.exp(-4 * np.log(proba / (1 - proba))))
+    rules = [GateRule(metric="roc_auc", min=0.7), GateRule(metric="ece", max=0.05)]
+    assert apply_gate(rules, _metrics(y, proba), {}).passed
+    decision = apply_gate(rules, _metrics(y, sharp), {})
+    assert [c.passed for c in decision.checks] == [True, False] and "ece=" in decision.checks[1].detail
+
+
+def test_min_gain_asks_the_candidate_to_beat_a_baseline_by_a_margin():
+    from tasks.core.gate import GateRule, apply_gate
+
+    rule = GateRule(metric="roc_auc", vs="decision_tree", min_gain=0.02)
+    assert apply_gate([rule], {"roc_auc": 0.83}, {"decision_tree": {"roc_auc": 0.80}}).passed
+    decision = apply_gate([rule], {"roc_auc": 0.81}, {"decision_tree": {"roc_auc": 0.80}})
+    assert not decision.passed and "gain 0.0100" in decision.checks[0].detail
+    with pytest.raises(ValueError, match="min_gain"):
+        GateRule(metric="roc_auc", vs="decision_tree", min_gain=0.02, max_drop=0.01)
+
+
+def test_unless_overlap_tolerates_a_drop_inside_the_noise_only():
+    from tasks.core.gate import GateRule, apply_gate
+
+    rule = GateRule(metric="roc_auc", vs="champion", unless_overlap=True)
+    champion = {"roc_auc": 0.85, "roc_auc_ci_low": 0.83, "roc_auc_ci_high": 0.87}
+    close = {"roc_auc": 0.84, "roc_auc_ci_low": 0.82, "roc_auc_ci_high": 0.86}
+    far = {"roc_auc": 0.78, "roc_auc_ci_low": 0.76, "roc_auc_ci_high": 0.80}
+    assert apply_gate([rule], close, {"champion": champion}).passed
+    decision = apply_gate([rule], far, {"champion": champion})
+    assert not decision.passed and "do not overlap" in decision.checks[0].detail
+    assert not apply_gate([rule], {"roc_auc": 0.84}, {"champion": champion}).passed  # no interval: fails closed
+    with pytest.raises(ValueError, match="intervals"):
+        GateRule(metric="f1", vs="champion", unless_overlap=True)
