@@ -15,6 +15,7 @@ from tasks.prepare import (
     fingerprint_task,
     ingest_task,
     load_spec_task,
+    profile_task,
     quarantine_task,
     snapshot_task,
     split_task,
@@ -46,6 +47,7 @@ def prepare(
         return PrepareResult.of(manifest, manifest_path)
     written = written_snapshot_task(spec, fingerprint, workdir)
     if written:
+        profile_task(spec, written[1])
         return PrepareResult.of(*written)
     raw = ingest_task(spec, fingerprint)
     failures = validate_task(raw, spec, fingerprint)
@@ -55,6 +57,7 @@ def prepare(
     featured = features_task(cleaned, spec, fingerprint)
     split = split_task(featured, spec, fingerprint)
     manifest, manifest_path = snapshot_task(split, spec, fingerprint, report, workdir)
+    profile_task(spec, manifest_path, cleaned)
     return PrepareResult.of(manifest, manifest_path)
 
 

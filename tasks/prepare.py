@@ -16,6 +16,7 @@ from tasks.common import CACHED, UNCACHED, artifact_key
 from tasks.core import features
 from tasks.core.cast import clean
 from tasks.core.prepare import QuarantineReport, assign_splits, check_tolerance, split_quarantine, top_failing_checks
+from tasks.core.profile import profile_rows
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, load_spec
 from tasks.stores.snapshots import (
@@ -153,3 +154,32 @@ def load_manifest_task(path: Path) -> SnapshotManifest:
 @task(name="read-split", **UNCACHED)
 def read_split_task(manifest_path: Path, split: str) -> pl.DataFrame:
     return read_split(manifest_path, split)
+
+
+PROFILE_TABLE, PROFILE_REPORT = "profile.json", "profile.html"
+
+
+@task(name="profile", **UNCACHED)
+def profile_task(spec: DatasetSpec, manifest_path: Path, kept: pl.DataFrame | None = None) -> Path:
+    """The data profile of a snapshot's kept rows, beside its manifest: a table (`profile.json`)
+    and Evidently's data summary (`profile.html`), once per data version; published as a Prefect
+    table artifact on every run (a reused snapshot republishes the recorded one)."""
+    import json
+
+    from tasks.stores.evidently import write_data_summary
+
+    folder = Path(manifest_path).parent
+    table, report = folder / PROFILE_TABLE, folder / PROFILE_REPORT
+    if not table.is_file():
+        if kept is None:  # a snapshot written before profiles existed: its splits together
+            kept = pl.concat([read_split(manifest_path, s) for s in ("train", "validation", "test")], how="diagonal")
+        columns = [c for c in spec.input_columns if c in kept.columns]
+        write_data_summary(kept.select(columns), report)
+        atomic_write(table, lambda p: p.write_text(json.dumps(profile_rows(kept, spec), default=str)))
+    rows = json.loads(table.read_text())
+    create_table_artifact(
+        key=f"{artifact_key(spec.name)}-data-profile",
+        table=[{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+        description=f"Data profile of {spec.name} ({folder.name}): the full report is {report}",
+    )
+    return report

@@ -36,6 +36,18 @@ def check_drift(
     return per_column, share
 
 
+def write_data_summary(frame: pl.DataFrame, report: Path) -> Path:
+    """Evidently's data summary (DataSummaryPreset: per column its type, missing values and
+    distribution) of `frame`, as an HTML report."""
+    from evidently import Report
+    from evidently.presets import DataSummaryPreset
+
+    snapshot = Report([DataSummaryPreset()]).run(current_data=frame.to_pandas(), reference_data=None)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(report))
+    return report
+
+
 def check_prediction_drift(
     reference: pl.Series,
     current: pl.Series,

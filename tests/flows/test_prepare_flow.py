@@ -11,6 +11,7 @@ import pytest
 
 from flows.prepare import prepare
 from tasks.core.errors import QuarantineToleranceExceeded
+from tasks.core.spec import load_spec
 from tests.conftest import CONFIGS, FIXTURES, ROOT
 from tests.corruption import corrupt_telco
 from tests.flows.helpers import artifacts_of, task_states
@@ -81,7 +82,17 @@ def test_snapshot_files_match_the_manifest(tmp_path):
     assert manifest["spec_hash"] == result.spec_hash and manifest["source"]["sha256"]
     assert set(manifest["feature_names"]) <= set(pl.read_parquet_schema(folder / "train.parquet"))
     arts = artifacts_of(run_id)
-    assert {"telco-churn-rows", "telco-churn-quarantine", "telco-churn-snapshot"} <= set(arts)
+    assert {"telco-churn-rows", "telco-churn-quarantine", "telco-churn-snapshot", "telco-churn-data-profile"} <= set(
+        arts
+    )
+    # the data profile beside the snapshot: a row per column read, and Evidently's data summary
+    profile = {r["column"]: r for r in json.loads((folder / "profile.json").read_text())}
+    assert list(profile) == [c for c in load_spec(TELCO).input_columns]
+    assert profile["total_charges"]["missing_share"] > 0 and profile["contract"]["top"].startswith("Month-to-month")
+    assert abs(profile["tenure"]["association"]) > 0.3  # long-standing customers churn less
+    assert (folder / "profile.html").stat().st_size > 100_000 and "Dataset Summary" in (
+        folder / "profile.html"
+    ).read_text()
 
 
 def test_corrupted_file_within_tolerance_quarantines_exactly_the_bad_rows(tmp_path, telco_raw):

@@ -186,3 +186,31 @@ def test_unless_overlap_tolerates_a_drop_inside_the_noise_only():
     assert not apply_gate([rule], {"roc_auc": 0.84}, {"champion": champion}).passed  # no interval: fails closed
     with pytest.raises(ValueError, match="intervals"):
         GateRule(metric="f1", vs="champion", unless_overlap=True)
+
+
+# -- the data profile at prepare ----------------------------------------------------------------
+def test_the_data_profile_by_hand(orders_spec):
+    from tasks.core.profile import profile_rows
+
+    spec = orders_spec
+    target, positive = spec.target.column, spec.target.positive
+    negative = next(label for label in spec.target.labels if label != positive)
+    number = next(c for c, col in spec.columns.items() if col.type == "float" and not col.categories)
+    category = spec.categorical_features[0]
+    values = [str(v) for v in spec.columns[category].categories[:2]]
+    frame = pl.DataFrame(
+        {
+            number: [1.0, 2.0, 3.0, None],
+            category: [values[0], values[0], values[1], values[1]],
+            target: [negative, negative, positive, positive],
+        }
+    )
+    rows = {r["column"]: r for r in profile_rows(frame, spec)}
+    assert set(rows) == {number, category, target}  # the columns the frame has, the target too
+    n = rows[number]
+    assert (n["missing_share"], n["mean"], n["min"], n["max"]) == (0.25, 2.0, 1.0, 3.0)
+    assert n["association"] == pytest.approx(np.corrcoef([1, 2, 3], [0, 0, 1])[0, 1])
+    c = rows[category]
+    assert c["top"] == f"{values[0]} 50%, {values[1]} 50%" and c["distinct"] == 2
+    assert c["association"] == pytest.approx(1.0)  # the category decides the label: Cramér's V of 1
+    assert rows[target]["association"] is None and rows[target]["top"] == f"{negative} 50%, {positive} 50%"
