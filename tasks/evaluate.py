@@ -208,6 +208,7 @@ def model_card(
     decision: GateDecision,
     champion_version: str | None,
     assessed: str = "",
+    selected: list[str] | None = None,
 ) -> str:
     keys = ["roc_auc", "pr_auc", "log_loss", "brier", "f1", "precision", "recall"]
     header = "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
@@ -228,11 +229,17 @@ def model_card(
     gate_rows = "".join(f"| {'✅' if c.passed else '❌'} | {c.rule} | {c.detail} |\n" for c in decision.checks)
     top = ", ".join(r["feature"] for r in importance[:5])
     revision = code_revision()
+    used = f"all {len(spec.feature_names)}"
+    if selected is not None:
+        rule = spec.training.feature_selection
+        used = f"{len(selected)} of {len(spec.feature_names)}, chosen by {rule.method} on the training split: "
+        used += ", ".join(f"`{n}`" for n in selected)
     return f"""# Model card: {spec.registered_model_name}
 
 **Task:** predict `{spec.target.column} == {spec.target.positive!r}` — {spec.description or spec.name}
 **Data version:** `{data_version}` · **spec hash:** `{spec.spec_hash}` · **training hash:** `{spec.training_hash}`
 **Code:** `{revision["code_revision"]}` (uncommitted changes: {revision["code_dirty"]})
+**Features:** {used}
 **Decision threshold:** {candidate["threshold"]:.4f} (chosen on validation by `{spec.evaluation.threshold}`)
 
 ## Test metrics (untouched test split, same rows for every model)
@@ -471,6 +478,7 @@ def log_evaluation_task(
         decision,
         scores.champion_version,
         assessment_sections(scores.candidate, reliability, fairness, errors),
+        trained.selected_features,
     )
     registry.log_text(cfg, trained.run_id, card, "model_card.md")
     evaluated_by = {f"evaluation_{k}": v for k, v in code_revision().items()}

@@ -76,6 +76,7 @@ class TrainResult(BaseModel):
     n_trials: int
     n_pruned: int
     reused_run: bool
+    selected_features: list[str] | None = None  # with training.feature_selection: the features the model uses
 
 
 class EvaluationResult(BaseModel):

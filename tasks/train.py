@@ -39,11 +39,15 @@ class Matrices:
     y_val: np.ndarray
     feature_names: list[str]
     categorical: list[int]
+    selection: dict[str, float] | None = None  # with feature selection: each feature's score; kept ones in `selected`
+    selected: list[str] | None = None
 
 
 def matrices(train: pl.DataFrame, validation: pl.DataFrame, spec: DatasetSpec) -> Matrices:
+    """The splits' matrices; with `training.feature_selection`, the features it leaves out are blank
+    (NaN) in both, so no model fitted on them splits on them, and serving needs no change."""
     names = spec.feature_names
-    return Matrices(
+    m = Matrices(
         x_train=features.feature_matrix(train, spec),
         y_train=features.encode_target(train, spec),
         x_val=features.feature_matrix(validation, spec),
@@ -51,6 +55,42 @@ def matrices(train: pl.DataFrame, validation: pl.DataFrame, spec: DatasetSpec) -
         feature_names=names,
         categorical=[names.index(c) for c in spec.categorical_features],
     )
+    rule = spec.training.feature_selection
+    if rule is None:
+        return m
+    scores = feature_scores(m, spec)
+    ranked = sorted(names, key=lambda n: (-scores[n], names.index(n)))
+    kept = ranked[: rule.top_k] if rule.top_k is not None else [n for n in ranked if scores[n] >= rule.min_score]
+    kept = kept or ranked[:1]  # a model needs one feature
+    blank = [i for i, n in enumerate(names) if n not in kept]
+    x_train, x_val = m.x_train.copy(), m.x_val.copy()
+    x_train[:, blank], x_val[:, blank] = np.nan, np.nan
+    selected = [n for n in names if n in kept]
+    return Matrices(x_train, m.y_train, x_val, m.y_val, names, m.categorical, scores, selected)
+
+
+def feature_scores(m: Matrices, spec: DatasetSpec) -> dict[str, float]:
+    """Each feature's score on the training split alone: mutual information with the label
+    (missing values as their own value), or the gain of a quick LightGBM fit."""
+    seed = spec.training.seed
+    if spec.training.feature_selection.method == "gain":
+        import lightgbm as lgb
+
+        dtrain, _ = lgb_datasets(m)
+        booster = lgb.train(base_params(spec), dtrain, num_boost_round=100)
+        gains = booster.feature_importance(importance_type="gain")
+        return {n: float(g) for n, g in zip(m.feature_names, gains, strict=True)}
+    from sklearn.feature_selection import mutual_info_classif
+
+    x = m.x_train.copy()
+    for j in range(x.shape[1]):
+        column = x[:, j]
+        missing = np.isnan(column)
+        if missing.any():
+            column[missing] = -1.0 if j in m.categorical else (np.nanmedian(column) if (~missing).any() else 0.0)
+    discrete = np.isin(np.arange(x.shape[1]), m.categorical)
+    scores = mutual_info_classif(x, m.y_train, discrete_features=discrete, random_state=seed)
+    return {n: float(v) for n, v in zip(m.feature_names, scores, strict=True)}
 
 
 # -- baselines --------------------------------------------------------------------------
@@ -237,7 +277,9 @@ def log_training_task(
         baselines_validation_auc=baseline_auc,
         n_trials=tuning.n_trials,
         n_pruned=tuning.n_pruned,
+        selected_features=m.selected,
     )
+    selection = {"selected_features": ",".join(m.selected)} if m.selected is not None else {}
     experiment_id = cfg.activate()
     model = TabularModel(
         spec,
@@ -248,7 +290,8 @@ def log_training_task(
             "spec_hash": spec.spec_hash,
             "training_hash": spec.training_hash,
         }
-        | code_revision(),
+        | code_revision()
+        | selection,
     )
     run_name = f"train-{spec.name}-{manifest.data_version}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
@@ -281,6 +324,9 @@ def log_training_task(
         )
         mlflow.log_input(dataset, context="training", tags={"data_version": manifest.data_version})
         registry.log_trials(cfg, experiment_id, run_id, tuning.trials)
+        if m.selection is not None:  # every feature's score on the training split, and which were kept
+            chosen = {"rule": spec.training.feature_selection.model_dump(), "scores": m.selection, "kept": m.selected}
+            registry.log_json(cfg, run_id, chosen, "feature_selection.json")
         for name, baseline in baselines.items():
             registry.save_baseline(cfg, run_id, baseline, name)
         info = registry.log_model(

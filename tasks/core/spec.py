@@ -166,6 +166,23 @@ DEFAULT_SEARCH_SPACE = {
 }
 
 
+class FeatureSelection(_Strict):
+    """Which features the candidate may use, decided on the training split only (the other
+    features are still computed and sent; the model never splits on them)."""
+
+    method: Literal["mutual_information", "gain"] = Field(
+        default="mutual_information", description="mutual information with the label, or LightGBM gain importance"
+    )
+    top_k: int | None = Field(default=None, ge=1, description="keep the k best-scored features")
+    min_score: float | None = Field(default=None, ge=0, description="keep the features scoring at least this")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FeatureSelection:
+        if (self.top_k is None) == (self.min_score is None):
+            raise ValueError("feature_selection needs exactly one of top_k and min_score")
+        return self
+
+
 class TrainingSpec(_Strict):
     """How the LightGBM candidate is tuned: budget, seed and search space."""
 
@@ -177,6 +194,7 @@ class TrainingSpec(_Strict):
     num_threads: int = Field(default=0, ge=0, description="0: one per core")
     pruner_warmup_steps: int = Field(default=20, ge=0)
     search_space: dict[str, SearchParam] = DEFAULT_SEARCH_SPACE
+    feature_selection: FeatureSelection | None = Field(default=None, description="optional: a subset of features")
 
 
 class EvaluationSpec(_Strict):

@@ -61,3 +61,29 @@ def test_model_behaviour_invariance_and_direction(telco_data):
     assert np.array_equal(base, reordered)
     longer = model.predict_proba(rows.with_columns(pl.lit("Two year").alias("contract")))
     assert (longer <= base + 1e-9).mean() > 0.9 and longer.mean() < base.mean()
+
+
+@pytest.mark.parametrize("rule", [{"method": "mutual_information", "top_k": 6}, {"method": "gain", "min_score": 50.0}])
+def test_feature_selection_is_decided_on_the_training_split_and_the_model_uses_only_what_it_kept(telco_data, rule):
+    import lightgbm as lgb
+
+    from tasks.core.spec import FeatureSelection
+
+    spec, parts, _ = telco_data
+    training = spec.training.model_copy(update={"feature_selection": FeatureSelection(**rule)})
+    chosen = spec.model_copy(update={"training": training})
+    assert chosen.training_hash != spec.training_hash  # a selection is part of what shapes the model
+    m = train.matrices(parts["train"], parts["validation"], chosen)
+    kept, names = m.selected, m.feature_names
+    assert 0 < len(kept) < len(names) and (rule.get("top_k") is None or len(kept) == rule["top_k"])
+    if "min_score" in rule:
+        assert all(m.selection[n] >= rule["min_score"] for n in kept)
+    assert min(m.selection[n] for n in kept) >= max(m.selection[n] for n in names if n not in kept)
+    dropped = [names.index(n) for n in names if n not in kept]
+    assert np.isnan(m.x_train[:, dropped]).all() and np.isnan(m.x_val[:, dropped]).all()
+    # the validation split has no say: other labels there, the same choice
+    shuffled = parts["validation"].with_columns(parts["validation"].get_column("churn").shuffle(seed=1))
+    assert train.matrices(parts["train"], shuffled, chosen).selected == kept
+    booster = lgb.Booster(model_str=train.fit_final(m, chosen, tune.tune(m, chosen)))
+    splits = booster.feature_importance(importance_type="split")
+    assert all(splits[i] == 0 for i in dropped) and splits.sum() > 0
