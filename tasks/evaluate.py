@@ -423,7 +423,7 @@ def explain_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, f
     model = registry.load_model(cfg, trained.model_uri)
     test = read_split(trained.manifest_path, "test")
     x, y = feature_matrix(test, spec), encode_target(test, spec)
-    proba = model.booster.predict(x)
+    proba = model.predict_matrix(x)  # what it serves (calibrated, if it has a calibrator)
     sample = explain_sample(x, spec.evaluation.explain_rows, spec.training.seed)
     contributions = shap_values(model.booster, sample)
     importance = global_importance(model.booster, contributions, spec.feature_names)

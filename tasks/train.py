@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 
 from tasks.common import CACHED, UNCACHED, code_revision
 from tasks.core import features
+from tasks.core.calibration import Calibrator, calibrate
 from tasks.core.gate import BASELINES
 from tasks.core.metrics import choose_threshold
 from tasks.core.model import TabularModel
@@ -235,10 +236,24 @@ def matrices_task(train: pl.DataFrame, validation: pl.DataFrame, spec: DatasetSp
     return matrices(train, validation, spec)
 
 
-def choose_threshold_on_validation(m: Matrices, booster_text: str, spec: DatasetSpec) -> float:
+def calibrate_on_validation(m: Matrices, booster_text: str, spec: DatasetSpec) -> tuple[Calibrator | None, dict]:
+    """With `training.calibration`, the calibrator of the booster's validation probabilities (None
+    when it does not lower the log loss out of fold) and the figures it was judged by."""
+    import lightgbm as lgb
+
+    if spec.training.calibration == "none":
+        return None, {}
+    proba = lgb.Booster(model_str=booster_text).predict(m.x_val)
+    return calibrate(spec.training.calibration, m.y_val, proba, spec.training.seed)
+
+
+def choose_threshold_on_validation(
+    m: Matrices, booster_text: str, spec: DatasetSpec, calibrator: Calibrator | None = None
+) -> float:
     import lightgbm as lgb
 
     proba = lgb.Booster(model_str=booster_text).predict(m.x_val)
+    proba = proba if calibrator is None else calibrator.apply(proba)
     return choose_threshold(m.y_val, proba, spec.evaluation.threshold)
 
 
@@ -263,7 +278,8 @@ def log_training_task(
         get_run_logger().info("candidate already logged as run %s: reusing it", existing.run_id)
         return existing
     key = registry.training_key(manifest.data_version, spec.training_hash)
-    threshold = choose_threshold_on_validation(m, booster_text, spec)
+    calibrator, calibration = calibrate_on_validation(m, booster_text, spec)
+    threshold = choose_threshold_on_validation(m, booster_text, spec, calibrator)
     baseline_auc = {
         name: float(roc_auc_score(m.y_val, b.predict_proba(m.x_val)[:, 1])) for name, b in baselines.items()
     }
@@ -291,7 +307,9 @@ def log_training_task(
             "training_hash": spec.training_hash,
         }
         | code_revision()
-        | selection,
+        | selection
+        | ({"calibrator": calibrator.method} if calibrator else {}),
+        calibrator=calibrator,
     )
     run_name = f"train-{spec.name}-{manifest.data_version}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
@@ -317,7 +335,8 @@ def log_training_task(
             cfg,
             run_id,
             {"validation_auc": tuning.best_value, "n_pruned": tuning.n_pruned, "tuning_seconds": tuning.seconds}
-            | {f"validation_auc_{name}": auc for name, auc in baseline_auc.items()},
+            | {f"validation_auc_{name}": auc for name, auc in baseline_auc.items()}
+            | calibration,
         )
         dataset = mlflow.data.from_polars(
             train_frame, source=str(manifest_path), name=f"{spec.name}-train", digest=manifest.data_version

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from tasks.core import features
+from tasks.core.calibration import Calibrator
 from tasks.core.cast import cast_to_spec
 from tasks.core.compiled import SMALL_BATCH, CompiledModel
 from tasks.core.errors import DataError
@@ -41,11 +42,19 @@ def label_enum(spec: DatasetSpec) -> pl.Enum:
 
 
 class TabularModel:
-    def __init__(self, spec: DatasetSpec, booster_text: str, threshold: float, metadata: dict[str, str]):
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        booster_text: str,
+        threshold: float,
+        metadata: dict[str, str],
+        calibrator: Calibrator | None = None,
+    ):
         self.spec = spec
         self.booster_text = booster_text
         self.threshold = float(threshold)
         self.metadata = dict(metadata)
+        self.calibrator = calibrator  # applied to the booster's probabilities (the threshold is on calibrated ones)
         self.negative = next(label for label in spec.target.labels if label != spec.target.positive)
         self._booster: lgb.Booster | None = None
         self.compiled: CompiledModel | None = None  # set by whoever serves it (never saved): else the booster
@@ -65,6 +74,8 @@ class TabularModel:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / BOOSTER_FILE).write_text(self.booster_text)
         body = {"spec": self.spec.model_dump(mode="json"), "threshold": self.threshold, "metadata": self.metadata}
+        if self.calibrator is not None:
+            body["calibrator"] = self.calibrator.model_dump()
         (folder / MODEL_FILE).write_text(json.dumps(body, indent=1))
         return folder
 
@@ -72,7 +83,9 @@ class TabularModel:
     def load(cls, folder: Path) -> TabularModel:
         body = json.loads((Path(folder) / MODEL_FILE).read_text())
         spec = DatasetSpec.model_validate(body["spec"])
-        return cls(spec, (Path(folder) / BOOSTER_FILE).read_text(), body["threshold"], body["metadata"])
+        calibrator = Calibrator.model_validate(body["calibrator"]) if body.get("calibrator") else None
+        booster = (Path(folder) / BOOSTER_FILE).read_text()
+        return cls(spec, booster, body["threshold"], body["metadata"], calibrator)
 
     # -- scoring ------------------------------------------------------------------------
     def matrix(self, rows: pl.DataFrame) -> np.ndarray:
@@ -96,13 +109,16 @@ class TabularModel:
         return features.feature_matrix(typed, spec)
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Probabilities of a feature matrix: the compiled model when set, else the booster."""
+        """Probabilities of a feature matrix: the compiled model when set, else the booster; then
+        the calibrator, if the model has one."""
         if self.compiled is not None:
-            return self.compiled.predict(matrix)
-        # one thread for small inputs: OpenMP start-up and contention between concurrent
-        # requests cost far more than a few rows take to predict
-        threads = 1 if len(matrix) < SMALL_BATCH else 0
-        return self.booster.predict(matrix, num_threads=threads)
+            proba = self.compiled.predict(matrix)
+        else:
+            # one thread for small inputs: OpenMP start-up and contention between concurrent
+            # requests cost far more than a few rows take to predict
+            threads = 1 if len(matrix) < SMALL_BATCH else 0
+            proba = self.booster.predict(matrix, num_threads=threads)
+        return proba if self.calibrator is None else self.calibrator.apply(proba)
 
     def predict_proba(self, rows: pl.DataFrame) -> np.ndarray:
         return self.predict_matrix(self.matrix(rows))

@@ -195,6 +195,9 @@ class TrainingSpec(_Strict):
     pruner_warmup_steps: int = Field(default=20, ge=0)
     search_space: dict[str, SearchParam] = DEFAULT_SEARCH_SPACE
     feature_selection: FeatureSelection | None = Field(default=None, description="optional: a subset of features")
+    calibration: Literal["none", "sigmoid", "isotonic"] = Field(
+        default="none", description="fit a calibrator on validation; kept only if it lowers the log loss out of fold"
+    )
 
 
 class EvaluationSpec(_Strict):

@@ -214,3 +214,52 @@ def test_the_data_profile_by_hand(orders_spec):
     assert c["top"] == f"{values[0]} 50%, {values[1]} 50%" and c["distinct"] == 2
     assert c["association"] == pytest.approx(1.0)  # the category decides the label: Cramér's V of 1
     assert rows[target]["association"] is None and rows[target]["top"] == f"{negative} 50%, {positive} 50%"
+
+
+# -- the optional calibrator --------------------------------------------------------------------
+def _sharp_and_true(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    proba = rng.uniform(0.05, 0.95, n)
+    y = (rng.uniform(size=n) < proba).astype(int)
+    return y, proba, 1 / (1 + np.exp(-4 * np.log(proba / (1 - proba))))
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_a_calibrator_fixes_overconfident_probabilities_and_is_kept(method):
+    from tasks.core.calibration import calibrate
+
+    y, _, sharp = _sharp_and_true(4000, 5)
+    calibrator, figures = calibrate(method, y, sharp)
+    assert calibrator is not None and figures["calibrator_kept"] == 1.0
+    assert figures["validation_log_loss_calibrated"] < figures["validation_log_loss_uncalibrated"]
+    y_new, _, sharp_new = _sharp_and_true(4000, 6)  # rows it never saw
+    fixed = calibrator.apply(sharp_new)
+    assert expected_calibration_error(y_new, fixed) < 0.03 < expected_calibration_error(y_new, sharp_new)
+    assert np.all(np.diff(fixed[np.argsort(sharp_new)]) >= -1e-12) and fixed.min() > 0 and fixed.max() < 1
+
+
+def test_a_calibrator_that_does_not_help_out_of_fold_is_not_kept():
+    from tasks.core.calibration import calibrate
+
+    y, honest, _ = _sharp_and_true(300, 7)  # already calibrated: isotonic only overfits these few rows
+    calibrator, figures = calibrate("isotonic", y, honest)
+    assert calibrator is None and figures["calibrator_kept"] == 0.0
+
+
+def test_a_model_saves_and_applies_its_calibrator(tmp_path, telco_spec):
+    import lightgbm as lgb
+
+    from tasks.core.calibration import Calibrator
+    from tasks.core.model import TabularModel
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(300, len(telco_spec.feature_names)))
+    data = lgb.Dataset(x, (x[:, 0] + rng.normal(size=300) > 0).astype(int))
+    booster = lgb.train({"objective": "binary", "verbose": -1}, data, num_boost_round=5).model_to_string()
+    calibrator = Calibrator(method="sigmoid", a=0.5, b=-0.2)
+    loaded = TabularModel.load(TabularModel(telco_spec, booster, 0.4, {}, calibrator).save(tmp_path / "m"))
+    assert loaded.calibrator == calibrator and loaded.threshold == 0.4
+    raw = loaded.booster.predict(x)
+    expected = 1 / (1 + np.exp(-(0.5 * np.log(raw / (1 - raw)) - 0.2)))
+    np.testing.assert_allclose(loaded.predict_matrix(x), expected, rtol=1e-12)  # what it serves is calibrated
+    assert TabularModel.load(TabularModel(telco_spec, booster, 0.4, {}).save(tmp_path / "plain")).calibrator is None
