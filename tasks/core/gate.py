@@ -172,22 +172,32 @@ def _interval(m: Metrics, metric: str) -> tuple[float, float] | None:
     return (low, high) if _present(low) and _present(high) else None
 
 
+MIN_SLICE_CLASS_ROWS = 30  # a slice with fewer positives or negatives than this is too noisy to judge
+
+
+def _judged(s: dict) -> bool:
+    return min(s["positives"], s["rows"] - s["positives"]) >= MIN_SLICE_CLASS_ROWS
+
+
 def _check_slices(rule: GateRule, name: str, mine: list[dict] | None, theirs: list[dict] | None) -> GateCheck:
-    """Every slice both models were measured on (with both classes in it) against the same slice:
-    the worst one decides."""
+    """Every slice both models were measured on, with at least `MIN_SLICE_CLASS_ROWS` positives
+    and negatives, against the same slice: the worst one decides."""
     if mine is None or theirs is None:
         return GateCheck(rule=name, passed=False, detail=f"no slice metrics of the candidate and {rule.vs}")
     reference = {(s["column"], s["value"]): s.get(rule.metric) for s in theirs}
+    measured = [s for s in mine if (s["column"], s["value"]) in reference]
     drops = [
         (_drop(rule, s[rule.metric], reference[key]), key, s[rule.metric], reference[key])
-        for s in mine
-        if (key := (s["column"], s["value"])) in reference and _present(s.get(rule.metric)) and _present(reference[key])
+        for s in measured
+        if _judged(s) and _present(s.get(rule.metric)) and _present(reference[key := (s["column"], s["value"])])
     ]
     if not drops:
-        return GateCheck(rule=name, passed=False, detail="no slice measured on both models")
+        return GateCheck(rule=name, passed=False, detail="no slice large enough on both models")
     drop, (column, value), got, ref = max(drops, key=lambda d: d[0])
     ok = drop <= rule.max_drop + 1e-12 if rule.min_gain is None else -drop >= rule.min_gain - 1e-12
-    detail = f"worst of {len(drops)} slices: {column}={value} candidate {got:.4f} vs {rule.vs} {ref:.4f}"
+    detail = f"worst of {len(drops)} slices judged: {column}={value} candidate {got:.4f} vs {rule.vs} {ref:.4f}"
+    if len(drops) < len(measured):
+        detail += f" ({len(measured) - len(drops)} with under {MIN_SLICE_CLASS_ROWS} positives or negatives not judged)"
     return GateCheck(rule=name, passed=ok, detail=detail)
 
 
