@@ -6,6 +6,7 @@ wrappers the `prepare` flow wires together are at the bottom.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -19,6 +20,7 @@ from tasks.core.prepare import QuarantineReport, assign_splits, check_tolerance,
 from tasks.core.profile import profile_rows
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, load_spec
+from tasks.stores.evidently import write_data_summary
 from tasks.stores.snapshots import (
     SnapshotManifest,
     SourceFingerprint,
@@ -164,10 +166,6 @@ def profile_task(spec: DatasetSpec, manifest_path: Path, kept: pl.DataFrame | No
     """The data profile of a snapshot's kept rows, beside its manifest: a table (`profile.json`)
     and Evidently's data summary (`profile.html`), once per data version; published as a Prefect
     table artifact on every run (a reused snapshot republishes the recorded one)."""
-    import json
-
-    from tasks.stores.evidently import write_data_summary
-
     folder = Path(manifest_path).parent
     table, report = folder / PROFILE_TABLE, folder / PROFILE_REPORT
     if not table.is_file():
