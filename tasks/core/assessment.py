@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import polars as pl
 
+from tasks.core.calibration import log_loss
 from tasks.core.model import is_positive
+from tasks.core.spec import DatasetSpec
 
 
 # -- calibration -----------------------------------------------------------------------------
@@ -199,20 +201,15 @@ def _average_precision(y: np.ndarray, proba: np.ndarray) -> float:
     return float(average_precision_score(y, proba)) if 0 < y.sum() < len(y) else float("nan")
 
 
-def _log_loss(y: np.ndarray, proba: np.ndarray) -> float:
-    p = np.clip(proba, 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 def _brier(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean((proba - y) ** 2))
 
 
-INTERVAL_METRICS: dict[str, Metric] = {"roc_auc": _auc, "pr_auc": _average_precision, "log_loss": _log_loss,
+INTERVAL_METRICS: dict[str, Metric] = {"roc_auc": _auc, "pr_auc": _average_precision, "log_loss": log_loss,
                                        "brier": _brier}  # fmt: skip
 
 
-def assess(frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: float, spec) -> dict:
+def assess(frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: float, spec: DatasetSpec) -> dict:
     """One model's figures beyond the headline on the test rows, as the config asks: `metrics`
     (ECE, 95% intervals as `<metric>_ci_low/_ci_high`, the fairness figures), the `reliability`
     table and the `fairness` table of each protected column."""
@@ -233,7 +230,9 @@ def assess(frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: flo
             "fairness": fairness}  # fmt: skip
 
 
-def spec_error_clusters(frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: float, spec) -> list[dict]:
+def spec_error_clusters(
+    frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: float, spec: DatasetSpec
+) -> list[dict]:
     """`error_clusters` over the config's category features and numeric features."""
     numeric = [c for c in spec.base_features if spec.columns[c].type in ("int", "float")]
     ev = spec.evaluation
