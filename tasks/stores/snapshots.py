@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from tasks.core.errors import SpecError
+from tasks.core.errors import DataError, SpecError
 from tasks.core.prepare import SPLIT_COLUMN, SPLITS, QuarantineReport, RowCounts, frame_digest
 from tasks.core.spec import DatasetSpec
 from tasks.core.tables import read_table, require_columns, require_rows
@@ -176,7 +176,14 @@ def atomic_write(target: Path, write) -> None:
 
 
 def load_manifest(path: str | Path) -> SnapshotManifest:
-    return SnapshotManifest.model_validate_json(Path(path).read_text())
+    """The manifest at `path`; a missing or broken one is a DataError naming the file (and, for
+    broken JSON, the line and column): a bad file is not retried."""
+    try:
+        return SnapshotManifest.model_validate_json(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise DataError(f"snapshot manifest not found: {path}") from exc
+    except ValidationError as exc:
+        raise DataError(f"snapshot manifest {path} is not a valid manifest: {exc}") from exc
 
 
 def read_split(manifest_path: str | Path, split: str) -> pl.DataFrame:

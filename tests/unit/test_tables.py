@@ -97,3 +97,14 @@ def test_the_streamed_prepare_and_the_batch_reader_use_the_same_checks(tmp_path,
         scan_source(orders_spec.with_source(source))
     with pytest.raises(DataError, match=rf"{source}, line 201: 10 fields"):
         read_batch(source)
+
+
+def test_a_broken_or_missing_snapshot_manifest_is_a_data_error_naming_it(tmp_path):
+    from tasks.stores.snapshots import load_manifest
+
+    broken = tmp_path / "manifest.json"
+    broken.write_text('{"dataset": "orders",\n not json')
+    with pytest.raises(DataError, match=r"(?s)manifest.json is not a valid manifest.*line 2 column 2"):
+        load_manifest(broken)  # a DataError: the task's retry rule does not retry it
+    with pytest.raises(DataError, match="snapshot manifest not found"):
+        load_manifest(tmp_path / "nowhere.json")
