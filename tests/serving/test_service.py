@@ -266,6 +266,29 @@ def test_second_dataset_serves_and_never_logs_sensitive_columns(orders_server):
     assert "order_id" in log.columns and "amount_eur" in log.columns
 
 
+def test_a_refused_request_leaves_one_line_in_the_server_log_and_none_of_its_values(orders_server):
+    import time
+
+    spec = load_spec(FIXTURES / "orders.yaml")
+    test = read_split(orders_server["result"].prepare.manifest_path, "test")
+    kept = [c for c in spec.columns if c in test.columns]
+    record = test.select(spec.id_column, *kept).row(0, named=True) | {"note": "call me first", "items": "lots"}
+    log = orders_server["workdir"] / "serve.log"
+    before = log.stat().st_size
+    for path in ("predict_batched", "explain", "feedback"):
+        payload = {"labels": [{"prediction_id": "call me first", "label": 7}]} if path == "feedback" else {}
+        response = _post(orders_server["url"], path, payload or {"records": [record] * 3})
+        assert response.status_code == 400 and "call me first" not in response.text, response.text
+    deadline = time.monotonic() + 10
+    while (written := log.read_text()[before:]).count("Refused /") < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"\n{written}")
+    assert written.count("Refused /") == 3 and "Traceback" not in written and "call me first" not in written
+    assert (
+        "Refused /predict_batched: 3 validation errors (records.0.items, records.1.items, records.2.items)" in written
+    )
+
+
 def test_packaging_the_same_version_again_is_a_cache_hit(telco_server):
     from flows.package import package
 
