@@ -45,7 +45,7 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
     from tasks.stores import registry
     from tasks.stores.bentos import build_bento, import_model
     from tasks.stores.snapshots import fingerprint_source, read_source, read_split, write_snapshot
-    from tasks.train import base_params, choose_threshold_on_validation, fit_baselines, fit_final, matrices
+    from tasks.train import base_params, fit_baselines, fit_final, matrices, threshold_on_validation
     from tasks.tune import tune
 
     spec = load_spec(config, n_trials=n_trials)
@@ -68,11 +68,11 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
     baselines = fit_baselines(m, spec)
     tuning = tune(m, spec)
     booster_text = fit_final(m, spec, tuning)
-    threshold = choose_threshold_on_validation(m, booster_text, spec)
+    threshold, calibrator, _ = threshold_on_validation(m, booster_text, spec)
     cfg = registry.default_tracking(workdir, spec.name, spec.registered_model_name)
     experiment_id = cfg.activate()
     metadata = {"data_version": manifest.data_version, "spec_hash": spec.spec_hash, "training_hash": spec.training_hash}
-    model = TabularModel(spec, booster_text, threshold, metadata)
+    model = TabularModel(spec, booster_text, threshold, metadata, calibrator)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params(base_params(spec) | tuning.best_params)
         registry.log_trials(cfg, experiment_id, run.info.run_id, tuning.trials)

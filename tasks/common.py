@@ -66,6 +66,11 @@ def markdown_image(title: str, png: bytes) -> str:
     return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
+def table_row(row: dict) -> dict:
+    """A row as a Prefect table artifact takes it: floats rounded to 4 places, NaN as empty."""
+    return {k: (None if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in row.items()}
+
+
 def artifact_key(name: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower())

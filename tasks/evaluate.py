@@ -16,12 +16,12 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.common import CACHED, UNCACHED, artifact_key, code_revision, markdown_image
+from tasks.common import CACHED, UNCACHED, artifact_key, code_revision, markdown_image, table_row
 from tasks.core.assessment import assess, spec_error_clusters
 from tasks.core.compiled import compiled_for, max_abs_difference
 from tasks.core.errors import ModelIntegrityError
 from tasks.core.features import encode_target, feature_matrix
-from tasks.core.gate import BASELINES, GateDecision, apply_gate, compiled_parity_check, with_check
+from tasks.core.gate import BASELINES, BOOTSTRAPPED, GateDecision, apply_gate, compiled_parity_check, with_check
 from tasks.core.metrics import Metrics, binary_metrics, choose_threshold, slice_metrics
 from tasks.core.spec import DatasetSpec
 from tasks.results import EvaluationResult, TrainResult
@@ -159,7 +159,7 @@ def assessment_sections(candidate: Metrics, reliability: list[dict], fairness: d
     intervals = "".join(
         f"| {m} | {_figure(candidate.get(m))} | [{_figure(candidate.get(f'{m}_ci_low'))}, "
         f"{_figure(candidate.get(f'{m}_ci_high'))}] |\n"
-        for m in ("roc_auc", "pr_auc", "log_loss", "brier")
+        for m in BOOTSTRAPPED
     )
     bins = "".join(
         f"| {b['bin']} | {b['rows']} | {_figure(b['mean_predicted'])} | {_figure(b['observed_rate'])} |\n"
@@ -529,16 +529,11 @@ def publish_evaluation(
     create_table_artifact(key=f"{key}-test-metrics", table=rows, description=description[:500])
     if result.errors:
         what = "Where the candidate's mistakes gather (test split, worst first)"
-        create_table_artifact(key=f"{key}-error-analysis", table=[_plain(r) for r in result.errors[:50]],
+        create_table_artifact(key=f"{key}-error-analysis", table=[table_row(r) for r in result.errors[:50]],
                               description=what)  # fmt: skip
     for column, groups in result.fairness.items():
-        create_table_artifact(key=f"{key}-fairness-{artifact_key(column)}", table=[_plain(g) for g in groups],
+        create_table_artifact(key=f"{key}-fairness-{artifact_key(column)}", table=[table_row(g) for g in groups],
                               description=f"Selection rate, TPR and FPR per {column} group (test split)")  # fmt: skip
-
-
-def _plain(row: dict) -> dict:
-    """A row as a Prefect table takes it: floats rounded, NaN as empty."""
-    return {k: (None if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in row.items()}
 
 
 def _headline(m: Metrics) -> dict:

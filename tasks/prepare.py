@@ -13,7 +13,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.common import CACHED, UNCACHED, artifact_key
+from tasks.common import CACHED, UNCACHED, artifact_key, table_row
 from tasks.core import features
 from tasks.core.cast import clean
 from tasks.core.prepare import QuarantineReport, assign_splits, check_tolerance, split_quarantine, top_failing_checks
@@ -177,7 +177,7 @@ def profile_task(spec: DatasetSpec, manifest_path: Path, kept: pl.DataFrame | No
     rows = json.loads(table.read_text())
     create_table_artifact(
         key=f"{artifact_key(spec.name)}-data-profile",
-        table=[{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+        table=[table_row(r) for r in rows],
         description=f"Data profile of {spec.name} ({folder.name}): the full report is {report}",
     )
     return report

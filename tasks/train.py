@@ -236,25 +236,18 @@ def matrices_task(train: pl.DataFrame, validation: pl.DataFrame, spec: DatasetSp
     return matrices(train, validation, spec)
 
 
-def calibrate_on_validation(m: Matrices, booster_text: str, spec: DatasetSpec) -> tuple[Calibrator | None, dict]:
-    """With `training.calibration`, the calibrator of the booster's validation probabilities (None
-    when it does not lower the log loss out of fold) and the figures it was judged by."""
-    import lightgbm as lgb
-
-    if spec.training.calibration == "none":
-        return None, {}
-    proba = lgb.Booster(model_str=booster_text).predict(m.x_val)
-    return calibrate(spec.training.calibration, m.y_val, proba, spec.training.seed)
-
-
-def choose_threshold_on_validation(
-    m: Matrices, booster_text: str, spec: DatasetSpec, calibrator: Calibrator | None = None
-) -> float:
+def threshold_on_validation(m: Matrices, booster_text: str, spec: DatasetSpec) -> tuple[float, Calibrator | None, dict]:
+    """The decision threshold chosen on the validation split and, with `training.calibration`, the
+    calibrator of the booster's validation probabilities (None when it does not lower the log loss
+    out of fold; the threshold is then chosen on calibrated ones) with the figures it was judged by."""
     import lightgbm as lgb
 
     proba = lgb.Booster(model_str=booster_text).predict(m.x_val)
-    proba = proba if calibrator is None else calibrator.apply(proba)
-    return choose_threshold(m.y_val, proba, spec.evaluation.threshold)
+    calibrator, figures = None, {}
+    if spec.training.calibration != "none":
+        calibrator, figures = calibrate(spec.training.calibration, m.y_val, proba, spec.training.seed)
+        proba = proba if calibrator is None else calibrator.apply(proba)
+    return choose_threshold(m.y_val, proba, spec.evaluation.threshold), calibrator, figures
 
 
 @task(name="log-training-run", **UNCACHED)
@@ -278,8 +271,7 @@ def log_training_task(
         get_run_logger().info("candidate already logged as run %s: reusing it", existing.run_id)
         return existing
     key = registry.training_key(manifest.data_version, spec.training_hash)
-    calibrator, calibration = calibrate_on_validation(m, booster_text, spec)
-    threshold = choose_threshold_on_validation(m, booster_text, spec, calibrator)
+    threshold, calibrator, calibration = threshold_on_validation(m, booster_text, spec)
     baseline_auc = {
         name: float(roc_auc_score(m.y_val, b.predict_proba(m.x_val)[:, 1])) for name, b in baselines.items()
     }

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from tasks.core.calibration import log_loss
+from tasks.core.gate import BOOTSTRAPPED
 from tasks.core.model import is_positive
 from tasks.core.spec import DatasetSpec
 
@@ -205,8 +206,9 @@ def _brier(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean((proba - y) ** 2))
 
 
-INTERVAL_METRICS: dict[str, Metric] = {"roc_auc": _auc, "pr_auc": _average_precision, "log_loss": log_loss,
-                                       "brier": _brier}  # fmt: skip
+_METRIC_FUNCTIONS: dict[str, Metric] = {"roc_auc": _auc, "pr_auc": _average_precision, "log_loss": log_loss,
+                                        "brier": _brier}  # fmt: skip
+INTERVAL_METRICS = {name: _METRIC_FUNCTIONS[name] for name in BOOTSTRAPPED}  # the gate's `unless_overlap` metrics
 
 
 def assess(frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: float, spec: DatasetSpec) -> dict:

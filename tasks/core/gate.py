@@ -148,9 +148,9 @@ def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | N
         return GateCheck(rule=name, passed=False, detail=f"{rule.vs} has no {rule.metric}")
     drop = _drop(rule, value, reference)
     detail = f"candidate {value:.4f} vs {rule.vs} {reference:.4f}"
+    ok = _holds(rule, drop)
     if rule.min_gain is not None:
-        return GateCheck(rule=name, passed=-drop >= rule.min_gain - 1e-12, detail=f"{detail} (gain {-drop:.4f})")
-    ok = drop <= rule.max_drop + 1e-12
+        return GateCheck(rule=name, passed=ok, detail=f"{detail} (gain {-drop:.4f})")
     detail += f" (worse by {max(drop, 0):.4f})"
     if rule.unless_overlap and not ok:
         mine, theirs = _interval(candidate, rule.metric), _interval(other, rule.metric)
@@ -165,6 +165,11 @@ def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | N
 def _drop(rule: GateRule, value: float, reference: float) -> float:
     """How much worse the candidate is than the reference (negative: better)."""
     return (reference - value) if rule.higher_is_better else (value - reference)
+
+
+def _holds(rule: GateRule, drop: float) -> bool:
+    """A comparison passes on its drop: within `max_drop`, or at least `min_gain` better."""
+    return drop <= rule.max_drop + 1e-12 if rule.min_gain is None else -drop >= rule.min_gain - 1e-12
 
 
 def _interval(m: Metrics, metric: str) -> tuple[float, float] | None:
@@ -194,7 +199,7 @@ def _check_slices(rule: GateRule, name: str, mine: list[dict] | None, theirs: li
     if not drops:
         return GateCheck(rule=name, passed=False, detail="no slice large enough on both models")
     drop, (column, value), got, ref = max(drops, key=lambda d: d[0])
-    ok = drop <= rule.max_drop + 1e-12 if rule.min_gain is None else -drop >= rule.min_gain - 1e-12
+    ok = _holds(rule, drop)
     detail = f"worst of {len(drops)} slices judged: {column}={value} candidate {got:.4f} vs {rule.vs} {ref:.4f}"
     if len(drops) < len(measured):
         detail += f" ({len(measured) - len(drops)} with under {MIN_SLICE_CLASS_ROWS} positives or negatives not judged)"
