@@ -45,13 +45,15 @@ clean:
 	rm -rf $(WORKDIR) .pytest_cache
 
 PORT ?= 3000
+WORKERS ?= 2
 BENCH_ARGS ?=
 
 # Serve WORKDIR's champion: `flows.package` finds (or builds) its bento, then `bentoml serve` runs it;
 # the prediction log goes to WORKDIR/predictions/<dataset>/, where `python -m flows.monitor` reads by default.
+# WORKERS processes (2): one dying leaves the other answering while it is replaced.
 serve: setup
 	tag=$$($(PY) -m flows.package --config $(CONFIG) --workdir $(WORKDIR) | tail -n 1 | $(PY) -c "import json, sys; print(json.load(sys.stdin)['bento_tag'])") && \
-	LIFECYCLE_PREDICTION_LOG_DIR=$(abspath $(WORKDIR))/predictions $(PY) -m tasks.stores.bento_server $$tag --host 127.0.0.1 --port $(PORT)
+	LIFECYCLE_WORKERS=$(WORKERS) LIFECYCLE_PREDICTION_LOG_DIR=$(abspath $(WORKDIR))/predictions $(PY) -m tasks.stores.bento_server $$tag --host 127.0.0.1 --port $(PORT)
 
 BENCH_RUNS ?= 3
 BENCH_ROWS ?= 1000000

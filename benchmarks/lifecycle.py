@@ -114,7 +114,7 @@ def large_config(config: Path, rows: int, folder: Path) -> Path:
     import polars as pl
     import yaml
 
-    from tasks.core.spec import load_spec
+    from tasks.core.spec import load_spec, read_yaml
     from tasks.stores.snapshots import read_source
 
     spec = load_spec(config)
@@ -130,9 +130,9 @@ def large_config(config: Path, rows: int, folder: Path) -> Path:
     big = big.with_columns(jitter)
     data = folder / f"{spec.name}-{rows}.parquet"
     big.write_parquet(data)
-    body = yaml.safe_load(config.read_text())
+    body = read_yaml(config)
     body["source"] = {"path": str(data)}
-    body["quarantine"] = {"max_fraction": 0.05}
+    body["quarantine"] = {"max_fraction": 0.05, "duplicates": "keep"}  # resampled: copies by construction
     target = folder / f"{spec.name}-{rows}.yaml"
     target.write_text(yaml.safe_dump(body))
     return target

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
             client = httpx.Client(timeout=600)
 
             def post(url, payload=payload, client=client):
-                response = client.post(url, content=payload)
+                response = client.post(url, content=payload, headers={"content-type": "application/vnd.apache.parquet"})
                 response.raise_for_status()
 
             repeats = 5 if n <= 10_000 else 3

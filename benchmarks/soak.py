@@ -6,15 +6,18 @@ The champion of a workdir (trained here when `--workdir` is not given) is rolled
 nginx stable endpoint (`flows.rollout`, process target). Client threads send a seeded mix of
 good requests and bad ones (wrong types, unknown fields, over-limit chunked bodies, too many
 records, unknown paths, malformed JSON, hostile request ids); half-way the champion is rolled out
-again to a fresh back-end while traffic continues. Printed: answers by kind and status, 5xx and
-transport errors, RSS of the live back-end and nginx over time — against the same back-end's RSS
-after a good-traffic-only warm-up measured in the same run (the baseline) — and the prediction
-log's rows against the rows clients received.
+again to a fresh back-end while traffic continues. The clients keep the stable endpoint's
+keep-alive policy (`tasks.stores.keepalive`): a request whose reused connection a reload of the
+proxy closed before any answer is sent once more, and counted apart (`retried_on_reload`).
+Printed: answers by kind and status, 5xx and transport errors, RSS of the live back-end and nginx
+over time — against the same back-end's RSS after a good-traffic-only warm-up measured in the
+same run (the baseline) — and the prediction log's rows against the rows clients received.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -34,6 +37,7 @@ from benchmarks.measure import ROOT, copy_trained
 from tasks.core.spec import DatasetSpec, load_spec
 from tasks.stores import registry
 from tasks.stores.backends import free_port, read_state, state_dir, stop_backend
+from tasks.stores.keepalive import ReplayableBody, stable_client
 from tasks.stores.proxy import proxy_pid, stop_proxy
 from tasks.stores.served import read_log
 from tasks.stores.snapshots import read_split
@@ -63,6 +67,7 @@ class Traffic:
     def __init__(self, url: str, spec: DatasetSpec, rows: list[dict], clients: int, seed: int):
         self.url, self.spec, self.rows, self.clients, self.seed = url, spec, rows, clients, seed
         self.statuses: Counter[tuple[str, int]] = Counter()
+        self.retried: Counter[str] = Counter()  # kind → requests sent again (keep-alive policy)
         self.received: list[str] = []
         self.latencies: list[float] = []
         self.lock = threading.Lock()
@@ -83,7 +88,13 @@ class Traffic:
     def client(self, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
         kinds, weights = list(MIX), list(MIX.values())
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        kind = ""
+
+        def on_retry(request: httpx.Request) -> None:
+            with self.lock:
+                self.retried[kind] += 1
+
+        with stable_client(self.url, on_retry, timeout=30) as http:
             while not self.stop.is_set():
                 kind = rng.choice(["predict", "predict_batched"]) if self.good_only.is_set() else None
                 kind = kind or rng.choices(kinds, weights)[0]
@@ -122,12 +133,10 @@ class Traffic:
             return http.post(rng.choice(["/predict", "/predict_batched"]), json={"records": many})
         if kind == "oversize_chunked":
             chunk = b"[" + b" " * 65535
-
-            def body():
-                for _ in range(OVERSIZE_BYTES // len(chunk) + 1):
-                    yield chunk
-
-            return http.post("/predict", content=body(), headers={"content-type": "application/json"})
+            body = ReplayableBody(lambda: itertools.repeat(chunk, OVERSIZE_BYTES // len(chunk) + 1))
+            request = http.build_request("POST", "/predict", content=body, headers={"content-type": "application/json"})
+            request.stream = body  # chunked, and the keep-alive policy may send it again
+            return http.send(request)
         if kind == "unknown_path":
             return http.get(f"/{rng.getrandbits(64):x}/{rng.getrandbits(32):x}")
         if kind == "malformed_json":
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             raise RuntimeError(f"the roll-out under traffic failed: {(scratch / 'rollout-2.log').read_text()[-3000:]}")
     finally:
         traffic.finish()
-        time.sleep(5)  # the log's flusher writes every 2 s
+        time.sleep(5)  # each worker rolls its log segment into a part every 2 s
         state = read_state(work, spec.name, port)
         if state.live:
             stop_backend(state.live)  # flushes what is buffered
@@ -250,7 +259,10 @@ def report(args, spec, traffic, samples, baseline, rollouts, logged, received, s
     total = sum(traffic.statuses.values())
     server_errors = sum(n for (_, s), n in traffic.statuses.items() if isinstance(s, int) and s >= 500)
     transport = sum(n for (_, s), n in traffic.statuses.items() if not isinstance(s, int))
-    print(f"\nrequests: {total} · 5xx: {server_errors} · transport errors: {transport}")
+    retried = sum(traffic.retried.values())
+    print(f"\nrequests: {total} · 5xx: {server_errors} · transport errors: {transport} · "
+          f"sent once more after a reload closed their keep-alive connection: {retried}"
+          + (f" ({', '.join(f'{k} {n}' for k, n in sorted(traffic.retried.items()))})" if retried else ""))  # fmt: skip
     if server_errors:  # what nginx said about them
         print("\nthe proxy's errors:\n```\n" + "\n".join(proxy_errors[-20:]) + "\n```")
     if traffic.latencies:
@@ -269,7 +281,7 @@ def report(args, spec, traffic, samples, baseline, rollouts, logged, received, s
     print(f"prediction log: {logged.len()} rows ({unique} unique ids) · rows clients received: {received.len()} · "
           f"received but not logged: {missing} · logged, not received by the soak's clients: {smoke} "
           f"(the roll-outs' smoke rows: {SMOKE_ROWS * len(rollouts)})")  # fmt: skip
-    figures = {"requests": total, "5xx": server_errors, "transport_errors": transport,
+    figures = {"requests": total, "5xx": server_errors, "transport_errors": transport, "retried_on_reload": retried,
                "rows_received": received.len(), "rows_logged": logged.len(), "received_not_logged": missing,
                "logged_not_received": smoke, "smoke_rows": SMOKE_ROWS * len(rollouts),
                "rss_baseline_mib": round(baseline, 1), "rss_peak_mib": round(peak, 1)}  # fmt: skip

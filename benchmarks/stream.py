@@ -24,7 +24,7 @@ def generate(config: Path, rows: int, folder: Path, chunk: int = 1_000_000) -> t
     import pyarrow.parquet as pq
     import yaml
 
-    from tasks.core.spec import load_spec
+    from tasks.core.spec import load_spec, read_yaml
     from tasks.stores.snapshots import read_source
 
     spec = load_spec(config)
@@ -39,8 +39,9 @@ def generate(config: Path, rows: int, folder: Path, chunk: int = 1_000_000) -> t
         writer = writer or pq.ParquetWriter(data, table.schema)
         writer.write_table(table, row_group_size=100_000)
     writer.close()
-    body = yaml.safe_load(config.read_text())
+    body = read_yaml(config)
     body["source"] = {"path": str(data)}
+    body["quarantine"] = {**(body.get("quarantine") or {}), "duplicates": "keep"}  # resampled: copies by construction
     target = folder / f"{spec.name}-{rows}.yaml"
     target.write_text(yaml.safe_dump(body))
     return target, size

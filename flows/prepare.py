@@ -10,6 +10,7 @@ from flows.cli import run
 from flows.naming import named_after_config
 from tasks.prepare import (
     check_tolerance_task,
+    check_trainable_task,
     clean_task,
     features_task,
     fingerprint_task,
@@ -54,6 +55,7 @@ def prepare(
     kept, report = quarantine_task(raw, failures, spec, fingerprint, workdir)
     check_tolerance_task(report)
     cleaned = clean_task(kept, spec, fingerprint)
+    check_trainable_task(cleaned, spec, fingerprint)
     featured = features_task(cleaned, spec, fingerprint)
     split = split_task(featured, spec, fingerprint)
     manifest, manifest_path = snapshot_task(split, spec, fingerprint, report, workdir)

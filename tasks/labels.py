@@ -35,7 +35,10 @@ def read_label_file(path: Path) -> pl.DataFrame:
 @task(name="ingest-labels", **UNCACHED)
 def ingest_labels_task(spec: DatasetSpec, path: Path, workdir: Path) -> LabelsResult:
     raw = read_label_file(path)
-    kept, quarantined = validate_labels(raw, spec, source=Path(path).name, received_at=time.time())
+    try:
+        kept, quarantined = validate_labels(raw, spec, source=Path(path).name, received_at=time.time())
+    except DataError as exc:  # a file without the columns labels need: name it
+        raise DataError(f"{path}: {exc}") from exc
     where = Workdir(workdir)
     quarantine_path = None
     if quarantined.height:

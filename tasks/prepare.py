@@ -16,7 +16,18 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks.common import CACHED, UNCACHED, artifact_key, table_row
 from tasks.core import features
 from tasks.core.cast import clean
-from tasks.core.prepare import QuarantineReport, assign_splits, check_tolerance, split_quarantine, top_failing_checks
+from tasks.core.prepare import (
+    QuarantineReport,
+    assign_splits,
+    check_tolerance,
+    check_trainable,
+    duplicates_policy,
+    features_vary,
+    find_duplicates,
+    split_quarantine,
+    target_classes,
+    top_failing_checks,
+)
 from tasks.core.profile import profile_rows
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, load_spec
@@ -64,6 +75,9 @@ def validate_task(raw: pl.DataFrame, spec: DatasetSpec, fingerprint: SourceFinge
     return find_failures(raw, spec)
 
 
+_DUPLICATES_OUTCOME = {"quarantine": "quarantined", "drop": "dropped", "keep": "kept, each in its first copy's split"}
+
+
 @task(name="quarantine", **UNCACHED)
 def quarantine_task(
     raw: pl.DataFrame,
@@ -72,8 +86,11 @@ def quarantine_task(
     fingerprint: SourceFingerprint,
     workdir: Path,
 ) -> tuple[pl.DataFrame, QuarantineReport]:
-    """Write the quarantined rows (always, even none) and report the top failing checks."""
-    kept, quarantined = split_quarantine(raw, failures)
+    """Write the quarantined rows (always, even none) and report the top failing checks; exact
+    duplicate rows are quarantined, dropped or kept as `quarantine.duplicates` says."""
+    duplicates = find_duplicates(raw)
+    failures, dropped = duplicates_policy(failures, duplicates, spec)
+    kept, quarantined = split_quarantine(raw, failures, dropped)
     path = quarantine_path(workdir, spec, fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, quarantined.write_parquet)
@@ -81,9 +98,15 @@ def quarantine_task(
         path=str(path),
         rows_in=raw.height,
         rows_quarantined=quarantined.height,
+        rows_dropped=dropped.len(),
         max_fraction=spec.quarantine.max_fraction,
         top_checks=top_failing_checks(failures),
     )
+    if duplicates.height:
+        get_run_logger().info(
+            "%d rows repeat an earlier row exactly: %s (quarantine.duplicates: %s)",
+            duplicates.height, _DUPLICATES_OUTCOME[spec.quarantine.duplicates], spec.quarantine.duplicates,
+        )  # fmt: skip
     publish_quarantine(report, spec)
     return kept, report
 
@@ -94,7 +117,8 @@ def publish_quarantine(report: QuarantineReport, spec: DatasetSpec) -> None:
         table=[c.model_dump() for c in report.top_checks] or [{"column": "-", "check": "no failures", "rows": 0}],
         description=(
             f"Top quarantine reasons: {report.rows_quarantined} of {report.rows_in} rows "
-            f"({report.fraction:.2%}; tolerance {report.max_fraction:.0%}). File: `{report.path}`"
+            f"({report.fraction:.2%}; tolerance {report.max_fraction:.0%}); {report.rows_dropped} exact "
+            f"duplicates dropped. File: `{report.path}`"
         ),
     )
 
@@ -107,6 +131,12 @@ def check_tolerance_task(report: QuarantineReport) -> None:
 @task(name="clean", **CACHED)
 def clean_task(kept: pl.DataFrame, spec: DatasetSpec, fingerprint: SourceFingerprint) -> pl.DataFrame:
     return clean(kept, spec)
+
+
+@task(name="check-trainable", **UNCACHED)
+def check_trainable_task(cleaned: pl.DataFrame, spec: DatasetSpec, fingerprint: SourceFingerprint) -> None:
+    """Every target label among the kept rows, and rows that differ (a DataError: never retried)."""
+    check_trainable(fingerprint.location, spec, target_classes(cleaned, spec), features_vary(cleaned, spec))
 
 
 @task(name="features", **CACHED)
@@ -141,7 +171,8 @@ def snapshot_task(
             f"### Snapshot `{manifest.data_version}` of `{spec.name}`\n\n"
             f"- manifest: `{path}`\n- spec hash: `{manifest.spec_hash}`\n"
             f"- source: `{fingerprint.location}` (sha256 `{fingerprint.sha256[:16]}…`)\n"
-            f"- rows in {rows.rows_in} = kept {rows.rows_kept} + quarantined {rows.rows_quarantined}\n"
+            f"- rows in {rows.rows_in} = kept {rows.rows_kept} + quarantined {rows.rows_quarantined}"
+            f" + dropped duplicates {rows.rows_dropped}\n"
             f"- train / validation / test: {rows.train} / {rows.validation} / {rows.test}\n"
         ),
     )

@@ -25,6 +25,7 @@ class PrepareResult(BaseModel):
     rows_in: int
     rows_kept: int
     rows_quarantined: int
+    rows_dropped: int = 0  # exact duplicates, under `quarantine.duplicates: drop`
     train: int
     validation: int
     test: int

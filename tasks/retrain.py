@@ -31,6 +31,7 @@ from tasks.core.prepare import (
     QuarantineReport,
     assign_splits,
     check_tolerance,
+    copies_together,
     frame_digest,
     split_quarantine,
     top_failing_checks,
@@ -110,8 +111,10 @@ def served_as_source(served: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFr
 def merge_for_retraining(
     reference: dict[str, pl.DataFrame], new_rows: pl.DataFrame, spec: DatasetSpec, policy: RetrainingSpec
 ) -> pl.DataFrame:
-    """Reference rows keep their split; new rows are split by the config's rule; the window
-    (`max_rows`) drops the oldest reference rows first. Returns rows with the split column."""
+    """Reference rows keep their split; new rows are split by the config's rule, except a copy of a
+    kept reference row, which takes that row's split (served traffic repeats rows: a copy on the other
+    side would let validation reward memorising them); the window (`max_rows`) drops the oldest
+    reference rows first. Returns rows with the split column."""
     new = assign_splits(add_features(new_rows, spec), spec)
     parts = [frame.with_columns(pl.lit(split).alias(SPLIT_COLUMN)) for split, frame in reference.items()]
     old = pl.concat(parts, how="vertical") if parts and policy.include_reference else new.clear()
@@ -121,7 +124,7 @@ def merge_for_retraining(
     if policy.max_rows is not None:
         room = max(policy.max_rows - new.height, 0)
         old = old.tail(room) if room else old.clear()
-    return pl.concat([old, new], how="vertical")
+    return copies_together(pl.concat([old, new], how="vertical"))
 
 
 def fresh_fingerprint(base_data_version: str, source: str, merged: pl.DataFrame) -> SourceFingerprint:

@@ -30,6 +30,7 @@ from tasks.core.cast import clean
 from tasks.core.prepare import split_quarantine
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, load_spec
+from tasks.stores.keepalive import stable_client
 from tasks.stores.snapshots import read_source
 
 
@@ -115,10 +116,11 @@ def with_fresh_ids(rows: pl.DataFrame, spec: DatasetSpec, prefix: str) -> pl.Dat
 
 
 def endpoint_client(url: str) -> httpx.Client:
-    """A client of the endpoint; a locked one (the serving target's `api_key`) gets the key from
+    """A client of the endpoint, with its keep-alive policy (a request a roll-out's reload cut off
+    unanswered is sent once more); a locked one (the serving target's `api_key`) gets the key from
     LIFECYCLE_API_KEY in this process's environment (not argv: `ps` shows argv to everyone)."""
     key = os.environ.get("LIFECYCLE_API_KEY")
-    return httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"} if key else {})
+    return stable_client(url, timeout=60, headers={"Authorization": f"Bearer {key}"} if key else {})
 
 
 def send_traffic(url: str, rows: pl.DataFrame, spec: DatasetSpec, batch_size: int = 50) -> pl.DataFrame:

@@ -2,9 +2,11 @@
 slice at a time; each slice is validated, quarantined, cleaned, featured, split and written
 as Parquet parts, so memory holds one slice, never the table.
 
-The split is by a hash of each row's content (the same row always lands in the same split;
-no shuffle of the whole table is needed); the data version is the sha256 of the kept rows
-with their split, like the in-memory path's, so an unchanged input gives the same version.
+The split is by a hash of each row's content (the same row always lands in the same split, so
+copies of a row never straddle it; no shuffle of the whole table is needed); the data version is
+the sha256 of the kept rows with their split, like the in-memory path's, so an unchanged input
+gives the same version. Exact duplicates across slices are found in one first pass over two
+64-bit hashes of each row (16 bytes a row held, not the rows).
 """
 
 from __future__ import annotations
@@ -21,16 +23,21 @@ from prefect import get_run_logger, task
 from tasks.common import UNCACHED
 from tasks.core import features
 from tasks.core.cast import clean
-from tasks.core.errors import SpecError
+from tasks.core.errors import DataError, SpecError
 from tasks.core.prepare import (
+    DUPLICATES_SCHEMA,
     SPLIT_COLUMN,
     SPLITS,
     FailingCheck,
     QuarantineReport,
     RowCounts,
     check_tolerance,
+    check_trainable,
+    duplicates_policy,
+    features_vary,
     split_by_position,
     split_quarantine,
+    target_classes,
     top_failing_checks,
 )
 from tasks.core.schema import find_failures
@@ -60,6 +67,24 @@ def assign_splits_by_hash(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFram
     return frame.with_columns(split_by_position(position, spec))
 
 
+def duplicates_by_hash(scan: pl.LazyFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """`find_duplicates` for a table read in slices: every copy of an earlier row (all columns equal
+    as read), matched on two seeded 64-bit hashes of the row (a false match: ~n²/2¹²⁹). Not needed
+    (empty) when the policy keeps copies: the split hash already keeps them together."""
+    if spec.quarantine.duplicates == "keep":
+        return pl.DataFrame(schema=DUPLICATES_SCHEMA)
+    row = pl.struct(pl.all())
+    hashes = scan.select(row.hash(_HASH_SEED).alias("h1"), row.hash(_HASH_SEED + 1).alias("h2"))
+    return (
+        hashes.with_row_index("row")
+        .with_columns(pl.col("row").min().over("h1", "h2").alias("first_row"))
+        .filter(pl.col("row") != pl.col("first_row"))
+        .select("row", "first_row")
+        .collect(engine="streaming")
+        .cast(DUPLICATES_SCHEMA)
+    )
+
+
 def stream_snapshot(
     spec: DatasetSpec, fingerprint: SourceFingerprint, workdir: Path, slice_rows: int = DEFAULT_SLICE_ROWS
 ) -> tuple[SnapshotManifest, Path, QuarantineReport]:
@@ -74,21 +99,32 @@ def stream_snapshot(
     shutil.rmtree(quarantine, ignore_errors=True)
     quarantine.mkdir(parents=True)
 
-    digest, schema = None, None
-    kept_rows, quarantined_rows = 0, 0
+    duplicates = duplicates_by_hash(scan, spec)
+    digest, schema, first_row = None, None, None
+    kept_rows, quarantined_rows, dropped_rows = 0, 0, 0
     per_split: Counter[str] = Counter()
+    classes: Counter[str] = Counter()
     checks: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], str | None] = {}
+    varied = False
     for part, offset in enumerate(range(0, total, slice_rows)):
         raw = scan.slice(offset, slice_rows).collect()
-        failures = find_failures(raw, spec)
-        kept, rejected = split_quarantine(raw, failures)
+        here = duplicates.filter(pl.col("row").is_between(offset, offset + raw.height - 1))
+        failures, dropped = duplicates_policy(
+            find_failures(raw, spec), here.with_columns(pl.col("row") - offset), spec
+        )  # row numbers of this slice; "duplicate of row N" names the global row
+        kept, rejected = split_quarantine(raw, failures, dropped)
         if rejected.height:
             rejected.with_columns(pl.col("source_row") + offset).write_parquet(quarantine / f"part-{part:05d}.parquet")
         for check in top_failing_checks(failures, limit=max(failures.height, 1)):  # every check of this slice
             checks[(check.column, check.check)] += check.rows
             examples.setdefault((check.column, check.check), check.example)
-        split = assign_splits_by_hash(features.add_features(clean(kept, spec), spec), spec)
+        cleaned = clean(kept, spec)
+        classes.update(target_classes(cleaned, spec))
+        if first_row is None or first_row.is_empty():
+            first_row = cleaned.head(1)
+        varied = varied or features_vary(pl.concat([first_row, cleaned]), spec)
+        split = assign_splits_by_hash(features.add_features(cleaned, spec), spec)
         if digest is None:
             digest = hashlib.sha256(",".join(split.columns).encode())
             schema = {k: str(v) for k, v in split.drop(SPLIT_COLUMN).schema.items()}
@@ -99,15 +135,19 @@ def stream_snapshot(
             rows.write_parquet(staging / name / f"part-{part:05d}.parquet")
         kept_rows += kept.height
         quarantined_rows += rejected.height
-        del raw, failures, kept, rejected, split
+        dropped_rows += dropped.len()
+        del raw, failures, kept, rejected, cleaned, split
 
-    if kept_rows + quarantined_rows != total:
-        raise AssertionError(f"rows lost: {total} in, {kept_rows} kept, {quarantined_rows} quarantined")
+    if kept_rows + quarantined_rows + dropped_rows != total:
+        raise AssertionError(
+            f"rows lost: {total} in, {kept_rows} kept, {quarantined_rows} quarantined, {dropped_rows} dropped"
+        )
     top = sorted(checks.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
     report = QuarantineReport(
         path=str(quarantine),
         rows_in=total,
         rows_quarantined=quarantined_rows,
+        rows_dropped=dropped_rows,
         max_fraction=spec.quarantine.max_fraction,
         top_checks=[FailingCheck(column=c, check=k, rows=n, example=examples[(c, k)]) for (c, k), n in top],
     )
@@ -118,7 +158,13 @@ def stream_snapshot(
         spec_hash=spec.spec_hash,
         source=fingerprint,
         created_at=datetime.now(UTC),
-        rows=RowCounts(rows_in=total, rows_kept=kept_rows, rows_quarantined=quarantined_rows, **per_split),
+        rows=RowCounts(
+            rows_in=total,
+            rows_kept=kept_rows,
+            rows_quarantined=quarantined_rows,
+            rows_dropped=dropped_rows,
+            **per_split,
+        ),
         files={split: f"{split}/*.parquet" for split in SPLITS},
         feature_names=spec.feature_names,
         target=spec.target.column,
@@ -127,9 +173,12 @@ def stream_snapshot(
         quarantine_path=str(quarantine),
         streamed=True,
     )
-    if report.fraction > report.max_fraction:  # no snapshot from a table that breaks its contract
-        shutil.rmtree(staging)
+    try:  # no snapshot from a table that breaks its contract
         check_tolerance(report)
+        check_trainable(fingerprint.location, spec, dict(classes), varied)
+    except DataError:
+        shutil.rmtree(staging)
+        raise
     folder = snapshot_dir(Path(workdir), spec.name, version)
     if (folder / "manifest.json").is_file():
         shutil.rmtree(staging)

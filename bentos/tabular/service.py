@@ -40,16 +40,16 @@ from starlette.staticfiles import StaticFiles
 
 from tasks.core.cast import FAILURE_SCHEMA
 from tasks.core.compiled import CompiledUnavailable, load_compiled, switched_off
-from tasks.core.errors import DataError
+from tasks.core.errors import DataError, TableTooLarge
 from tasks.core.features import category_enum, row_encoder
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, new_prediction_ids
 from tasks.core.integrity import check_model_files
-from tasks.core.logs import SERVED_PARQUET, PredictionLog, label_root, log_root, write_part
+from tasks.core.logs import SERVED_PARQUET, LogEvents, PredictionLog, label_root, log_root, write_part
 from tasks.core.model import BOOSTER_FILE, TabularModel, is_positive, label_enum
 from tasks.core.records import example_record, label_model, record_model, records_frame
 from tasks.core.schema import typed_and_encoded, typed_with_failures
 from tasks.core.spec import DatasetSpec
-from tasks.core.tables import read_table
+from tasks.core.tables import TableLimits, read_table
 
 BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
 SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
@@ -84,6 +84,11 @@ MAX_ROWS = int(os.environ.get("LIFECYCLE_MAX_ROWS", "1000"))
 MAX_REQUEST_BYTES = int(os.environ.get("LIFECYCLE_MAX_REQUEST_BYTES", str(4 * 1024 * 1024)))
 MAX_FILE_BYTES = int(os.environ.get("LIFECYCLE_MAX_FILE_BYTES", str(256 * 1024 * 1024)))
 MAX_FILE_ROWS = int(os.environ.get("LIFECYCLE_MAX_FILE_ROWS", "2000000"))
+FILE_LIMITS = TableLimits(rows=MAX_FILE_ROWS, bytes=MAX_FILE_BYTES)  # a bulk file's, on decompressed data
+# /v1/score_file: the Content-Type names the format (the bytes never do); no Content-Encoding is taken
+FILE_FORMATS = {b"text/csv": "csv", b"application/vnd.apache.parquet": "parquet", b"application/x-parquet": "parquet"}
+# the whole request body must arrive within this many seconds of the first read (else 408)
+BODY_TIMEOUT_SECONDS = float(os.environ.get("LIFECYCLE_BODY_TIMEOUT_SECONDS", "30"))
 # bulk files a worker reads and scores at once (more wait, unread): its memory holds that many files
 BULK_SLOTS = int(os.environ.get("LIFECYCLE_BULK_SLOTS", "1"))
 BATCH_MAX_SIZE = int(os.environ.get("LIFECYCLE_BATCH_MAX_SIZE", "64"))
@@ -96,6 +101,8 @@ PUBLIC_METRICS = os.environ.get("LIFECYCLE_PUBLIC_METRICS", "false").lower() == 
 PROBES = frozenset({"/readyz", "/livez", "/healthz"})
 # POST /predict answered by the guard (no BentoML IO descriptors, middleware or thread hop); false: by BentoML
 FAST_PATH = os.environ.get("LIFECYCLE_FAST_PATH", "true").lower() == "true"
+# answered rows a worker holds in memory while its log's disk fails (past it they are counted as dropped)
+LOG_MAX_PENDING_ROWS = int(os.environ.get("LIFECYCLE_LOG_MAX_PENDING_ROWS", "100000"))
 ENCODE = row_encoder(SPEC)
 LIVE: dict[str, TabularService] = {}  # the one service instance of this worker process, once it is ready
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -127,7 +134,7 @@ REJECTED = bentoml.metrics.Counter(
 )
 REFUSED = bentoml.metrics.Counter(
     name="lifecycle_refused_requests",
-    documentation="Requests answered by the guard before the service: unknown path, no key, too big, media type",
+    documentation="Requests answered by the guard: unknown path, no key, too big or slow, media type, a JSON key twice",
     labelnames=["status"],
 )
 FAST_ANSWERS = bentoml.metrics.Counter(
@@ -149,6 +156,33 @@ REQUEST_SECONDS = bentoml.metrics.Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0),
 )
 TIMED_PATHS = frozenset({"/predict", "/predict_batched", "/v1/score_file"})
+LOG_ERRORS = bentoml.metrics.Counter(
+    name="lifecycle_log_write_errors",
+    documentation="Failed attempts to write the prediction log (each retried), by step",
+    labelnames=["step"],
+)
+LOG_DROPPED = bentoml.metrics.Counter(
+    name="lifecycle_log_dropped_rows",
+    documentation="Answered rows the prediction log could not keep (its disk failed, its memory bound was reached)",
+)
+LOG_PENDING = bentoml.metrics.Gauge(
+    name="lifecycle_log_pending_rows",
+    documentation="Answered rows waiting in memory for the prediction log's disk",
+    multiprocess_mode="livesum",
+)
+
+
+class LogMetrics(LogEvents):
+    """The prediction log's failures, drops and waiting rows on /metrics."""
+
+    def failed(self, step: str) -> None:
+        LOG_ERRORS.labels(step=step).inc()
+
+    def dropped(self, rows: int) -> None:
+        LOG_DROPPED.inc(rows)
+
+    def pending(self, rows: int) -> None:
+        LOG_PENDING.set(rows)
 
 
 class Prediction(BaseModel):
@@ -196,9 +230,11 @@ class RequestGuard:
     """The outermost ASGI layer (outside BentoML's own middleware, see `GuardedService`): it answers
     what must never reach the service with a clear 4xx, before BentoML labels a metric with the path:
     a path the service does not have (404), a missing or wrong API key when one is set (401), a body
-    over the size limit (413, counted on the bytes read, not the declared length), a media type the
-    endpoint does not take (415). It gives every request a valid `x-request-id` (the client's if it
-    is one, else a generated one), seen by the endpoints and sent back on every answer."""
+    over the size limit (413, counted on the bytes read, not the declared length), a media type or a
+    content encoding the endpoint does not take (415), a body that has not all arrived within
+    `LIFECYCLE_BODY_TIMEOUT_SECONDS` (408), a JSON body with a key twice in one object (400). It gives
+    every request a valid `x-request-id` (the client's if it is one, else a generated one), seen by the
+    endpoints and sent back on every answer."""
 
     def __init__(self, app, api_paths: frozenset[str], json_paths: frozenset[str]):
         self.app, self.api_paths, self.json_paths = app, api_paths, json_paths
@@ -222,15 +258,23 @@ class RequestGuard:
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return await _refuse(send, 413, f"request body over the {limit}-byte limit (or no valid length)")
-        if scope.get("method") == "POST" and path in self.json_paths:
+        is_json = scope.get("method") == "POST" and path in self.json_paths
+        if is_json:
             media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
             if media != b"application/json":
                 return await _refuse(send, 415, f"{path} takes application/json, not {media.decode(errors='replace')}")
-        body = await _read_body(receive, limit)
+        elif scope.get("method") == "POST" and path == "/v1/score_file" and (refusal := _file_refusal(headers)):
+            return await _refuse(send, 415, refusal)
+        try:
+            body = await _read_body(receive, limit)
+        except TimeoutError:
+            return await _refuse(send, 408, f"the request body did not all arrive within {BODY_TIMEOUT_SECONDS:g} s")
         if body is None:  # the client went away while sending
             return None
         if len(body) > limit:  # a chunked body (no length) over the limit: refused before anyone parses it
             return await _refuse(send, 413, f"request body over the {limit}-byte limit")
+        if is_json and (twice := duplicate_key(body)) is not None:
+            return await _refuse(send, 400, f"the key {twice!r} is given twice in one JSON object: give each key once")
         rid = request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
         started = time.perf_counter()
         try:
@@ -268,19 +312,59 @@ def _has_key(headers: dict[bytes, bytes]) -> bool:
     return hmac.compare_digest(given, API_KEY.encode())
 
 
+def _file_refusal(headers: dict[bytes, bytes]) -> str | None:
+    """Why `/v1/score_file` does not take this body's declared form, if it does not: its format must
+    be named by the Content-Type, and it comes uncompressed (Parquet compresses its own pages)."""
+    accepted = " or ".join(m.decode() for m in FILE_FORMATS)
+    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+    if encoding != b"identity":
+        return f"/v1/score_file takes an uncompressed body, not Content-Encoding {encoding.decode(errors='replace')!r}"
+    media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if media not in FILE_FORMATS:
+        given = repr(media.decode(errors="replace")[:100]) if media else "none"
+        return f"/v1/score_file takes Content-Type {accepted}, not {given}"
+    return None
+
+
 async def _read_body(receive, limit: int) -> bytes | None:
     """The whole body, or the first bytes past `limit` (then the rest is never read); None if the
-    client disconnected."""
+    client disconnected; `TimeoutError` when it has not all arrived within `BODY_TIMEOUT_SECONDS`."""
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit or not message.get("more_body", False):
-            return b"".join(chunks)
+    async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit or not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class _KeyTwice(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _once(pairs: list[tuple[str, object]]) -> dict:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        raise _KeyTwice(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return found
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The first key given twice in one object of a JSON body (parsers keep the last silently); None
+    when there is none, or when the body is not JSON (the endpoint's own 400 says so)."""
+    try:
+        json.loads(body, object_pairs_hook=_once)
+    except _KeyTwice as twice:
+        return twice.key[:100]
+    except (ValueError, RecursionError):
+        return None
+    return None
 
 
 def _replay(body: bytes, receive):
@@ -338,6 +422,8 @@ async def _refuse(send, status: int, message: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if status == 408:  # the rest of the body may still trickle in: the connection ends with the answer
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -488,7 +574,10 @@ class TabularService:
         else:
             logger.info("predictor: %s", self.predictor)
         self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
-        self.log = PredictionLog(log_root(), SPEC.name, LOG_SCHEMA)
+        # rolls what a dead worker left in the log first, logging its pid and the rows recovered
+        self.log = PredictionLog(
+            log_root(), SPEC.name, LOG_SCHEMA, max_pending_rows=LOG_MAX_PENDING_ROWS, events=LogMetrics(), logger=logger
+        )
         self.bulk_slots = asyncio.Semaphore(BULK_SLOTS)
         self.label_folder = label_root() / SPEC.name
         logger.info("prediction log: %s; labels: %s", self.log.folder, self.label_folder)
@@ -603,22 +692,28 @@ class TabularService:
 
     @bulk.post("/score_file")
     async def score_file(self, request: Request) -> Response:
-        """Bulk scoring: POST a Parquet or CSV body; get Parquet back with `prediction_id`, `probability`,
-        `label` and, for rows that fail validation, `reason` (those rows are not scored)."""
+        """Bulk scoring: POST a Parquet or CSV body (`Content-Type` application/vnd.apache.parquet or
+        text/csv, uncompressed); get Parquet back with `prediction_id`, `probability`, `label` and,
+        for rows that fail validation, `reason` (those rows are not scored)."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        fmt = FILE_FORMATS[media.encode()]  # `RequestGuard` has refused any other (415)
         async with self.bulk_slots:
             body = await request.body()
             if len(body) > MAX_FILE_BYTES:
                 return JSONResponse({"error": f"file is over the {MAX_FILE_BYTES}-byte limit"}, status_code=413)
             # reading, scoring and writing the answer all run off the event loop: other requests go on
-            status, answer, headers = await asyncio.to_thread(self._score_file, body, request_id_of(request))
+            status, answer, headers = await asyncio.to_thread(self._score_file, body, fmt, request_id_of(request))
         if status != 200:
             return JSONResponse(answer, status_code=status)
         return Response(answer, media_type="application/vnd.apache.parquet", headers=headers)
 
-    def _score_file(self, body: bytes, request_id: str) -> tuple[int, bytes | dict, dict[str, str]]:
+    def _score_file(self, body: bytes, fmt: str, request_id: str) -> tuple[int, bytes | dict, dict[str, str]]:
         """(status, the Parquet answer or the error, headers) of one bulk file."""
-        try:
-            raw = read_table(body, "the request body", SPEC.base_features)  # the file rules of prepare
+        read = [*SPEC.base_features, *([SPEC.id_column] if SPEC.id_column else [])]
+        try:  # the file rules of prepare; rows and decompressed bytes counted before the data is parsed
+            raw = read_table(body, "the request body", SPEC.base_features, fmt, columns=read, limits=FILE_LIMITS)
+        except TableTooLarge as exc:
+            return 413, {"error": str(exc)}, {}
         except DataError as exc:
             return 400, {"error": str(exc)}, {}
         if raw.height > MAX_FILE_ROWS:
@@ -702,8 +797,13 @@ class TabularService:
             predictor=self.predictor,
         )
 
+    async def __is_ready__(self) -> bool:
+        """/readyz: 503 while the prediction log cannot write (answers go on; rows wait in memory)."""
+        return self.log.healthy()
+
     @bentoml.on_shutdown
     def flush_log(self) -> None:
+        """Rolls this worker's segment into a part and releases it."""
         self.log.close()
 
 

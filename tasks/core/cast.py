@@ -11,6 +11,8 @@ from tasks.core.spec import DatasetSpec, column_kinds, polars_dtype
 
 # one row per bad value: where it is, which check it failed, what it was
 FAILURE_SCHEMA = {"row": pl.Int64, "column": pl.String, "check": pl.String, "value": pl.String}
+# a number column's NaN or infinity (text or value): refused as JSON's is (pydantic's `finite_number`)
+NOT_FINITE = "finite_number"
 
 
 def _cast_expr(name: str, kind: str, source_dtype: pl.DataType) -> pl.Expr:
@@ -18,7 +20,8 @@ def _cast_expr(name: str, kind: str, source_dtype: pl.DataType) -> pl.Expr:
     if kind in ("category", "string"):
         return col.cast(pl.String).str.strip_chars()
     if kind == "float":
-        return _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
+        as_float = _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
+        return pl.when(as_float.is_finite()).then(as_float)
     if kind == "int":
         as_float = _as_text_if_string(col, source_dtype).cast(pl.Float64, strict=False)
         return pl.when(as_float == as_float.floor()).then(as_float).otherwise(None).cast(pl.Int64, strict=False)
@@ -63,7 +66,8 @@ def cast_to_spec(
     raw: pl.DataFrame, spec: DatasetSpec, columns: list[str] | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Cast columns (default: all input columns) to their declared types; a value that does
-    not parse becomes null and one failure row (row, column, check `dtype(<type>)`, value)."""
+    not parse becomes null and one failure row (row, column, check `dtype(<type>)`, or `finite_number`
+    for a number's NaN or infinity, value)."""
     columns = spec.input_columns if columns is None else columns
     raw = raw.select(columns)
     typed = raw.select(cast_exprs(raw.schema, spec, columns))
@@ -77,12 +81,22 @@ def cast_to_spec(
         .select(
             pl.col("row").cast(pl.Int64),
             pl.lit(name).alias("column"),
-            pl.lit(f"dtype({kinds[name]})").alias("check"),
+            _failed_check(name, kinds[name], raw.schema[name]).alias("check"),
             pl.col(name).cast(pl.String).alias("value"),
         )
         for name in columns
     ]
     return typed, pl.concat(lost).cast(FAILURE_SCHEMA)
+
+
+def _failed_check(name: str, kind: str, source_dtype: pl.DataType) -> pl.Expr:
+    """The check a value that did not cast failed: `finite_number` for a number column's NaN or
+    infinity (not a type or range problem), else `dtype(<type>)`."""
+    check = pl.lit(f"dtype({kind})")
+    if kind not in ("int", "float") or not (source_dtype == pl.String or source_dtype.is_float()):
+        return check
+    as_float = _as_text_if_string(pl.col(name), source_dtype).cast(pl.Float64, strict=False)
+    return pl.when(as_float.is_nan() | as_float.is_infinite()).then(pl.lit(NOT_FINITE)).otherwise(check)
 
 
 def clean(kept: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:

@@ -19,3 +19,7 @@ class SettingsError(DataError):
 
 class ModelIntegrityError(DataError):
     """A model's files differ from the content hash recorded when it was logged: refused, never retried."""
+
+
+class TableTooLarge(DataError):
+    """A table over a row or (decompressed) byte limit: a request body gets 413."""

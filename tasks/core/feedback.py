@@ -3,7 +3,8 @@ the service returned or by the config's id column, and is joined to the predicti
 
 One label store per dataset (`<workdir>/labels/<dataset>/`), rows of `LABEL_SCHEMA`, written by
 the service's `/feedback` and by `flows.labels`. Nothing is overwritten: a later label for the
-same key wins when they are joined (`latest_labels`). Pure Polars; no I/O here.
+same key wins when they are joined (`latest_labels`); an `observed_at` in the future is refused on
+both paths (`records.observed_in_future`), so it cannot win forever. Pure Polars; no I/O here.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from tasks.core.errors import DataError
+from tasks.core.records import IN_THE_FUTURE, NOT_PRINTABLE, observed_in_future
 from tasks.core.spec import WINDOW_PATTERN, DatasetSpec
 
 PREDICTION_ID = "prediction_id"
+UNPRINTABLE = "not printable characters only (a control character such as NUL or a line break?)"
 
 
 ROW_DIGITS = 10  # a bulk file's ids count its rows in this many digits (files are capped far below 10^10 rows)
@@ -99,7 +102,8 @@ def validate_labels(
     """(valid labels as `LABEL_SCHEMA` rows, the other input rows as text with a `reason`).
 
     A label must be one of the config's target labels and carry a key (prediction id or id);
-    `observed_at` is optional (epoch seconds or an ISO time). Rows in = kept + quarantined."""
+    `observed_at` is optional (epoch seconds or an ISO time; not in the future, see
+    `records.observed_in_future`). Rows in = kept + quarantined."""
     target, keys = label_column(raw, spec), key_columns(raw, spec)
     text = raw.select(pl.all().cast(pl.String).str.strip_chars())
     nulls = pl.Series([None] * raw.height, dtype=pl.String)
@@ -127,12 +131,18 @@ def validate_labels(
     reason = (
         pl.when(pl.col(PREDICTION_ID).is_null() & pl.col("id").is_null())
         .then(pl.lit(f"no {key_names}"))
+        .when(pl.col(PREDICTION_ID).str.contains(NOT_PRINTABLE))
+        .then(pl.lit(f"{PREDICTION_ID}: {UNPRINTABLE}"))
+        .when(pl.col("id").str.contains(NOT_PRINTABLE))
+        .then(pl.lit(f"{spec.id_column}: {UNPRINTABLE}"))
         .when(pl.col("label").is_null())
         .then(pl.lit(f"{target}: missing"))
         .when(~pl.col("label").is_in(labels))
         .then(pl.format(f"{target}: not one of {labels} (value={{}})", pl.col("label")))
         .when(pl.col("observed_at").is_null() & observed_text.is_not_null())
         .then(pl.format("observed_at: not a time (value={})", pl.lit(observed_text)))
+        .when(observed_in_future(pl.col("observed_at"), received_at))
+        .then(pl.format(f"observed_at: {IN_THE_FUTURE} (value={{}})", pl.lit(observed_text)))
     )
     reasons = frame.select(reason.alias("reason")).to_series()
     bad = reasons.is_not_null()
@@ -140,9 +150,12 @@ def validate_labels(
 
 
 def _epoch(values: pl.Series) -> pl.Series:
-    """Epoch seconds from numbers or ISO times (naive times are UTC); null where neither."""
+    """Epoch seconds from numbers or ISO times (naive times are UTC; `Z` or an offset as written, as
+    `/feedback` takes them); null where neither."""
     as_number = values.cast(pl.Float64, strict=False)
-    as_time = values.str.to_datetime(time_unit="us", strict=False, time_zone="UTC")
+    naive = values.str.to_datetime(time_unit="us", strict=False, time_zone="UTC")
+    with_offset = values.str.to_datetime("%+", time_unit="us", strict=False).dt.convert_time_zone("UTC")
+    as_time = naive.fill_null(with_offset)
     return as_number.fill_null(as_time.dt.epoch("us").cast(pl.Float64) / 1e6).alias("observed_at")
 
 

@@ -1,4 +1,5 @@
-"""The data phase's pure rules: which rows are quarantined and why, the tolerance, the split."""
+"""The data phase's pure rules: which rows are quarantined or dropped and why, the tolerance, what a
+model needs of the kept rows, the split."""
 
 from __future__ import annotations
 
@@ -7,18 +8,24 @@ import hashlib
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.core.errors import QuarantineToleranceExceeded
+from tasks.core.cast import FAILURE_SCHEMA
+from tasks.core.errors import DataError, QuarantineToleranceExceeded
 from tasks.core.spec import DatasetSpec
 
 SPLITS = ("train", "validation", "test")
 SPLIT_COLUMN = "_split"
 _CHUNK_ROWS = 200_000
+# an exact copy of an earlier row, as a failure: its reason reads "duplicate of row N"
+DUPLICATE_COLUMN, DUPLICATE_CHECK = "(all columns)", "duplicate"
+DUPLICATES_SCHEMA = {"row": pl.Int64, "first_row": pl.Int64}
+_ROW = "__row__"
 
 
 class RowCounts(BaseModel):
-    rows_in: int
+    rows_in: int  # = rows_kept + rows_quarantined + rows_dropped
     rows_kept: int
     rows_quarantined: int
+    rows_dropped: int = 0  # exact duplicates, under `quarantine.duplicates: drop`
     train: int = 0
     validation: int = 0
     test: int = 0
@@ -35,6 +42,7 @@ class QuarantineReport(BaseModel):
     path: str
     rows_in: int
     rows_quarantined: int
+    rows_dropped: int = 0
     max_fraction: float
     top_checks: list[FailingCheck]
 
@@ -53,7 +61,12 @@ def frame_digest(frame: pl.DataFrame) -> str:
 
 def reasons_by_row(failures: pl.DataFrame) -> pl.DataFrame:
     """One row per failing input row: its first reason, and all of them."""
-    reason = pl.format("{}: {} (value={})", "column", "check", pl.col("value").fill_null("null"))
+    duplicate = (pl.col("column") == DUPLICATE_COLUMN) & (pl.col("check") == DUPLICATE_CHECK)
+    reason = (
+        pl.when(duplicate)
+        .then(pl.format("duplicate of {}", "value"))
+        .otherwise(pl.format("{}: {} (value={})", "column", "check", pl.col("value").fill_null("null")))
+    )
     return (
         failures.with_columns(reason.alias("reason"))
         .group_by("row", maintain_order=True)
@@ -67,17 +80,62 @@ def reasons_by_row(failures: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def split_quarantine(raw: pl.DataFrame, failures: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(kept rows, quarantined rows with reasons); together they are exactly the input rows."""
+def split_quarantine(
+    raw: pl.DataFrame, failures: pl.DataFrame, dropped: pl.Series | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(kept rows, quarantined rows with reasons); with the `dropped` rows (their row numbers; see
+    `duplicates_policy`) they are exactly the input rows."""
     indexed = raw.with_row_index("source_row").with_columns(pl.col("source_row").cast(pl.Int64))
+    gone = 0
+    if dropped is not None and dropped.len():
+        remaining = indexed.filter(~pl.col("source_row").is_in(dropped.implode()))
+        indexed, gone = remaining, indexed.height - remaining.height
     reasons = reasons_by_row(failures).rename({"row": "source_row"})
+    reasons = reasons.join(indexed.select("source_row"), on="source_row", how="semi")
     kept = indexed.join(reasons, on="source_row", how="anti").drop("source_row")
     quarantined = reasons.join(
         indexed.with_columns(pl.all().exclude("source_row").cast(pl.String)), on="source_row", how="left"
     ).sort("source_row")
-    if kept.height + quarantined.height != raw.height:
-        raise AssertionError(f"rows lost: {raw.height} in, {kept.height} kept, {quarantined.height} quarantined")
+    if kept.height + quarantined.height + gone != raw.height:
+        raise AssertionError(
+            f"rows lost: {raw.height} in, {kept.height} kept, {quarantined.height} quarantined, {gone} dropped"
+        )
     return kept, quarantined
+
+
+def find_duplicates(raw: pl.DataFrame) -> pl.DataFrame:
+    """Every exact copy of an earlier row (all columns equal as read; two nulls are equal): its `row`
+    and `first_row`, the row of its first copy (0-based, as the quarantine's `source_row`)."""
+    first = pl.col(_ROW).min().over(raw.columns)
+    return (
+        raw.with_row_index(_ROW)
+        .select(pl.col(_ROW).alias("row"), first.alias("first_row"))
+        .filter(pl.col("row") != pl.col("first_row"))
+        .cast(DUPLICATES_SCHEMA)
+    )
+
+
+def duplicates_policy(
+    failures: pl.DataFrame, duplicates: pl.DataFrame, spec: DatasetSpec
+) -> tuple[pl.DataFrame, pl.Series]:
+    """(failures, rows dropped) under `quarantine.duplicates`: a copy is a failure of its own
+    ("duplicate of row N", before its other reasons), dropped, or kept (the split keeps copies together)."""
+    rows = duplicates.get_column("row")
+    none = pl.Series("row", [], pl.Int64)
+    match spec.quarantine.duplicates:
+        case "quarantine":
+            copies = duplicates.select(
+                "row",
+                pl.lit(DUPLICATE_COLUMN).alias("column"),
+                pl.lit(DUPLICATE_CHECK).alias("check"),
+                pl.format("row {}", "first_row").alias("value"),
+            ).cast(FAILURE_SCHEMA)
+            return pl.concat([copies, failures.cast(FAILURE_SCHEMA)]).sort("row", maintain_order=True), none
+        case "drop":
+            return failures.filter(~pl.col("row").is_in(rows.implode())), rows
+        case "keep":
+            return failures, none
+    raise ValueError(f"unknown duplicates policy {spec.quarantine.duplicates!r}")
 
 
 def top_failing_checks(failures: pl.DataFrame, limit: int = 10) -> list[FailingCheck]:
@@ -102,8 +160,53 @@ def check_tolerance(report: QuarantineReport) -> None:
     )
 
 
+def check_trainable(source: str, spec: DatasetSpec, classes: dict[str, int], varied: bool) -> None:
+    """A model needs kept rows of every target label, and rows that differ: otherwise the run fails
+    here, naming the source, not later inside LightGBM or Optuna."""
+    target, labels = spec.target.column, spec.target.labels
+    rows = sum(classes.values())
+    if not rows:
+        raise DataError(f"{source}: no rows kept after quarantine: nothing to train on")
+    missing = [label for label in labels if not classes.get(label)]
+    if missing:
+        found = ", ".join(f"{label!r}: {n} rows" for label, n in sorted(classes.items()))
+        raise DataError(
+            f"{source}: the kept rows have only one class of `{target}` ({found}); "
+            f"a model needs rows of each of {labels}, and there are none of {missing}"
+        )
+    if not varied:
+        raise DataError(f"{source}: all {rows} kept rows have the same feature values: one distinct row")
+
+
+def target_classes(frame: pl.DataFrame, spec: DatasetSpec) -> dict[str, int]:
+    """Kept rows per target label (of a cleaned frame)."""
+    counts = frame.get_column(spec.target.column).value_counts()
+    return dict(zip(counts.get_column(spec.target.column), counts.get_column("count"), strict=True))
+
+
+def features_vary(frame: pl.DataFrame, spec: DatasetSpec) -> bool:
+    """True when some row's base features differ from the first row's (one cheap pass)."""
+    read = dict.fromkeys([*spec.base_features, *(i for d in spec.derived_features for i in d.inputs)])
+    if frame.height < 2:
+        return False
+    differs = [pl.col(c).ne_missing(pl.col(c).first()) for c in read]
+    return bool(frame.select(pl.any_horizontal(*differs).any()).item())
+
+
 def assign_splits(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
-    """Add the split column: stratified on the target (seeded), or by event time (latest rows last)."""
+    """Add the split column: stratified on the target (seeded), or by event time (latest rows last).
+    Identical rows all take the split of their first copy (see `copies_together`)."""
+    return copies_together(_positional_splits(frame, spec))
+
+
+def copies_together(split: pl.DataFrame) -> pl.DataFrame:
+    """Every copy of a row (all columns equal) in the split of its first copy, so no row is on both
+    sides; a table without copies keeps its split as it is."""
+    columns = [c for c in split.columns if c != SPLIT_COLUMN]
+    return split.with_columns(pl.col(SPLIT_COLUMN).first().over(columns))
+
+
+def _positional_splits(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     val, test = spec.split.validation, spec.split.test
     if spec.split.strategy == "time":
         ordered = frame.sort(spec.event_time_column, maintain_order=True)

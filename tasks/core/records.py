@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import random
 import re
-from datetime import datetime
+import time
+import unicodedata
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import polars as pl
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
+from tasks.core.cast import NOT_FINITE
 from tasks.core.spec import ColumnSpec, DatasetSpec, column_kinds, memo, polars_dtype, text_form, typed_categories
 
 
@@ -18,6 +22,8 @@ from tasks.core.spec import ColumnSpec, DatasetSpec, column_kinds, memo, polars_
 def _number(value: object) -> object:
     if isinstance(value, bool):
         raise ValueError("a number, not true/false")
+    if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN/Infinity, before any range check
+        raise PydanticCustomError(NOT_FINITE, "Input should be a finite number, not NaN or infinity (null if missing)")
     return value
 
 
@@ -34,6 +40,24 @@ def _as_float(value: object) -> object:
 
 def _stripped(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
+
+
+# What an id (a prediction id, the config's id column) may not hold: control characters (NUL, a line
+# break, ...), format and private-use characters, separators but the plain space. The same rule as a
+# Polars pattern, for label files.
+NOT_PRINTABLE = r"[\p{Cc}\p{Cf}\p{Co}\p{Z}&&[^ ]]"
+_NOT_PRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Zl", "Zp", "Zs"})
+
+
+def _printable(value: str) -> str:
+    if value.isprintable():  # the common case, in C (it implies the rule)
+        return value
+    bad = next((c for c in value if c != " " and unicodedata.category(c) in _NOT_PRINTABLE_CATEGORIES), None)
+    if bad is not None:
+        raise PydanticCustomError(
+            "printable", "Input should be printable characters only, not U+{code:04X}", {"code": ord(bad)}
+        )
+    return value
 
 
 def _id_text(value: object) -> object:
@@ -69,7 +93,7 @@ def annotation(col: ColumnSpec):
 def id_annotation(spec: DatasetSpec):
     if spec.id_type == "int":
         return Annotated[str, BeforeValidator(_id_text), Field(max_length=256)]
-    return Annotated[str, BeforeValidator(_stripped), Field(max_length=256)]
+    return Annotated[str, BeforeValidator(_stripped), Field(max_length=256), AfterValidator(_printable)]
 
 
 def record_model(spec: DatasetSpec) -> type[BaseModel]:
@@ -90,6 +114,26 @@ def record_model(spec: DatasetSpec) -> type[BaseModel]:
     return memo(spec, "record_model", build)
 
 
+# A label's `observed_at` decides which label of a key wins (the latest observed), so one from the
+# future would beat every later correction: past this allowance for clocks that disagree, it is
+# refused (400 at /feedback, quarantined in a label file). The one rule for both paths.
+MAX_CLOCK_SKEW_SECONDS = 300.0
+IN_THE_FUTURE = f"in the future (more than {MAX_CLOCK_SKEW_SECONDS:.0f} s after it was received)"
+
+
+def observed_in_future(observed_at, received_at):
+    """Whether `observed_at` is later than `received_at` by more than the clock-skew allowance (epoch
+    seconds: numbers, or Polars expressions)."""
+    return observed_at > received_at + MAX_CLOCK_SKEW_SECONDS
+
+
+def _not_in_future(when: datetime) -> datetime:
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)  # naive times are UTC, as stored
+    if observed_in_future(when.timestamp(), time.time()):
+        raise PydanticCustomError("in_the_future", f"Input should not be {IN_THE_FUTURE}")
+    return when
+
+
 def label_model(spec: DatasetSpec) -> type[BaseModel]:
     """One delayed label as `/feedback` takes it: the `prediction_id` the service returned (or the
     config's id column), the label (one of the target's labels) and, optionally, when it was observed.
@@ -102,13 +146,19 @@ def label_model(spec: DatasetSpec) -> type[BaseModel]:
         return self
 
     def build() -> type[BaseModel]:
-        key = Annotated[str, BeforeValidator(_stripped), Field(min_length=1, max_length=256)]
+        key = Annotated[
+            str, BeforeValidator(_stripped), Field(min_length=1, max_length=256), AfterValidator(_printable)
+        ]
         fields: dict = {"prediction_id": (key | None, None)}
         if spec.id_column:
             fields[spec.id_column] = (id_annotation(spec) | None, None)
         label = Annotated[Literal[tuple(spec.target.labels)], BeforeValidator(text_form)]
         fields["label"] = (label, Field(description=f"the true `{spec.target.column}` (a number stands for its text)"))
-        fields["observed_at"] = (datetime | None, Field(default=None, description="when the truth was observed"))
+        observed = Annotated[datetime, AfterValidator(_not_in_future)]
+        fields["observed_at"] = (
+            observed | None,
+            Field(default=None, description="when the truth was observed (naive: UTC); not in the future"),
+        )
         return create_model(
             "Label",
             __config__=ConfigDict(extra="forbid"),

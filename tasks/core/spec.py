@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import weakref
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -137,6 +138,11 @@ class SplitSpec(_Strict):
 class QuarantineSpec(_Strict):
     max_fraction: float = Field(
         default=0.05, ge=0, le=1, description="share of input rows that may fail before the run fails"
+    )
+    duplicates: Literal["keep", "drop", "quarantine"] = Field(
+        default="quarantine",
+        description="exact copies of an earlier row (every column read equal): quarantined ('duplicate of row "
+        "N'), dropped and counted, or kept; in every case the split puts all copies of a row on one side",
     )
 
 
@@ -464,13 +470,52 @@ class DatasetSpec(_Strict):
         return self.model_copy(update={"source": new})
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    def __init__(self, key: object, node: yaml.Node, first_line: int) -> None:
+        super().__init__(None, None, f"key {key!r} written twice", node.start_mark)
+        self.key, self.line, self.first_line = key, node.start_mark.line + 1, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping (at any depth) is an
+    error: PyYAML silently keeps the last one. Keys brought in by a `<<` merge may be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict[object, int] = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class words this one
+            if key in first_lines:
+                raise _DuplicateKey(key, key_node, first_lines[key])
+            first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> object:
+    """A YAML file of ours (a dataset config, prefect.yaml, a bentofile): a key written twice or
+    text that is not YAML is a `SpecError` naming the file and the line."""
+    text = path.read_text()
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except _DuplicateKey as exc:
+        raise SpecError(
+            f"{path}, line {exc.line}: key `{exc.key}` is written twice in one mapping (first on line "
+            f"{exc.first_line}); only one would be taken, so remove the other"
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+
+
 def load_spec(path: str | Path, source: str | Path | None = None, n_trials: int | None = None) -> DatasetSpec:
     """Read a dataset config; relative paths inside it start from the config's folder.
 
     `source` reads another file or database; `n_trials` overrides the tuning budget."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path)
     except FileNotFoundError as exc:
         raise SpecError(f"dataset config not found: {path}") from exc
     if not isinstance(raw, dict):

@@ -1,8 +1,14 @@
 """Reading a CSV or Parquet table (a file or a request body) with its whole-file problems as
 `DataError`s naming the file and the 1-based line: an empty file, a header and no rows, a row
 with more or fewer fields than the header, bytes that are not UTF-8, declared columns missing
-(a `;` file read as `,` is one column). Row-level problems (bad values) are not checked here:
-they are quarantined with reasons by the schema.
+(a `;` file read as `,` is one column), a column name given twice. Row-level problems (bad values)
+are not checked here: they are quarantined with reasons by the schema.
+
+A body's format is the caller's word (the service's `Content-Type`), never its magic bytes, and a
+CSV body of compressed bytes is refused, never decompressed. With `TableLimits` (request bodies),
+rows and decompressed bytes are counted before the data is parsed: a CSV's lines, a Parquet
+file's declared row count and uncompressed column sizes (then the decoded size, before any use).
+A file on disk the user chose may be gzip- or zstd-compressed CSV (`data.csv.gz`): Polars reads it.
 
 CSV values are read as text, so bad values reach validation. The field count of every line is
 checked on the bytes read, in one Polars pass over the lines (about half a read's time); only a
@@ -13,33 +19,62 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from tasks.core.errors import DataError, SpecError
+from tasks.core.errors import DataError, SpecError, TableTooLarge
 
 Source = Path | bytes
 _SEP, _QUOTE = ",", '"'
 _BLOCK = 1 << 22
 _OTHER_SEPARATORS = (";", "\t", "|")
+# the first bytes of compressed data; Polars reads the first two itself from a file on disk
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"PK\x03\x04": "zip",
+}
+_POLARS_DECOMPRESSES = frozenset({"gzip", "zstd"})
+
+
+class TableLimits(NamedTuple):
+    """At most `rows` rows and `bytes` bytes of decompressed data (a request body's limits)."""
+
+    rows: int
+    bytes: int
 
 
 def table_format(source: Source, fmt: str | None = None) -> str:
-    """`csv` or `parquet`: as given, else by the Parquet magic bytes of a body or a file's suffix."""
+    """`csv` or `parquet`: as given, else a file's suffix; a body without a format is CSV (its magic
+    bytes never decide)."""
     if fmt:
         return fmt
     if isinstance(source, bytes):
-        return "parquet" if source[:4] == b"PAR1" else "csv"
+        return "csv"
     return "parquet" if source.suffix.lower() in {".parquet", ".pq"} else "csv"
 
 
-def read_table(source: Source, name: str, required: Sequence[str] = (), fmt: str | None = None) -> pl.DataFrame:
-    """The whole table (CSV values as text), or a `DataError` naming `name` and the line."""
-    frame = _read_parquet(source, name) if table_format(source, fmt) == "parquet" else _read_csv(source, name)
-    require_columns(frame.columns, required, name)
-    return require_rows(frame, name)
+def read_table(
+    source: Source,
+    name: str,
+    required: Sequence[str] = (),
+    fmt: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    limits: TableLimits | None = None,
+) -> pl.DataFrame:
+    """The whole table (CSV values as text), or a `DataError` naming `name` and the line;
+    `columns`: only those of them the file has are read; over `limits`: `TableTooLarge`."""
+    read = _read_parquet if table_format(source, fmt) == "parquet" else _read_csv
+    return require_rows(read(source, name, required, columns, limits), name)
 
 
 def scan_table(path: Path, name: str, required: Sequence[str] = (), fmt: str | None = None) -> pl.LazyFrame:
@@ -47,16 +82,19 @@ def scan_table(path: Path, name: str, required: Sequence[str] = (), fmt: str | N
     streaming passes that hold no more than a block of it."""
     _exists(path, name)
     if table_format(path, fmt) == "parquet":
+        columns = _parquet_footer(path, name).schema.to_arrow_schema().names
+        _no_duplicates(columns, name)
         try:
             scan = pl.scan_parquet(path)
-            columns = scan.collect_schema().names()
+            scan.collect_schema()
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise DataError(f"{name}: not a readable Parquet file: {exc}") from exc
     else:
         _not_empty(path, name)
+        _not_compressed(path, name)
         scan = pl.scan_csv(path, infer_schema=False)
         try:
-            columns = scan.collect_schema().names()
+            columns = _csv_header(path, name)
             _check_lines(path, name, len(columns))
         except pl.exceptions.PolarsError as exc:
             _raise_undecodable(path, name)
@@ -86,19 +124,72 @@ def require_rows(frame: pl.DataFrame, name: str) -> pl.DataFrame:
     return frame
 
 
+def _no_duplicates(columns: Sequence[str], name: str) -> None:
+    """Every column name once: a reader would otherwise keep one of them silently (Polars renames
+    the later ones in a CSV)."""
+    twice = [c for c, n in Counter(columns).items() if n > 1]
+    if twice:
+        where = [i + 1 for i, c in enumerate(columns) if c == twice[0]]
+        raise DataError(
+            f"{name}: the column {twice[0]!r} is in the header {len(where)} times (columns {where}); "
+            "each column name must be given once"
+        )
+
+
+def _selected(found: Sequence[str], columns: Sequence[str] | None) -> list[str] | None:
+    return None if columns is None else [c for c in found if c in set(columns)]
+
+
 # -- CSV ---------------------------------------------------------------------------------------
-def _read_csv(source: Source, name: str) -> pl.DataFrame:
+def _read_csv(
+    source: Source, name: str, required: Sequence[str], columns: Sequence[str] | None, limits: TableLimits | None
+) -> pl.DataFrame:
     if isinstance(source, Path):
         _exists(source, name)
     _not_empty(source, name)
+    _not_compressed(source, name)
     try:
-        frame = pl.read_csv(source, infer_schema=False)
-        _check_lines(source, name, frame.width)
+        header = _csv_header(source, name)
+        if limits is not None:
+            _within_lines(source, name, limits)
+        frame = pl.read_csv(source, infer_schema=False, columns=_selected(header, columns))
+        _check_lines(source, name, len(header))
     except pl.exceptions.PolarsError as exc:  # too many fields, bytes that are not UTF-8, ...
         _check_lines_exactly(source, name, None)
         _raise_undecodable(source, name)
         raise DataError(f"{name}: not a readable CSV file: {exc}") from exc
+    require_columns(header, required, name)
     return frame
+
+
+def _csv_header(source: Source, name: str) -> list[str]:
+    """The header's names as written (an empty name is ""), none of them twice."""
+    first = pl.read_csv(source, has_header=False, n_rows=1, infer_schema=False, truncate_ragged_lines=True)
+    header = ["" if v is None else v for v in first.row(0)] if first.height else []
+    _no_duplicates(header, name)
+    return header
+
+
+def _not_compressed(source: Source, name: str) -> None:
+    """A CSV body of compressed bytes is refused (never decompressed); so is a file compressed in a
+    way Polars does not read, and Parquet bytes declared as CSV."""
+    head = source[:8] if isinstance(source, bytes) else _head(source)[:8]
+    if head.startswith(b"PAR1"):
+        raise DataError(f"{name}: Parquet bytes (they start with PAR1), not CSV text; declare it as Parquet")
+    kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+    if kind and (isinstance(source, bytes) or kind not in _POLARS_DECOMPRESSES):
+        raise DataError(
+            f"{name}: {kind}-compressed bytes, not CSV text; send it uncompressed "
+            "(or as Parquet, which compresses itself)"
+        )
+
+
+def _within_lines(source: Source, name: str, limits: TableLimits) -> None:
+    """Counted before parsing: more lines than the header and `limits.rows` rows (a quoted value
+    over several lines counts each line) is `TableTooLarge`."""
+    lines = sum(block.count(b"\n") for block in _blocks(source))
+    if lines - 1 > limits.rows:
+        raise TableTooLarge(f"{name}: {lines - 1} lines of rows is over the {limits.rows}-row limit")
 
 
 def _exists(path: Path, name: str) -> None:
@@ -203,14 +294,51 @@ def _raise_undecodable(source: Source, name: str) -> None:
 
 
 # -- Parquet -----------------------------------------------------------------------------------
-def _read_parquet(source: Source, name: str) -> pl.DataFrame:
+def _read_parquet(
+    source: Source, name: str, required: Sequence[str], columns: Sequence[str] | None, limits: TableLimits | None
+) -> pl.DataFrame:
     if isinstance(source, Path):
         _exists(source, name)
         if source.stat().st_size == 0:
             raise DataError(f"{name}: empty file (no header, no rows)")
     elif not source:
         raise DataError(f"{name}: empty file (no header, no rows)")
+    footer = _parquet_footer(source, name)
+    found = footer.schema.to_arrow_schema().names
+    _no_duplicates(found, name)
+    require_columns(found, required, name)
+    selected = _selected(found, columns)
+    if limits is not None:
+        _within_metadata(footer, name, limits, selected)
     try:
-        return pl.read_parquet(io.BytesIO(source) if isinstance(source, bytes) else source)
+        frame = pl.read_parquet(io.BytesIO(source) if isinstance(source, bytes) else source, columns=selected)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataError(f"{name}: not a readable Parquet file: {exc}") from exc
+    if limits is not None and frame.estimated_size() > limits.bytes:  # e.g. one long value repeated by a dictionary
+        raise TableTooLarge(f"{name}: {frame.estimated_size()} bytes decoded is over the {limits.bytes}-byte limit")
+    return frame
+
+
+def _parquet_footer(source: Source, name: str) -> pq.FileMetaData:
+    """The file's footer (schema, row groups), read without its data."""
+    try:
+        return pq.read_metadata(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{name}: not a readable Parquet file: {exc}") from exc
+
+
+def _within_metadata(meta: pq.FileMetaData, name: str, limits: TableLimits, columns: Sequence[str] | None) -> None:
+    """The rows and the uncompressed size of the column chunks to be read, as the footer declares
+    them, within `limits` before any page is decompressed."""
+    if meta.num_rows > limits.rows:
+        raise TableTooLarge(f"{name}: {meta.num_rows} rows is over the {limits.rows}-row limit")
+    wanted = None if columns is None else set(columns)
+    size = 0
+    for group in range(meta.num_row_groups):
+        chunks = meta.row_group(group)
+        for i in range(chunks.num_columns):
+            chunk = chunks.column(i)
+            if wanted is None or chunk.path_in_schema.split(".")[0] in wanted:
+                size += chunk.total_uncompressed_size
+    if size > limits.bytes:
+        raise TableTooLarge(f"{name}: {size} bytes uncompressed is over the {limits.bytes}-byte limit")

@@ -24,7 +24,7 @@ from tasks.core.features import feature_matrix
 from tasks.core.integrity import check_model_files
 from tasks.core.model import BOOSTER_FILE, TabularModel
 from tasks.core.records import example_records, records_frame
-from tasks.core.spec import DatasetSpec
+from tasks.core.spec import DatasetSpec, read_yaml
 from tasks.stores.registry import DIGEST, FILES, TrackingConfig, VersionInfo, load_model, recorded_hash
 from tasks.stores.shipped import copy_core, core_files
 from tasks.stores.workdir import Workdir
@@ -149,7 +149,7 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
         "compiled": compiled,  # the service checks the object file against this before loading it
     }
     (staging / "bundle.json").write_text(json.dumps(bundle, indent=2))
-    recipe = yaml.safe_load((SERVICE_DIR / "bentofile.yaml").read_text())
+    recipe = read_yaml(SERVICE_DIR / "bentofile.yaml")
     recipe["labels"] = {"dataset": spec.name, "model_version": str(meta["model_version"])}
     recipe["description"] = f"{spec.name} model v{meta['model_version']} (data {meta['data_version']})"
     (staging / "bentofile.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))

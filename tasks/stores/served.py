@@ -1,27 +1,42 @@
 """What was served and what the truth turned out to be, on disk: the prediction log the bento writes
 (`<workdir>/predictions/<dataset>/date=…/part-*.parquet`) and the label store beside it
-(`<workdir>/labels/<dataset>/…`, same layout). Files appear whole (written, then renamed)."""
+(`<workdir>/labels/<dataset>/…`, same layout). Files appear whole (written, then renamed). Every
+reader first rolls what dead serving workers left in the log's segments (`tasks.core.logs`) into parts;
+a live worker rolls its own every couple of seconds."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, ServedWindow, join_labels, window_bounds, window_rows
-from tasks.core.logs import as_text, write_part
+from tasks.core.logs import as_text, roll_leftovers, write_part
 from tasks.core.spec import DatasetSpec
 from tasks.stores.workdir import Workdir
+
+logger = logging.getLogger(__name__)
 
 
 def parts(folder: Path) -> list[Path]:
     return sorted(Path(folder).rglob("*.parquet")) if Path(folder).is_dir() else []
 
 
+def roll_dead_segments(folder: Path) -> None:
+    """Roll the segments of a log folder's dead writers into parts, so a reader sees every row they
+    answered. A reader that may not write there (or a full disk) reads the parts there are."""
+    try:
+        roll_leftovers(folder)
+    except OSError as exc:
+        logger.warning("could not roll the leftover segments of %s: %s", folder, exc)
+
+
 def scan_parts(folder: Path, modified_since: float | None = None) -> pl.LazyFrame | None:
     """Every part file of a log folder (or those written since an epoch time) as one lazy frame
-    (older parts may lack newer columns)."""
+    (older parts may lack newer columns), dead writers' segments rolled first."""
+    roll_dead_segments(folder)
     files = [f for f in parts(folder) if modified_since is None or f.stat().st_mtime >= modified_since]
     if not files:
         return None

@@ -132,6 +132,7 @@ def write_snapshot(
             rows_in=quarantine.rows_in,
             rows_kept=split_frame.height,
             rows_quarantined=quarantine.rows_quarantined,
+            rows_dropped=quarantine.rows_dropped,
             **{s: int(per_split.get(s, 0)) for s in SPLITS},
         ),
         files={s: f"{s}.parquet" for s in SPLITS},

@@ -26,9 +26,10 @@ from blocks import RolloutSettings
 from flows.lifecycle import lifecycle
 from flows.rollout import rollout
 from tasks.common import artifact_key
-from tasks.core.spec import load_spec
+from tasks.core.spec import load_spec, read_yaml
 from tasks.stores import registry
 from tasks.stores.backends import RolloutFailed, read_state, state_dir, stop_backend
+from tasks.stores.keepalive import stable_client
 from tasks.stores.proxy import stop_proxy
 from tasks.stores.served import read_log
 from tasks.stores.snapshots import read_split
@@ -49,19 +50,17 @@ class Client(threading.Thread):
         self.url, self.rows, self.stop, self.answers, self.retried = url, rows, threading.Event(), [], 0
 
     def run(self) -> None:
-        with httpx.Client(timeout=10) as client:
+        def on_retry(request: httpx.Request) -> None:
+            self.retried += 1
+
+        # the endpoint's keep-alive policy: a request a reload cut off unanswered is sent once more
+        with stable_client(self.url, on_retry, timeout=10) as client:
             for i in itertools.count():
                 if self.stop.is_set():
                     return
                 body = {"records": [self.rows[i % len(self.rows)]]}
                 try:
-                    try:
-                        r = client.post(f"{self.url}/predict", json=body)
-                    except (httpx.RemoteProtocolError, httpx.ReadError):
-                        # an idle keep-alive connection a proxy reload closed as it was reused: the
-                        # request never got an answer; a client retries it once on a new connection
-                        self.retried += 1
-                        r = client.post(f"{self.url}/predict", json=body)
+                    r = client.post("/predict", json=body)
                     seen = r.json()["model_version"] if r.status_code == 200 else r.text[:80]
                     self.answers.append((time.time(), r.status_code, seen))
                 except httpx.HTTPError as exc:
@@ -138,7 +137,7 @@ def _faulty_bento(endpoint, tmp_path: Path) -> str:
     build = tmp_path / "faulty-build"
     shutil.copytree(src, build)
     shutil.copy2(FIXTURES / "faulty" / "faulty.py", build / "faulty.py")
-    recipe = yaml.safe_load((build / "bentofile.yaml").read_text()) | {"service": "faulty:TabularService"}
+    recipe = read_yaml(build / "bentofile.yaml") | {"service": "faulty:TabularService"}
     (build / "bentofile.yaml").write_text(yaml.safe_dump(recipe))  # what the real bento includes
     version = f"{packaged.bento_tag.split(':')[1]}-faulty{time.time_ns()}"
     out = subprocess.run([BENTOML, "build", str(build), "--name", "telco-faulty", "--version", version,

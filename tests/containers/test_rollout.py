@@ -16,6 +16,7 @@ from tasks.core.records import example_record
 from tasks.core.spec import load_spec
 from tasks.stores import registry
 from tasks.stores.backends import RolloutFailed, read_state, state_dir, stop_backend
+from tasks.stores.keepalive import stable_client
 from tasks.stores.proxy import stop_proxy
 from tests.conftest import CONFIGS
 from tests.serving.server import free_port
@@ -34,10 +35,10 @@ class Poller(threading.Thread):
 
     def run(self) -> None:
         body = {"records": [example_record(TELCO)]}
-        with httpx.Client(timeout=10) as client:
+        with stable_client(self.url, timeout=10) as client:  # the endpoint's keep-alive policy
             while not self.stop.is_set():
                 try:
-                    r = client.post(f"{self.url}/predict", json=body)
+                    r = client.post("/predict", json=body)
                     self.answers.append(
                         (r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text)
                     )

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from tasks.core.cast import clean
-from tasks.core.prepare import split_quarantine
+from tasks.core.prepare import find_duplicates, split_quarantine
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec
 from tasks.stores.snapshots import read_source
@@ -33,6 +33,8 @@ def test_telco_sample_passes_its_contract(telco_spec, telco_raw):
     # the table's one real quirk: empty total_charges, only for brand-new customers
     missing = typed.filter(pl.col("total_charges").is_null())
     assert missing.height == 11 and missing.get_column("tenure").unique().to_list() == [0]
+    # no customer id: 22 rows repeat an earlier one exactly; the config keeps them (copies split together)
+    assert find_duplicates(telco_raw).height == 22 and telco_spec.quarantine.duplicates == "keep"
 
 
 def test_credit_sample_keeps_its_missing_values(credit_spec):
@@ -40,6 +42,7 @@ def test_credit_sample_keeps_its_missing_values(credit_spec):
     assert find_failures(raw, credit_spec).height == 0
     typed = clean(raw, credit_spec)
     assert typed.select(pl.col("Income", "Assets", "Debt").null_count()).row(0) == (381, 47, 18)
+    assert find_duplicates(raw).height == 2 and credit_spec.quarantine.duplicates == "quarantine"  # the default
 
 
 def _telco_with_id(spec: DatasetSpec, path) -> DatasetSpec:

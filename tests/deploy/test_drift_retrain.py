@@ -15,7 +15,7 @@ import yaml
 
 from flows.lifecycle import lifecycle
 from flows.rollout import rollout
-from tasks.core.spec import load_spec
+from tasks.core.spec import load_spec, read_yaml
 from tasks.events import DRIFT_DETECTED
 from tasks.simulate import DriftRecipe, drifted_batch, post_labels, send_traffic, valid_rows
 from tasks.stores import registry
@@ -45,7 +45,7 @@ def loop(process_worker, prefect_api, tmp_path_factory):
     """The Telco champion (the config's full trial budget) serving on a stable port, a served window
     of the last 1,500 rows, batches for the hand-fed path."""
     folder = tmp_path_factory.mktemp("drift-loop")
-    raw = yaml.safe_load((CONFIGS / "telco_churn.yaml").read_text())
+    raw = read_yaml(CONFIGS / "telco_churn.yaml")
     raw["source"]["path"] = str((CONFIGS / raw["source"]["path"]).resolve())
     raw["monitoring"] = {"window": f"{WINDOW_ROWS}rows"}
     raw["rollout"]["watch_seconds"] = 0  # the watch has tests of its own (tests/containers/test_progressive.py)

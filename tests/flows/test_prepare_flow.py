@@ -10,11 +10,12 @@ import polars as pl
 import pytest
 
 from flows.prepare import prepare
-from tasks.core.errors import QuarantineToleranceExceeded
+from tasks.core.errors import DataError, QuarantineToleranceExceeded
 from tasks.core.spec import load_spec
 from tests.conftest import CONFIGS, FIXTURES, ROOT
 from tests.corruption import corrupt_telco
 from tests.flows.helpers import artifacts_of, task_states
+from tests.unit.test_data import with_copies
 
 TELCO = CONFIGS / "telco_churn.yaml"
 CACHED_TASKS = ["ingest", "validate", "clean", "features", "split"]
@@ -122,6 +123,74 @@ def test_too_many_bad_rows_fail_the_flow_but_keep_the_quarantine_file(tmp_path, 
         prepare(config=TELCO, source=str(source), workdir=tmp_path / "wd")
     files = list((tmp_path / "wd" / "quarantine").rglob("*.parquet"))
     assert len(files) == 1 and pl.read_parquet(files[0]).height == 500
+
+
+def _telco_config(tmp_path, duplicates: str, max_fraction: float = 0.2) -> Path:
+    config = tmp_path / f"telco_{duplicates}.yaml"
+    text = TELCO.read_text().replace("duplicates: keep", f"duplicates: {duplicates}")
+    config.write_text(text.replace("max_fraction: 0.02", f"max_fraction: {max_fraction}"))
+    return config
+
+
+@pytest.mark.parametrize("policy", ["quarantine", "drop", "keep"])
+def test_a_file_with_ten_percent_copies_gets_the_declared_outcome(tmp_path, telco_raw, policy):
+    raw, copies = with_copies(telco_raw)
+    source = tmp_path / "copies.csv"
+    raw.write_csv(source)
+    result, run_id = _run(config=_telco_config(tmp_path, policy), source=str(source), workdir=tmp_path / "wd")
+    assert result.rows_in == raw.height == result.rows_kept + result.rows_quarantined + result.rows_dropped
+    quarantined = pl.read_parquet(result.quarantine_path)
+    if policy == "quarantine":
+        assert dict(quarantined.select("source_row", "reason").rows()) == {
+            row: f"duplicate of row {first}" for row, first in copies.items()
+        }
+        assert "(all columns)" in str(artifacts_of(run_id)["telco-churn-quarantine"].data)
+    assert result.rows_dropped == (len(copies) if policy == "drop" else 0)
+    assert result.rows_kept == raw.height - (0 if policy == "keep" else len(copies))
+    folder = Path(result.manifest_path).parent
+    test, train = (pl.read_parquet(folder / f"{s}.parquet") for s in ("test", "train"))
+    assert test.join(train, on=test.columns, how="semi", nulls_equal=True).height == 0  # no test row in train
+
+
+def test_copies_beyond_the_tolerance_fail_the_default_policy_naming_them(tmp_path, telco_raw):
+    raw, copies = with_copies(telco_raw)
+    source = tmp_path / "copies.csv"
+    raw.write_csv(source)
+    with pytest.raises(
+        QuarantineToleranceExceeded, match=rf"{len(copies)} of {raw.height} rows.*\(all columns\) duplicate"
+    ):
+        prepare(config=_telco_config(tmp_path, "quarantine", 0.02), source=str(source), workdir=tmp_path / "wd")
+
+
+def _one_class(raw: pl.DataFrame) -> pl.DataFrame:
+    return raw.filter(pl.col("churn") == "No")
+
+
+def _one_row_twice_labelled(raw: pl.DataFrame) -> pl.DataFrame:
+    same = pl.concat([raw.head(1)] * 250)
+    return pl.concat([same, same.with_columns(pl.lit("Yes").alias("churn"))])
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (_one_class, r"the kept rows have only one class of `churn` \('No': 5174 rows\)"),
+        (
+            lambda raw: pl.concat([raw.head(1)] * 1000),
+            r"the kept rows have only one class of `churn` \('No': 1000 rows\)",
+        ),
+        (_one_row_twice_labelled, "all 500 kept rows have the same feature values"),
+    ],
+)
+def test_a_source_a_model_cannot_learn_from_fails_naming_the_file_and_is_not_retried(
+    tmp_path, telco_raw, rows, message
+):
+    source = tmp_path / "unlearnable.csv"
+    rows(telco_raw).write_csv(source)
+    with pytest.raises(DataError, match=rf"{source}: {message}"):
+        prepare(config=TELCO, source=str(source), workdir=tmp_path / "wd")
+    (check,) = _failed_task_runs_naming(str(source))
+    assert check.name.startswith("check-trainable") and check.run_count == 1
 
 
 @pytest.mark.parametrize("config", [CONFIGS / "credit_data.yaml", FIXTURES / "orders.yaml"])

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
 from flows.prepare import prepare
-from tasks.core.errors import QuarantineToleranceExceeded
+from tasks.core.errors import DataError, QuarantineToleranceExceeded
+from tasks.core.spec import read_yaml
 from tasks.stores.snapshots import load_manifest, read_split
 from tests.conftest import CONFIGS
+from tests.unit.test_data import with_copies
 
 ROWS, BAD_AT = 60_000, (5, 25_003, 59_999)
 CAP_MIB = 1_600  # streaming 1M rows peaks at ~0.75 GB RSS, the in-memory path at ~3 GB
@@ -26,7 +29,7 @@ def _table(tmp_path, rows: int, bad: tuple[int, ...] = ()) -> tuple:
     ).drop("i")
     data = tmp_path / f"big-{rows}.parquet"
     big.write_parquet(data, row_group_size=10_000)
-    body = yaml.safe_load((CONFIGS / "telco_churn.yaml").read_text())
+    body = read_yaml(CONFIGS / "telco_churn.yaml")
     body["source"] = {"path": str(data)}
     config = tmp_path / f"big-{rows}.yaml"
     config.write_text(yaml.safe_dump(body))
@@ -49,6 +52,40 @@ def test_streaming_keeps_every_row_accounted_for_and_splits_deterministically(tm
     assert abs(churn - (big.get_column("churn") == "Yes").mean()) < 0.03  # the hash split keeps the class mix
     again = prepare(config=config, workdir=tmp_path / "w2", stream_rows=7_000)
     assert again.data_version == result.data_version  # the slice size does not change the data
+
+
+@pytest.mark.parametrize("policy", ["quarantine", "drop"])
+def test_streaming_finds_copies_across_slices_as_the_in_memory_path_does(tmp_path, policy):
+    raw, copies = with_copies(pl.read_csv(CONFIGS.parent / "data" / "telco_churn.csv", infer_schema=False))
+    data = tmp_path / "copies.parquet"
+    raw.write_parquet(data)
+    body = read_yaml(CONFIGS / "telco_churn.yaml")
+    body["source"], body["quarantine"] = {"path": str(data)}, {"max_fraction": 0.2, "duplicates": policy}
+    config = tmp_path / "copies.yaml"
+    config.write_text(yaml.safe_dump(body))
+
+    streamed = prepare(config=config, workdir=tmp_path / "s", stream_rows=1_000)
+    in_memory = prepare(config=config, workdir=tmp_path / "m")
+    for result in (streamed, in_memory):
+        assert result.rows_in == raw.height == result.rows_kept + result.rows_quarantined + result.rows_dropped
+        assert result.rows_kept == raw.height - len(copies)
+        assert result.rows_dropped == (len(copies) if policy == "drop" else 0)
+    if policy == "quarantine":
+        reasons = pl.read_parquet(streamed.quarantine_path + "/*.parquet").select("source_row", "reason")
+        assert dict(reasons.rows()) == {row: f"duplicate of row {first}" for row, first in copies.items()}
+        assert reasons.equals(pl.read_parquet(in_memory.quarantine_path).select("source_row", "reason"))
+    folder = Path(streamed.manifest_path).parent
+    test, train = (pl.read_parquet(folder / f"{s}/*.parquet") for s in ("test", "train"))
+    assert test.join(train, on=test.columns, how="semi", nulls_equal=True).height == 0
+
+
+def test_streaming_fails_a_one_class_table_naming_the_file_and_writes_no_snapshot(tmp_path):
+    config, big = _table(tmp_path, 3_000)
+    one_class = tmp_path / "one-class.parquet"
+    big.filter(pl.col("churn") == "No").write_parquet(one_class)
+    with pytest.raises(DataError, match=f"{one_class}: the kept rows have only one class of `churn`"):
+        prepare(config=config, source=str(one_class), workdir=tmp_path / "w", stream_rows=500)
+    assert not list((tmp_path / "w" / "snapshots").rglob("manifest.json"))
 
 
 def test_streaming_fails_a_table_beyond_its_tolerance_and_writes_no_snapshot(tmp_path):

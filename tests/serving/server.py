@@ -69,8 +69,8 @@ def bento_server(target: str, log_file: Path, env: dict | None = None, timeout: 
 
 
 def logged_rows(folder: Path, dataset: str, request_ids: set[str], want: int, timeout: float = 30) -> pl.DataFrame:
-    """The prediction-log rows of these requests under `folder`, once the flusher has written all
-    `want` of them (or the time is up)."""
+    """The prediction-log rows of these requests under `folder`, once all `want` of them are in parts
+    (each worker rolls its segment every 2 s; `read_log` rolls a dead worker's) or the time is up."""
     deadline = time.monotonic() + timeout
     while True:
         frame = read_log(folder / dataset)
@@ -107,7 +107,8 @@ def assert_served_as_registered(url: str, workdir: Path, manifest_path: str, spe
     np.testing.assert_allclose(np.array(served), offline, rtol=0, atol=1e-9)
     body = io.BytesIO()
     rows.write_parquet(body)
-    response = httpx.post(f"{url}/v1/score_file", content=body.getvalue(), timeout=120)
+    parquet = {"content-type": "application/vnd.apache.parquet"}
+    response = httpx.post(f"{url}/v1/score_file", content=body.getvalue(), headers=parquet, timeout=120)
     assert response.status_code == 200 and response.headers["x-rows-rejected"] == "0", response.text
     scored = pl.read_parquet(io.BytesIO(response.content)).sort("row").get_column("probability").to_numpy()
     np.testing.assert_allclose(scored, offline, rtol=0, atol=1e-9)

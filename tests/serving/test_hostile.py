@@ -1,13 +1,18 @@
 """The real service against hostile input: bodies over the limit without a length, unknown paths by
-the thousand, oversize batches, junk request ids, unknown fields, and the optional API key. Every
-figure comes from a real `bentoml serve` over HTTP."""
+the thousand, oversize batches, junk request ids, unknown fields, the optional API key, compressed
+and Parquet bombs, a header or a JSON key given twice, a body that trickles in. Every figure comes
+from a real `bentoml serve` over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import json
 import re
+import socket
 import subprocess
+import time
 import uuid
 from urllib.parse import urlparse
 
@@ -26,6 +31,9 @@ LIMIT = 4 * 1024 * 1024
 BATCH_ROWS = 64  # LIFECYCLE_BATCH_MAX_SIZE's default: /predict_batched takes at most one batch
 KEY = "k3y-for-the-test"
 FILE_LIMIT = 1_000_000
+BODY_TIMEOUT = 2  # the locked server's LIFECYCLE_BODY_TIMEOUT_SECONDS
+CSV = {"content-type": "text/csv"}
+PARQUET = {"content-type": "application/vnd.apache.parquet"}
 
 
 def _records(result, n: int) -> list[dict]:
@@ -203,7 +211,7 @@ def test_a_bad_request_id_is_replaced_not_echoed_or_logged(telco_server, sent):
     logged = logged_rows(telco_server["logs"], TELCO.name, {given, sent}, want=1)
     assert logged.get_column("request_id").to_list() == [given]
     csv = pl.DataFrame([record]).write_csv().encode()
-    scored = httpx.post(f"{url}/v1/score_file", content=csv, headers={"x-request-id": sent}, timeout=30)
+    scored = httpx.post(f"{url}/v1/score_file", content=csv, headers=CSV | {"x-request-id": sent}, timeout=30)
     assert scored.status_code == 200 and scored.headers["x-request-id"] != sent
     refused = httpx.post(f"{url}/predict", json={"records": []}, headers={"x-request-id": sent}, timeout=30)
     assert refused.status_code == 400 and refused.headers["x-request-id"] != sent
@@ -215,7 +223,7 @@ def test_a_valid_request_id_is_kept_on_every_endpoint(telco_server):
     predicted = httpx.post(f"{url}/predict", json={"records": [record]}, headers={"x-request-id": rid}, timeout=30)
     assert predicted.headers["x-request-id"] == rid == predicted.json()["request_id"]
     csv = pl.DataFrame([record]).write_csv().encode()
-    scored = httpx.post(f"{url}/v1/score_file", content=csv, headers={"x-request-id": rid}, timeout=30)
+    scored = httpx.post(f"{url}/v1/score_file", content=csv, headers=CSV | {"x-request-id": rid}, timeout=30)
     assert scored.headers["x-request-id"] == rid
     explained = httpx.post(f"{url}/explain", json={"records": [record]}, headers={"x-request-id": rid}, timeout=30)
     assert explained.headers["x-request-id"] == rid
@@ -230,6 +238,7 @@ def locked_server(telco_lifecycle, tmp_path_factory):
         "LIFECYCLE_PREDICTION_LOG_DIR": str(logs),
         "LIFECYCLE_API_KEY": KEY,
         "LIFECYCLE_MAX_FILE_BYTES": str(FILE_LIMIT),
+        "LIFECYCLE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
     }
     with bento_server(result.package.bento_tag, workdir / "serve-locked.log", env) as url:
         yield {"url": url, "result": result}
@@ -247,21 +256,180 @@ def test_with_a_key_set_every_endpoint_but_the_probes_needs_it(locked_server):
         assert httpx.get(f"{url}{path}", timeout=10).status_code == 401, path
         assert httpx.get(f"{url}{path}", headers={"x-api-key": KEY}, timeout=10).status_code == 200, path
     csv = pl.DataFrame([record]).write_csv().encode()
-    assert httpx.post(f"{url}/v1/score_file", content=csv, timeout=30).status_code == 401
+    assert httpx.post(f"{url}/v1/score_file", content=csv, headers=CSV, timeout=30).status_code == 401
     for right in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
         _still_serves(url, record, right)
-        assert httpx.post(f"{url}/v1/score_file", content=csv, headers=right, timeout=30).status_code == 200
+        assert httpx.post(f"{url}/v1/score_file", content=csv, headers=CSV | right, timeout=30).status_code == 200
         info = httpx.post(f"{url}/model_info", json={}, headers=right, timeout=30)
         assert info.status_code == 200, info.text
 
 
 def test_the_bulk_file_limit_counts_the_bytes_read(locked_server):
     url, record = locked_server["url"], _records(locked_server["result"], 1)[0]
-    auth = {"x-api-key": KEY}
-    csv = pl.DataFrame([record] * 10).write_csv().encode()
+    auth = {"x-api-key": KEY} | CSV
+    csv = pl.DataFrame([record] * 10).write_csv().encode()  # (the body below is refused by size, unparsed)
     streamed = httpx.post(f"{url}/v1/score_file", content=iter([csv[:50], csv[50:]]), headers=auth, timeout=30)
     assert streamed.status_code == 200, streamed.text
     assert pl.read_parquet(io.BytesIO(streamed.content)).height == 10
     big = httpx.post(f"{url}/v1/score_file", content=_chunked(3 * FILE_LIMIT), headers=auth, timeout=60)
     assert big.status_code == 413 and str(FILE_LIMIT) in big.json()["error"]
-    _still_serves(url, record, auth)
+    _still_serves(url, record, {"x-api-key": KEY})
+
+
+# -- bulk files: the declared format, no bomb, one meaning per column ---------------------------------
+def _gzip_bomb(header: bytes) -> bytes:
+    """~10 MB of gzip that decompresses to ~10 GB: one member of 100 MiB of zeros, repeated (RFC 1952
+    allows many members; gzip tools read them all)."""
+    member = gzip.compress(header + b"0" * (100 * 2**20), compresslevel=9)
+    return member * (10_000_000 // len(member) + 1)
+
+
+def _parquet_bomb(dictionary: bool) -> bytes:
+    """300 rows of every input column, `tenure` one 1 MiB value, zstd pages: a few KB of file, 300 MiB
+    of data (declared in the footer for plain pages; a one-value dictionary declares 1 MiB)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    columns = {c: pa.array(["0"] * 300) for c in TELCO.base_features}
+    table = pa.table(columns | {"tenure": pa.array(["0" * 2**20] * 300, type=pa.large_string())})
+    pq.write_table(table, out, compression="zstd", use_dictionary=dictionary)
+    return out.getvalue()
+
+
+def _worker_rss(url: str) -> dict[int, int]:
+    return {p.pid: p.memory_info().rss for p in _served_by(url)}
+
+
+@pytest.mark.parametrize("bomb", ["gzip as text/csv", "gzip as Content-Encoding", "Parquet", "Parquet dictionary"])
+def test_a_decompression_bomb_gets_4xx_at_once_and_leaves_the_worker_flat(telco_server, bomb):
+    """10 MB of gzip once drove a worker to 6.6 GB (Polars decompressed it by its magic bytes)."""
+    url = telco_server["url"]
+    header = (",".join(TELCO.base_features) + "\n").encode()
+    if bomb.startswith("gzip"):
+        body = _gzip_bomb(header)
+        assert len(body) > 10_000_000 and len(gzip.decompress(body[: body.index(b"\x1f\x8b", 2)])) > 100 * 2**20
+        headers = CSV | ({"content-encoding": "gzip"} if "Encoding" in bomb else {})
+        status, says = (415, "uncompressed body") if "Encoding" in bomb else (400, "gzip-compressed bytes")
+    else:
+        body = _parquet_bomb(dictionary="dictionary" in bomb)
+        headers, status = PARQUET, 413
+        says = "bytes decoded is over the" if "dictionary" in bomb else "bytes uncompressed is over the"
+    assert len(body) < 11_000_000
+    with httpx.Client(timeout=60) as client:
+        client.post(f"{url}/v1/score_file", content=b"x", headers=CSV)  # warm up the bulk path's first allocations
+        before = _worker_rss(url)
+        started = time.perf_counter()
+        response = client.post(f"{url}/v1/score_file", content=body, headers=headers)
+        took = time.perf_counter() - started
+        after = _worker_rss(url)
+    assert response.status_code == status and says in response.json()["error"], response.text
+    assert took < 1.0, took
+    growth_mb = {pid: (after[pid] - before[pid]) / 2**20 for pid in before if pid in after}
+    assert max(growth_mb.values()) < 100, growth_mb
+    _still_serves(url, _records(telco_server["result"], 1)[0])
+
+
+def test_a_csv_over_the_row_limit_is_refused_before_it_is_parsed(telco_server):
+    """2,000,001 rows (the default limit is 2,000,000): counted as lines, never parsed."""
+    url = telco_server["url"]
+    body = (",".join(TELCO.base_features) + "\n").encode() + b"0\n" * 2_000_001
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/v1/score_file", content=body, headers=CSV, timeout=60)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "the request body: 2000001 lines of rows is over the 2000000-row limit"
+    assert time.perf_counter() - started < 1.0
+
+
+def test_the_content_type_decides_the_format_and_anything_else_gets_415(telco_server):
+    url, records = telco_server["url"], _records(telco_server["result"], 3)
+    csv, parquet = pl.DataFrame(records).write_csv().encode(), io.BytesIO()
+    pl.DataFrame(records).write_parquet(parquet)
+    for body, headers in (
+        (csv, CSV),
+        (parquet.getvalue(), PARQUET),
+        (parquet.getvalue(), {"content-type": "application/x-parquet"}),
+    ):
+        response = httpx.post(f"{url}/v1/score_file", content=body, headers=headers, timeout=30)
+        assert response.status_code == 200 and response.headers["x-rows-scored"] == "3", response.text
+    accepted = "text/csv or application/vnd.apache.parquet or application/x-parquet"
+    for headers, says in (
+        ({}, f"takes Content-Type {accepted}, not none"),
+        ({"content-type": "application/octet-stream"}, "not 'application/octet-stream'"),
+        ({"content-type": "application/json"}, "not 'application/json'"),
+        (CSV | {"content-encoding": "zstd"}, "an uncompressed body, not Content-Encoding 'zstd'"),
+    ):
+        response = httpx.post(f"{url}/v1/score_file", content=csv, headers=headers, timeout=30)
+        assert response.status_code == 415 and says in response.json()["error"], (headers, response.text)
+    as_csv = httpx.post(f"{url}/v1/score_file", content=parquet.getvalue(), headers=CSV, timeout=30)
+    assert as_csv.status_code == 400 and "Parquet bytes (they start with PAR1), not CSV text" in as_csv.text
+    as_parquet = httpx.post(f"{url}/v1/score_file", content=csv, headers=PARQUET, timeout=30)
+    assert as_parquet.status_code == 400 and "not a readable Parquet file" in as_parquet.text
+
+
+def test_a_column_named_twice_in_a_bulk_file_gets_400_naming_it(telco_server):
+    """An extra `tenure` placed first used to become the model's `tenure`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    url, records = telco_server["url"], _records(telco_server["result"], 3)
+    frame = pl.DataFrame(records)
+    lines = frame.write_csv().splitlines()
+    csv = "\n".join([f"tenure,{lines[0]}", *(f"99,{line}" for line in lines[1:])]).encode()
+    parquet = io.BytesIO()
+    table = frame.to_arrow()
+    pq.write_table(pa.table([pa.array([99] * 3), *table.columns], names=["tenure", *table.column_names]), parquet)
+    for body, headers in ((csv, CSV), (parquet.getvalue(), PARQUET)):
+        response = httpx.post(f"{url}/v1/score_file", content=body, headers=headers, timeout=30)
+        assert response.status_code == 400, response.text
+        assert "the request body: the column 'tenure' is in the header 2 times" in response.json()["error"]
+
+
+# -- JSON bodies: one value per key --------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["predict", "predict_batched", "explain", "feedback"])
+def test_a_json_key_given_twice_gets_400_naming_it(telco_server, path):
+    record = _records(telco_server["result"], 1)[0]
+    body = json.dumps({"records": [record]})
+    if path == "feedback":
+        body = '{"labels": [{"prediction_id": "a", "label": "No", "label": "Yes"}]}'
+        twice = "label"
+    else:  # pydantic's parser keeps the last value silently
+        body, twice = body.replace('"tenure": ', '"tenure": 1, "tenure": ', 1), "tenure"
+    response = httpx.post(f"{telco_server['url']}/{path}", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": f"the key '{twice}' is given twice in one JSON object: give each key once"}
+
+
+# -- a body that trickles in ----------------------------------------------------------------------------
+def test_a_body_that_trickles_in_is_cut_off_with_408(locked_server):
+    """A byte a second: answered 408 once `LIFECYCLE_BODY_TIMEOUT_SECONDS` (2 s here) have passed, and
+    the connection closed (it was still open after 150 s)."""
+    url, record = locked_server["url"], _records(locked_server["result"], 1)[0]
+    port = urlparse(url).port
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nx-api-key: {KEY}\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head)
+        started, answer = time.monotonic(), b""
+        conn.settimeout(0.5)
+        while time.monotonic() - started < 10 and b"\r\n\r\n" not in answer:
+            with contextlib.suppress(OSError):  # closed after its answer: read what it said
+                conn.sendall(b" ")
+            try:
+                answer += conn.recv(65536)
+            except TimeoutError:
+                continue
+        took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert BODY_TIMEOUT <= took < BODY_TIMEOUT + 2, took
+        assert b"did not all arrive within 2 s" in answer
+        conn.settimeout(5)
+        rest = b""
+        try:  # the server ends the connection (a reset is an end too)
+            while chunk := conn.recv(65536):
+                rest += chunk
+        except ConnectionResetError:
+            pass
+    _still_serves(url, record, {"x-api-key": KEY})

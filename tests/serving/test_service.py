@@ -172,6 +172,11 @@ def _feedback_counted(url: str) -> float:
             "observed_at",
             "datetime_from_date_parsing",
         ),
+        (  # a label from the future would beat every later correction: refused
+            [{"prediction_id": "a", "label": "Yes", "observed_at": "2030-01-01T00:00:00Z"}],
+            "observed_at",
+            "in_the_future",
+        ),
     ],
 )
 def test_malformed_feedback_gets_400_naming_the_field(telco_server, labels, field, error_type):
@@ -213,7 +218,10 @@ def test_bulk_file_scores_good_rows_and_gives_reasons_for_bad_ones(telco_server)
     for fmt in ("csv", "parquet"):
         buffer = io.BytesIO()
         raw.write_csv(buffer) if fmt == "csv" else raw.write_parquet(buffer)
-        response = httpx.post(f"{url}/v1/score_file", content=buffer.getvalue(), timeout=60)
+        media = "text/csv" if fmt == "csv" else "application/vnd.apache.parquet"
+        response = httpx.post(
+            f"{url}/v1/score_file", content=buffer.getvalue(), headers={"content-type": media}, timeout=60
+        )
         assert response.status_code == 200, response.text
         scored = pl.read_parquet(io.BytesIO(response.content))
         assert scored.height == raw.height
@@ -232,9 +240,10 @@ def test_bulk_file_scores_good_rows_and_gives_reasons_for_bad_ones(telco_server)
 
 def test_bulk_file_errors_are_4xx(telco_server):
     url = telco_server["url"]
-    assert httpx.post(f"{url}/v1/score_file", content=b"", timeout=30).status_code == 400
-    assert httpx.post(f"{url}/v1/score_file", content=b"a,b\n1,2\n", timeout=30).status_code == 400
-    assert httpx.post(f"{url}/v1/score_file", content=b"PAR1garbage", timeout=30).status_code == 400
+    csv, parquet = {"content-type": "text/csv"}, {"content-type": "application/vnd.apache.parquet"}
+    assert httpx.post(f"{url}/v1/score_file", content=b"", headers=csv, timeout=30).status_code == 400
+    assert httpx.post(f"{url}/v1/score_file", content=b"a,b\n1,2\n", headers=csv, timeout=30).status_code == 400
+    assert httpx.post(f"{url}/v1/score_file", content=b"PAR1garbage", headers=parquet, timeout=30).status_code == 400
 
 
 def test_openapi_fuzzing_finds_no_server_error(telco_server, tmp_path):

@@ -16,6 +16,7 @@ from tests.serving.server import bento_server
 
 CODED = FIXTURES / "coded.yaml"
 RECORD = {"applicant": 1042, "marital": 1, "region": " north ", "smoker": 0, "age": 40, "income": 52.5}
+CSV = {"content-type": "text/csv"}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,9 @@ def test_score_file_scores_what_predict_scores_and_names_a_broken_line(coded):
     _, url = coded
     body = io.BytesIO()
     pl.DataFrame([RECORD | {"region": "north"}]).write_csv(body)
-    scored = httpx.post(f"{url}/v1/score_file", content=body.getvalue(), timeout=60)
+    scored = httpx.post(f"{url}/v1/score_file", content=body.getvalue(), headers=CSV, timeout=60)
     assert scored.status_code == 200, scored.text
     assert pl.read_parquet(io.BytesIO(scored.content)).get_column("reason").to_list() == [None]
     ragged = b"applicant,marital,region,smoker,age,income\n1,2,north,0,40,1.5\n2,3,south,1,41\n"
-    response = httpx.post(f"{url}/v1/score_file", content=ragged, timeout=30)
+    response = httpx.post(f"{url}/v1/score_file", content=ragged, headers=CSV, timeout=30)
     assert response.status_code == 400 and "line 3: 5 fields, the header has 6" in response.text, response.text

@@ -1,5 +1,7 @@
 """Pure data functions on tiny in-memory frames (no Prefect)."""
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -7,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.core.cast import clean
-from tasks.core.errors import QuarantineToleranceExceeded, SpecError
+from tasks.core.errors import DataError, QuarantineToleranceExceeded, SpecError
+from tasks.core.features import add_features
 from tasks.core.logs import as_text
 from tasks.core.prepare import (
     SPLIT_COLUMN,
@@ -16,10 +19,16 @@ from tasks.core.prepare import (
     QuarantineReport,
     assign_splits,
     check_tolerance,
+    check_trainable,
+    duplicates_policy,
+    features_vary,
+    find_duplicates,
     frame_digest,
     split_quarantine,
+    target_classes,
 )
 from tasks.core.schema import find_failures
+from tasks.core.spec import QuarantineSpec
 from tasks.stores.snapshots import fingerprint_source, read_source, redact_uri
 
 
@@ -169,6 +178,105 @@ def test_tolerance_names_the_top_failing_checks():
     check_tolerance(report.model_copy(update={"max_fraction": 0.1}))
 
 
+# -- exact duplicate rows: a declared policy, and never on both sides of the split ---------------
+def with_copies(raw: pl.DataFrame, share: float = 0.1, seed: int = 3) -> tuple[pl.DataFrame, dict[int, int]]:
+    """`raw`'s distinct rows with `share` of them copied in at random places; copy row → its first copy's row."""
+    distinct = raw.unique(maintain_order=True)
+    copies = distinct.sample(fraction=share, seed=seed)
+    mixed = pl.concat([distinct, copies]).sample(fraction=1.0, shuffle=True, seed=seed).with_row_index("_r")
+    first = mixed.with_columns(pl.col("_r").min().over(raw.columns).alias("_first"))
+    later = first.filter(pl.col("_r") != pl.col("_first"))
+    return mixed.drop("_r"), dict(later.select(pl.col("_r").cast(pl.Int64), pl.col("_first").cast(pl.Int64)).rows())
+
+
+def _straddling(split: pl.DataFrame) -> int:
+    """Rows that also appear (all columns equal) in another split."""
+    columns = [c for c in split.columns if c != SPLIT_COLUMN]
+    return split.filter(pl.col(SPLIT_COLUMN).n_unique().over(columns) > 1).height
+
+
+def _policy(spec, duplicates: str):
+    return spec.model_copy(update={"quarantine": QuarantineSpec(max_fraction=0.2, duplicates=duplicates)})
+
+
+@pytest.mark.parametrize("policy", ["quarantine", "drop", "keep"])
+def test_a_file_with_ten_percent_copies_gets_its_declared_outcome(telco_spec, telco_raw, policy):
+    raw, copies = with_copies(telco_raw)
+    spec = _policy(telco_spec, policy)
+    assert len(copies) == round(0.1 * telco_raw.unique().height) and find_duplicates(raw).height == len(copies)
+
+    failures, dropped = duplicates_policy(find_failures(raw, spec), find_duplicates(raw), spec)
+    kept, quarantined = split_quarantine(raw, failures, dropped)
+    assert kept.height + quarantined.height + dropped.len() == raw.height  # nothing lost
+    if policy == "quarantine":
+        assert dict(zip(quarantined["source_row"], quarantined["reason"], strict=True)) == {
+            row: f"duplicate of row {first}" for row, first in copies.items()
+        }
+        assert quarantined.get_column("failed_column").unique().to_list() == ["(all columns)"]
+        assert dropped.len() == 0 and kept.equals(raw.unique(maintain_order=True))
+    elif policy == "drop":
+        assert sorted(dropped) == sorted(copies) and quarantined.height == 0
+        assert kept.equals(raw.unique(maintain_order=True))
+    else:
+        assert kept.equals(raw) and quarantined.height == 0 and dropped.len() == 0
+    split = assign_splits(add_features(clean(kept, spec), spec), spec)
+    assert _straddling(split) == 0  # no row in test is also in train or validation
+
+
+def test_copies_take_the_split_of_their_first_copy_and_the_rest_keep_theirs(telco_spec, telco_raw):
+    from tasks.core.prepare import _positional_splits
+
+    typed = add_features(clean(telco_raw, telco_spec), telco_spec)
+    positional, split = _positional_splits(typed, telco_spec), assign_splits(typed, telco_spec)
+    assert _straddling(positional) == 27 and _straddling(split) == 0  # the bundled table's 22 copies
+    moved = positional.get_column(SPLIT_COLUMN) != split.get_column(SPLIT_COLUMN)
+    has_copy = typed.is_duplicated()
+    assert moved.sum() == 13 and not (moved & ~has_copy).any()  # only copies move
+    distinct = typed.unique(maintain_order=True)  # no copies: the split is the positional one, unchanged
+    assert assign_splits(distinct, telco_spec).equals(_positional_splits(distinct, telco_spec))
+
+
+def test_copies_stay_together_in_a_time_split(orders_spec):
+    from tasks.core.prepare import _positional_splits
+
+    typed = clean(read_source(orders_spec), orders_spec).drop(orders_spec.id_column)
+    doubled = pl.concat([typed, typed.sort("ordered_at").slice(140, 21)])  # a copy pair at the 60% boundary
+    spec = orders_spec.model_copy(update={"id_column": None})
+    assert _straddling(_positional_splits(doubled, spec)) == 2
+    split = assign_splits(doubled, spec)
+    assert _straddling(split) == 0 and split.height == doubled.height
+
+
+def test_duplicates_policy_keeps_the_other_failures_of_a_copy(orders_spec):
+    raw = _orders(orders_spec, order_id=["a", "b", "a"], items=["1", "x", "1"])
+    raw = raw.with_columns(*(pl.lit(raw.item(0, c)).alias(c) for c in ("ordered_at", "amount_eur", "channel")))
+    raw = raw.with_columns(*(pl.lit(raw.item(0, c)).alias(c) for c in ("express", "coupon", "note", "outcome")))
+    failures, _ = duplicates_policy(find_failures(raw, orders_spec), find_duplicates(raw), orders_spec)
+    _, quarantined = split_quarantine(raw, failures)
+    by_row = {r["source_row"]: r for r in quarantined.iter_rows(named=True)}
+    assert by_row[2]["reason"] == "duplicate of row 0"  # the copy's first reason; its id clash is listed too
+    assert any("field_uniqueness" in reason for reason in by_row[2]["all_reasons"])
+    assert by_row[1]["reason"].startswith("items: dtype(int)")
+
+
+# -- what a model needs of the kept rows ---------------------------------------------------------
+def test_a_one_class_or_one_row_source_fails_naming_the_file(telco_spec, telco_raw):
+    typed = clean(telco_raw, telco_spec)
+    one_class = typed.filter(pl.col("churn") == "No")
+    with pytest.raises(DataError, match=r"data.csv: the kept rows have only one class of `churn` \('No': 5174 rows\)"):
+        check_trainable("data.csv", telco_spec, target_classes(one_class, telco_spec), True)
+    same = pl.concat([typed.head(1)] * 1000)
+    with pytest.raises(DataError, match="only one class"):  # one row a million times: one class first
+        check_trainable("data.csv", telco_spec, target_classes(same, telco_spec), features_vary(same, telco_spec))
+    both = pl.concat([same, same.with_columns(pl.lit("Yes").alias("churn"))])
+    assert not features_vary(both, telco_spec)
+    with pytest.raises(DataError, match="data.csv: all 2000 kept rows have the same feature values"):
+        check_trainable("data.csv", telco_spec, target_classes(both, telco_spec), features_vary(both, telco_spec))
+    with pytest.raises(DataError, match="data.csv: no rows kept"):
+        check_trainable("data.csv", telco_spec, {}, False)
+    check_trainable("data.csv", telco_spec, target_classes(typed, telco_spec), features_vary(typed, telco_spec))
+
+
 # -- the one-pass verdict (schema_holds) and Pandera agree on every frame ---------------------
 _CELLS = {
     "order_id": ["a", "b", "a", None, " b"],
@@ -278,3 +386,38 @@ def test_one_pass_bulk_path_on_the_telco_table_and_its_planted_corruptions(telco
         pl.when(pl.int_range(3) == 1).then(pl.lit("12,5")).otherwise(pl.col("total_charges")).alias("total_charges")
     )
     assert not _two_step(unparseable, telco_spec)[1].is_empty() and typed_and_encoded(unparseable, telco_spec) is None
+
+
+# -- one meaning per input: a column named twice; NaN named as what it is ------------------------------
+def test_a_duplicated_header_fails_prepare_naming_the_column_and_the_file(tmp_path, telco_spec):
+    """An extra `tenure` placed first used to become the model's `tenure` (Polars renames the later one)."""
+    from tasks.stream import scan_source
+
+    lines = telco_spec.resolve(telco_spec.source.path).read_text().splitlines()
+    source = tmp_path / "telco_twice.csv"
+    source.write_text("\n".join([f"tenure,{lines[0]}", *(f"99,{line}" for line in lines[1:])]) + "\n")
+    position = lines[0].split(",").index("tenure") + 2
+    message = rf"{source}: the column 'tenure' is in the header 2 times \(columns \[1, {position}\]\)"
+    with pytest.raises(DataError, match=message):
+        read_source(telco_spec.with_source(source))
+    with pytest.raises(DataError, match=message):
+        scan_source(telco_spec.with_source(source))
+
+
+@pytest.mark.parametrize(("column", "value"), [("amount_eur", "NaN"), ("amount_eur", "-inf"), ("items", "nan")])
+def test_a_nan_or_infinite_number_is_named_as_such_not_as_out_of_range(orders_spec, column, value):
+    from tasks.core.records import example_record, record_model
+
+    raw = _orders(orders_spec, **{column: ["1", value, "3"]})
+    failures = find_failures(raw, orders_spec)
+    assert failures.rows() == [(1, column, "finite_number", value)]  # was in_range(0.0, 5000.0) for NaN
+    parquet_nan = raw.with_columns(pl.col("amount_eur").cast(pl.Float64, strict=False))  # a real NaN value
+    if column == "amount_eur":
+        assert find_failures(parquet_nan, orders_spec).select("row", "column", "check").rows() == [
+            (1, "amount_eur", "finite_number")
+        ]
+    body = json.dumps(example_record(orders_spec) | {column: float(value)}).encode()  # NaN/Infinity as JS writes them
+    with pytest.raises(ValueError) as refused:
+        record_model(orders_spec).model_validate_json(body)
+    assert [(e["loc"], e["type"]) for e in refused.value.errors()] == [((column,), "finite_number")]
+    assert "not NaN or infinity" in str(refused.value)

@@ -183,3 +183,48 @@ def test_new_prediction_ids_are_distinct_hex_with_a_fresh_random_prefix_a_call()
     assert ids.str.contains("^[0-9a-f]{32}$").all()
     assert ids.str.slice(0, 22).n_unique() == 1 and ids[0][:22] != again[0][:22]
     assert ids[12_345].endswith("0000012345") and ids.str.slice(22).cast(pl.Int64).to_list() == list(range(50_000))
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "a\nb", "\x07", "a\u200bb", "a\u2028b"])
+def test_an_id_with_a_character_that_is_not_printable_is_refused_naming_the_field(orders_spec, key):
+    """A NUL byte (or a line break, a zero-width space...) in an id: 400 on /feedback, quarantined in a file."""
+    label = label_model(orders_spec)
+    for field in ("prediction_id", "order_id"):
+        with pytest.raises(ValueError) as refused:
+            label(**{field: key, "label": "kept"})
+        assert [(e["loc"], e["type"]) for e in refused.value.errors()] == [((field,), "printable")]
+    assert label(prediction_id="ok id-1", label="kept").prediction_id == "ok id-1"  # a plain space is printable
+    raw = _labels(prediction_id=[key, "fine", None], order_id=[None, None, key], outcome=["kept"] * 3)
+    kept, quarantined = validate_labels(raw, orders_spec, "labels.csv", NOW.timestamp())
+    assert kept.get_column("prediction_id").to_list() == ["fine"]
+    reasons = quarantined.get_column("reason").to_list()
+    assert [r.split(":")[0] for r in reasons] == ["prediction_id", "order_id"]
+    assert all("not printable" in r for r in reasons)
+
+
+def test_a_label_from_the_future_is_refused_on_both_paths_and_cannot_beat_a_later_correction(orders_spec):
+    """The one rule (`observed_in_future`): past 5 minutes of clock skew, 400 naming `observed_at` at
+    /feedback, quarantined in a label file. Within the allowance it is taken."""
+    label, now = label_model(orders_spec), datetime.now(UTC)
+    with pytest.raises(ValueError) as refused:
+        label(prediction_id="a", label="kept", observed_at="2030-01-01T00:00:00")
+    assert [(e["loc"], e["type"]) for e in refused.value.errors()] == [(("observed_at",), "in_the_future")]
+    assert label(prediction_id="a", label="kept", observed_at=now + timedelta(seconds=120)).observed_at
+    assert label(prediction_id="a", label="kept", observed_at="2026-01-01T00:00:00").observed_at.tzinfo == UTC
+
+    raw = _labels(
+        prediction_id=["a", "b"], outcome=["kept", "kept"], observed_at=["2030-01-01", "2030-01-01T00:00:00Z"]
+    )
+    kept, quarantined = validate_labels(raw, orders_spec, "labels.csv", NOW.timestamp())
+    assert kept.height == 0 and quarantined.get_column("reason").to_list() == [
+        f"observed_at: in the future (more than 300 s after it was received) (value={v})" for v in raw["observed_at"]
+    ]
+    skewed, _ = validate_labels(
+        _labels(prediction_id=["a"], outcome=["kept"], observed_at=[str(NOW.timestamp() + 299)]),
+        orders_spec, "labels.csv", NOW.timestamp(),
+    )  # fmt: skip
+    correction, _ = validate_labels(
+        _labels(prediction_id=["a"], outcome=["returned"], observed_at=[(NOW + timedelta(hours=1)).isoformat()]),
+        orders_spec, "later.csv", (NOW + timedelta(hours=1)).timestamp(),
+    )  # fmt: skip
+    assert latest_labels(pl.concat([skewed, correction])).get_column("label").to_list() == ["returned"]

@@ -117,6 +117,15 @@ def test_reference_rows_keep_their_split_and_new_rows_are_split_by_the_config(or
     assert again.equals(merged)  # deterministic: the same inputs give the same data version
 
 
+def test_a_new_row_that_copies_a_reference_row_takes_its_split(orders_spec):
+    reference = _reference(orders_spec)
+    test_rows = reference["test"].drop([c for c in reference["test"].columns if c not in _orders(1).columns])
+    copies = pl.concat([test_rows] * 10)  # served again and again: split alone, most would land in train
+    merged = merge_for_retraining(reference, copies, orders_spec, RetrainingSpec())
+    again = merged.filter(pl.col("order_id").is_in(["o7", "o8"]))
+    assert again.height == 22 and set(again.get_column(SPLIT_COLUMN)) == {"test"}
+
+
 def test_the_window_drops_the_oldest_reference_rows_first(orders_spec):
     reference = _reference(orders_spec)
     new = clean(_orders(4, order_id=[f"n{i}" for i in range(4)]), orders_spec)

@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
+from tasks.core.spec import read_yaml
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -41,9 +41,7 @@ def test_every_module_command_runs_and_knows_its_options(module):
 
 
 def test_every_deployment_run_names_a_deployment_and_its_parameters():
-    deployments = {
-        d["name"]: d["entrypoint"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    }
+    deployments = {d["name"]: d["entrypoint"] for d in read_yaml(ROOT / "prefect.yaml")["deployments"]}
     assert DEPLOY_RUNS, "the README shows no `prefect deployment run`"
     for target, params in DEPLOY_RUNS:
         flow_name, deployment = target.split("/")

@@ -3,8 +3,8 @@ import yaml
 
 from tasks.core.errors import SpecError
 from tasks.core.schema import build_schema
-from tasks.core.spec import DatasetSpec, load_spec
-from tests.conftest import CONFIGS
+from tasks.core.spec import DatasetSpec, load_spec, read_yaml
+from tests.conftest import CONFIGS, FIXTURES, ROOT
 
 
 def _write(tmp_path, body: dict):
@@ -30,6 +30,55 @@ def test_bundled_configs_load_and_build_schemas():
         schema = build_schema(spec)
         assert set(schema.columns) == set(spec.input_columns)
         assert spec.resolve(spec.source.path).is_file()
+
+
+def test_every_bundled_yaml_file_loads_with_no_key_written_twice():
+    files = [*CONFIGS.glob("*.yaml"), *FIXTURES.glob("*.yaml"), ROOT / "prefect.yaml"]
+    files += [ROOT / "bentos" / "tabular" / "bentofile.yaml"]
+    assert len(files) >= 7
+    for path in files:
+        assert isinstance(read_yaml(path), dict), path
+
+
+_CONFIG = """name: t
+source: {path: t.csv}
+target: {column: y, labels: [n, y], positive: y}
+columns:
+  x: {type: float}
+split:
+  seed: 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "line", "first"),
+    [
+        ("target: {column: y, labels: [n, y], positive: n}\n", "target", 8, 3),  # flipped the positive label
+        ("split:\n  seed: 2\n  test: 0.3\n", "split", 8, 6),  # changed the seed and the test share
+        ("evaluation:\n  protected: []\n  cv_folds: 3\n  protected: []\n", "protected", 11, 9),  # nested
+    ],
+)
+def test_a_key_written_twice_is_an_error_naming_the_key_and_the_line(tmp_path, extra, key, line, first):
+    path = tmp_path / "twice.yaml"
+    path.write_text(_CONFIG + extra)
+    with pytest.raises(SpecError, match=rf"^{path}, line {line}: key `{key}` is written twice .*first on line {first}"):
+        load_spec(path)
+
+
+def test_a_column_written_twice_is_refused_and_a_merge_may_override(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(_CONFIG.replace("  x: {type: float}\n", "  x: {type: float}\n  x: {type: int}\n"))
+    with pytest.raises(SpecError, match=r"line 6: key `x` is written twice in one mapping \(first on line 5\)"):
+        load_spec(path)
+    path.write_text("base: &base {a: 1, b: 2}\nderived:\n  <<: *base\n  b: 3\n")
+    assert read_yaml(path) == {"base": {"a": 1, "b": 2}, "derived": {"a": 1, "b": 3}}
+
+
+def test_text_that_is_not_yaml_is_a_spec_error_naming_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: t\nsource: {path: t.csv\n")
+    with pytest.raises(SpecError, match=rf"^{path}: not valid YAML"):
+        load_spec(path)
 
 
 def test_relative_source_starts_from_the_config_folder(tmp_path):

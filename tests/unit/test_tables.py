@@ -1,13 +1,17 @@
 """Whole-file problems of a CSV/Parquet input: a DataError naming the file and the 1-based line,
 on the eager reader (prepare, monitor, labels, score_file) and on the streamed scan alike."""
 
+import bz2
+import gzip
+import io
+import lzma
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tasks.core.errors import DataError, SpecError
-from tasks.core.tables import read_table, scan_table
+from tasks.core.errors import DataError, SpecError, TableTooLarge
+from tasks.core.tables import TableLimits, read_table, scan_table
 
 COLUMNS = ["a", "b", "c"]
 GOOD = {
@@ -108,3 +112,108 @@ def test_a_broken_or_missing_snapshot_manifest_is_a_data_error_naming_it(tmp_pat
         load_manifest(broken)  # a DataError: the task's retry rule does not retry it
     with pytest.raises(DataError, match="snapshot manifest not found"):
         load_manifest(tmp_path / "nowhere.json")
+
+
+# -- one meaning per column, and bounded bodies ---------------------------------------------------
+def _duplicated_parquet(path: Path) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table([pa.array(["9"]), pa.array(["1"]), pa.array(["2"]), pa.array(["3"])], names=["b", "a", "b", "c"])
+    pq.write_table(table, path)
+    return path.read_bytes()
+
+
+def test_a_column_name_given_twice_is_a_data_error_naming_it(tmp_path):
+    csv = tmp_path / "twice.csv"
+    csv.write_bytes(b"b,a,b,c\n9,1,2,3\n")
+    parquet = tmp_path / "twice.parquet"
+    body = _duplicated_parquet(parquet)
+    message = r"the column 'b' is in the header 2 times \(columns \[1, 3\]\)"
+    for read in (
+        lambda: read_table(csv, str(csv), COLUMNS),
+        lambda: read_table(csv.read_bytes(), str(csv), COLUMNS),
+        lambda: scan_table(csv, str(csv), COLUMNS),
+        lambda: read_table(parquet, str(parquet), COLUMNS),
+        lambda: read_table(body, str(parquet), COLUMNS, "parquet"),
+        lambda: scan_table(parquet, str(parquet), COLUMNS),
+    ):
+        with pytest.raises(DataError, match=rf"twice\.(csv|parquet): {message}"):
+            read()
+    empty_names = tmp_path / "empty.csv"
+    empty_names.write_bytes(b"a,,c,\n1,2,3,4\n")
+    with pytest.raises(DataError, match=r"the column '' is in the header 2 times \(columns \[2, 4\]\)"):
+        read_table(empty_names, str(empty_names), COLUMNS)
+
+
+def test_the_body_format_is_the_callers_word_never_its_magic_bytes(tmp_path):
+    parquet = io.BytesIO()
+    pl.DataFrame({c: ["1"] for c in COLUMNS}).write_parquet(parquet)
+    with pytest.raises(DataError, match=r"body: Parquet bytes \(they start with PAR1\), not CSV text"):
+        read_table(parquet.getvalue(), "body", COLUMNS)
+    assert read_table(parquet.getvalue(), "body", COLUMNS, "parquet").rows() == [("1", "1", "1")]
+    with pytest.raises(DataError, match="body: not a readable Parquet file"):
+        read_table(b"a,b,c\n1,2,3\n", "body", COLUMNS, "parquet")
+
+
+@pytest.mark.parametrize(
+    ("kind", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("bzip2", bz2.compress),
+        ("xz", lzma.compress),
+        ("zstd", lambda b: b"\x28\xb5\x2f\xfd" + b"not really"),
+        ("zip", lambda b: b"PK\x03\x04" + b),
+    ],
+)
+def test_a_compressed_csv_body_is_refused_never_decompressed(kind, compress):
+    body = compress(b"a,b,c\n" + b"1,2,3\n" * 1000)
+    with pytest.raises(DataError, match=rf"body: {kind}-compressed bytes, not CSV text; send it uncompressed"):
+        read_table(body, "body", COLUMNS)
+
+
+def test_a_compressed_csv_file_on_disk_is_read_when_polars_reads_it(tmp_path):
+    """A file the user chose (prepare's `source.path: data.csv.gz`) is read; bzip2 is named, not misread."""
+    gz, bz = tmp_path / "t.csv.gz", tmp_path / "t.csv.bz2"
+    gz.write_bytes(gzip.compress(b"a,b,c\n1,2,3\n"))
+    bz.write_bytes(bz2.compress(b"a,b,c\n1,2,3\n"))
+    assert read_table(gz, str(gz), COLUMNS).rows() == [("1", "2", "3")]
+    assert scan_table(gz, str(gz), COLUMNS).collect().rows() == [("1", "2", "3")]
+    with pytest.raises(DataError, match=r"t\.csv\.bz2: bzip2-compressed bytes"):
+        read_table(bz, str(bz), COLUMNS)
+
+
+def test_limits_are_counted_before_the_data_is_parsed(tmp_path):
+    limits = TableLimits(rows=10, bytes=1_000_000)
+    csv = b"a,b,c\n" + b"1,2,3\n" * 10
+    assert read_table(csv, "body", COLUMNS, limits=limits).height == 10
+    with pytest.raises(TableTooLarge, match="body: 11 lines of rows is over the 10-row limit"):
+        read_table(csv + b"1,2,3\n", "body", COLUMNS, limits=limits)
+    many = io.BytesIO()
+    pl.DataFrame({c: ["1"] * 11 for c in COLUMNS}).write_parquet(many)
+    with pytest.raises(TableTooLarge, match="body: 11 rows is over the 10-row limit"):
+        read_table(many.getvalue(), "body", COLUMNS, "parquet", limits=limits)
+
+
+def _parquet_bomb(dictionary: bool) -> bytes:
+    """10 rows of one 1 MB value, zstd pages: a few KB of file, 10 MB of data."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    table = pa.table({c: ["0" * 2**20] * 10 for c in COLUMNS})
+    pq.write_table(table, out, compression="zstd", use_dictionary=dictionary)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_a_parquet_bomb_is_refused_by_its_declared_or_decoded_size(dictionary):
+    body = _parquet_bomb(dictionary)
+    assert len(body) < 100_000
+    limits = TableLimits(rows=100, bytes=5_000_000)
+    # plain pages declare their 30 MB uncompressed; a dictionary of one value declares 3 MB, decodes to 30 MB
+    message = "bytes decoded" if dictionary else "bytes uncompressed"
+    with pytest.raises(TableTooLarge, match=rf"body: \d+ {message} is over the 5000000-byte limit"):
+        read_table(body, "body", COLUMNS, "parquet", limits=limits)
+    only_a = read_table(body, "body", ["a"], "parquet", columns=["a", "z"], limits=TableLimits(100, 15_000_000))
+    assert only_a.columns == ["a"]  # the columns asked for (those the file has), counted alone
