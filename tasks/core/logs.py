@@ -384,9 +384,7 @@ class PredictionLog:
                 if self._room(batch.height):
                     self._frames.append(batch)
             return
-        if "part" in self._failing:
-            with self._lock:
-                self._recovered("part")
+        self._works_again("part")
 
     def healthy(self) -> bool:
         """False while a write, sync, new segment or roll-up is failing (rows may wait in memory)."""
@@ -422,6 +420,12 @@ class PredictionLog:
         if step not in self._failing:
             self._failing[step] = time.monotonic()
             self.logger.error("prediction log: %s failed in %s (%s); retried until it works", step, self.folder, exc)
+
+    def _works_again(self, step: str) -> None:
+        """`_recovered`, taking the lock only if `step` was failing (a success is the common case)."""
+        if step in self._failing:
+            with self._lock:
+                self._recovered(step)
 
     def _recovered(self, step: str) -> None:
         since = self._failing.pop(step, None)
@@ -521,9 +525,7 @@ class PredictionLog:
                     return
                 segment.close()
                 self._closed.pop(0)
-        if "roll" in self._failing:
-            with self._lock:
-                self._recovered("roll")
+        self._works_again("roll")
 
     def _roll_leftovers(self) -> None:
         """Roll dead workers' segments, each one logged: the worker's pid and the rows recovered."""
@@ -555,9 +557,7 @@ class PredictionLog:
                 with self._lock:
                     self._failed("sync", exc)
             else:
-                if "sync" in self._failing:
-                    with self._lock:
-                        self._recovered("sync")
+                self._works_again("sync")
 
     def close(self) -> None:
         """Stop the threads; write what waits, roll this process's segments into parts and release them.

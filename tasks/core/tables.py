@@ -186,8 +186,12 @@ def _not_compressed(source: Source, name: str) -> None:
 
 def _within_lines(source: Source, name: str, limits: TableLimits) -> None:
     """Counted before parsing: more lines than the header and `limits.rows` rows (a quoted value
-    over several lines counts each line) is `TableTooLarge`."""
-    lines = sum(block.count(b"\n") for block in _blocks(source))
+    over several lines counts each line; so does a last line with no line break) is `TableTooLarge`."""
+    lines, last = 0, b"\n"
+    for block in _blocks(source):
+        lines += block.count(b"\n")
+        last = block[-1:] or last
+    lines += last != b"\n"
     if lines - 1 > limits.rows:
         raise TableTooLarge(f"{name}: {lines - 1} lines of rows is over the {limits.rows}-row limit")
 

@@ -189,6 +189,9 @@ def test_limits_are_counted_before_the_data_is_parsed(tmp_path):
     assert read_table(csv, "body", COLUMNS, limits=limits).height == 10
     with pytest.raises(TableTooLarge, match="body: 11 lines of rows is over the 10-row limit"):
         read_table(csv + b"1,2,3\n", "body", COLUMNS, limits=limits)
+    with pytest.raises(TableTooLarge, match="body: 11 lines of rows is over the 10-row limit"):
+        read_table(csv + b"1,2,3", "body", COLUMNS, limits=limits)  # the last row with no line break
+    assert read_table(csv.rstrip(b"\n"), "body", COLUMNS, limits=limits).height == 10
     many = io.BytesIO()
     pl.DataFrame({c: ["1"] * 11 for c in COLUMNS}).write_parquet(many)
     with pytest.raises(TableTooLarge, match="body: 11 rows is over the 10-row limit"):
