@@ -1,5 +1,6 @@
 """The bare baseline for the serving benchmark: the same LightGBM booster behind a minimal
-Starlette endpoint — orjson in, dict lookups for categories, `Booster.predict`, orjson out.
+Starlette endpoint — orjson in, dict lookups for categories, the derived features' own row rules,
+`Booster.predict`, the task's answer (a probability and label; a value and its interval), orjson out.
 No validation, no logging, no metrics: what the hardware allows. The same routes with `_compiled`
 use the booster compiled by lleaves (the same compiler and target as the packaged service).
 
@@ -24,6 +25,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tasks.core.compiled import portable_cpu
+from tasks.core.ops import OPS
+from tasks.core.spec import DatasetSpec
+from tasks.core.task.kinds import task_of
 
 FOLDER = Path(os.environ["BARE_MODEL_DIR"])
 BOOSTER = lgb.Booster(model_file=str(FOLDER / "model.txt"))
@@ -32,8 +36,9 @@ FEATURES: list[str] = META["base_features"]
 CODES: dict[str, dict[str, float]] = {
     c: {v: float(i) for i, v in enumerate(cats)} for c, cats in META["categories"].items()
 }
-RATIOS: list[tuple[str, str]] = [tuple(pair) for pair in META["ratios"]]
-THRESHOLD = META["threshold"]
+DERIVED: list[tuple[str, list[str]]] = [(op, inputs) for op, inputs in META["derived"]]
+TASK = task_of(DatasetSpec.model_validate(META["spec"]))
+DECISION = TASK.decision_from_json(META["decision"])
 COMPILED = lleaves.Model(model_file=str(FOLDER / "model.txt"))
 COMPILED.compile(target_cpu=portable_cpu(), target_cpu_features="")
 
@@ -43,14 +48,15 @@ def _row(record: dict) -> list[float]:
         CODES[f].get(record[f], np.nan) if f in CODES else (np.nan if record.get(f) is None else float(record[f]))
         for f in FEATURES
     ]
-    for num, den in RATIOS:
-        a, b = record.get(num), record.get(den)
-        values.append(a / b if a is not None and b else np.nan)
+    for op, inputs in DERIVED:
+        args = [record.get(name) for name in inputs]
+        value = None if any(a is None for a in args) else OPS[op].row(*(float(a) for a in args))
+        values.append(np.nan if value is None else value)
     return values
 
 
-def _answer(proba) -> Response:
-    out = [{"probability": float(p), "label": bool(p >= THRESHOLD)} for p in proba]
+def _answer(scores) -> Response:
+    out = TASK.answer_json(TASK.answer_rows(scores, DECISION), DECISION)
     return Response(orjson.dumps({"predictions": out}), media_type="application/json")
 
 
@@ -73,13 +79,16 @@ async def _matrix(request: Request) -> np.ndarray:
             else frame.get_column(f).cast(pl.Float64).to_numpy()
             for f in FEATURES
         ]
-        + [(frame.get_column(a) / frame.get_column(b)).cast(pl.Float64).to_numpy() for a, b in RATIOS]
+        + [
+            frame.select(OPS[op].expr(*(pl.col(name).cast(pl.Float64) for name in inputs))).to_series().to_numpy()
+            for op, inputs in DERIVED
+        ]
     )
 
 
-def _table(proba) -> Response:
+def _table(scores) -> Response:
     out = io.BytesIO()
-    pl.DataFrame({"probability": proba}).write_parquet(out)
+    pl.DataFrame({TASK.score_column: scores}).write_parquet(out)
     return Response(out.getvalue(), media_type="application/vnd.apache.parquet")
 
 

@@ -1,9 +1,12 @@
 """Lifecycle overhead: the Prefect lifecycle flow vs a bare script doing the same library
 work (the project's pure functions: Polars/Pandera, LightGBM/Optuna, MLflow, BentoML) on
-the same data with the same trial budget — and a cached re-run vs a cold run.
+the same data with the same trial budget and split — and a cached re-run vs a cold run. Beside
+the times, each variant's candidate on the test split: the task's tuning metric (binary: ROC AUC;
+regression: RMSE), so the orchestration is seen to cost nothing in model quality.
 
     python -m benchmarks.lifecycle --config configs/default.yaml --runs 3 --n-trials 50
     python -m benchmarks.lifecycle --config configs/default.yaml --rows 1000000 --n-trials 10
+    python -m benchmarks.lifecycle --config configs/<your regression config>.yaml --runs 1 --n-trials 20 --variants bare flow
 
 Each run is a fresh process (imports and, for the flow, Prefect's ephemeral API included),
 in a fresh workdir and results folder (cold); "cached" re-runs the flow on the same workdir and results
@@ -36,19 +39,20 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
     from tasks.core.cast import clean
     from tasks.core.features import add_features, encode_target, feature_matrix
     from tasks.core.gate import apply_gate
-    from tasks.core.metrics import binary_metrics
     from tasks.core.model import TabularModel
     from tasks.core.prepare import QuarantineReport, assign_splits, split_quarantine, top_failing_checks
     from tasks.core.schema import find_failures
     from tasks.core.spec import load_spec
+    from tasks.core.task.kinds import task_of
     from tasks.evaluate import cross_validate, explain_sample, global_importance, save_plots, shap_values
     from tasks.stores import registry
     from tasks.stores.bentos import build_bento, import_model
     from tasks.stores.snapshots import fingerprint_source, read_source, read_split, write_snapshot
-    from tasks.train import base_params, fit_baselines, fit_final, matrices, threshold_on_validation
+    from tasks.train import base_params, decision_on_validation, fit_baselines, fit_final, matrices
     from tasks.tune import tune
 
     spec = load_spec(config, n_trials=n_trials)
+    task = task_of(spec)
     # prepare
     fingerprint = fingerprint_source(spec)
     raw = read_source(spec)
@@ -68,14 +72,14 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
     baselines = fit_baselines(m, spec)
     tuning = tune(m, spec)
     booster_text = fit_final(m, spec, tuning)
-    threshold, calibrator, _ = threshold_on_validation(m, booster_text, spec)
+    decision, _ = decision_on_validation(m, booster_text, spec)
     cfg = registry.default_tracking(workdir, spec.name, spec.registered_model_name)
     experiment_id = cfg.activate()
     metadata = {"data_version": manifest.data_version, "spec_hash": spec.spec_hash, "training_hash": spec.training_hash}
-    model = TabularModel(spec, booster_text, threshold, metadata, calibrator)
+    model = TabularModel(spec, booster_text, decision, metadata)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params(base_params(spec) | tuning.best_params)
-        registry.log_trials(cfg, experiment_id, run.info.run_id, tuning.trials)
+        registry.log_trials(cfg, experiment_id, run.info.run_id, tuning.trials, f"validation_{task.tuning_metric}")
         for name, baseline in baselines.items():
             registry.save_baseline(cfg, run.info.run_id, baseline, name)
         info = registry.log_model(cfg, run.info.run_id, model, train, metadata)
@@ -83,28 +87,41 @@ def bare_lifecycle(config: Path, workdir: Path, n_trials: int) -> dict:
     test = read_split(manifest_path, "test")
     y = encode_target(test, spec)
     loaded = registry.load_model(cfg, info.model_uri)
-    candidate = binary_metrics(y, loaded.predict_proba(test), loaded.threshold)
+    scores = loaded.predict_scores(test)
+    candidate = task.metrics(y, scores, loaded.decision)
+    candidate |= task.assess(test, y, scores, loaded.decision).metrics
     x_test = feature_matrix(test, spec)
-    others = {name: binary_metrics(y, b.predict_proba(x_test)[:, 1], 0.5) for name, b in baselines.items()}
+    others = {}
+    for name, baseline in baselines.items():
+        fitted = task.baseline_decision(m.y_val, task.baseline_scores(baseline, m.x_val))
+        others[name] = task.metrics(y, task.baseline_scores(baseline, x_test), fitted)
     categorical = [spec.feature_names.index(c) for c in spec.categorical_features]
     x_train, y_train = feature_matrix(train, spec), encode_target(train, spec)
     rounds = loaded.booster.current_iteration()
-    cv = cross_validate(x_train, y_train, base_params(spec) | tuning.best_params, rounds, spec.evaluation.cv_folds,
-                        categorical, spec.training.seed)  # fmt: skip
+    cv = cross_validate(task, x_train, y_train, base_params(spec) | tuning.best_params, rounds,
+                        spec.evaluation.cv_folds, categorical, spec.training.seed)  # fmt: skip
     sample = explain_sample(x_test, spec.evaluation.explain_rows, spec.training.seed)
     contributions = shap_values(loaded.booster, sample)
     importance = global_importance(loaded.booster, contributions, spec.feature_names)
-    save_plots(workdir / "plots", y, loaded.predict_proba(test), threshold, importance, contributions, sample,
+    save_plots(workdir / "plots", task, y, scores, loaded.decision, importance, contributions, sample,
                spec.feature_names)  # fmt: skip
     others["champion"] = None
-    decision = apply_gate(spec.gate, candidate | cv, others)
+    verdict = apply_gate(spec.gate, candidate | cv, others, task)
     # register + package
     version, _ = registry.register_version(cfg, run.info.run_id, info.model_uri, {})
-    if decision.passed:
+    if verdict.passed:
         registry.promote(cfg, version.version)
     model_tag, _ = import_model(cfg, spec, registry.version_by_alias(cfg, "champion") or version)
     bento_tag, _ = build_bento(spec, model_tag, workdir)
-    return {"roc_auc": candidate["roc_auc"], "bento": bento_tag}
+    return {"test": candidate[task.validation_metric], "bento": bento_tag}
+
+
+def figure_on_test(log: Path, metric: str) -> float:
+    """The candidate's test `metric` from a run's last JSON line: the bare script's `test`, or the
+    flow's evaluation."""
+    last = next(line for line in reversed(log.read_text().splitlines()) if line.startswith("{"))
+    body = json.loads(last)
+    return body["test"] if "test" in body else body["evaluate"]["candidate"][metric]
 
 
 # -- a large table: the sample resampled with noise ---------------------------------------------
@@ -177,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(bare_lifecycle(args.config, args.bare_run, args.n_trials)))
         return
 
+    from tasks.core.spec import load_spec
+    from tasks.core.task.kinds import task_of
+
     scratch = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     config = large_config(args.config.resolve(), args.rows, scratch) if args.rows else args.config.resolve()
     py = sys.executable
@@ -190,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     figures: dict[str, list[tuple[float, float]]] = {
         k: [] for k in ("bare", "flow", "cached", "server", "server-cached")
     }
+    metric = task_of(load_spec(config)).validation_metric  # the task's tuning metric, on the test split
+    quality: dict[str, list[float]] = {k: [] for k in figures}
     try:
         for run in range(args.runs):
             for variant in args.variants:
@@ -204,9 +226,11 @@ def main(argv: list[str] | None = None) -> None:
                     cmd = [py, "-m", "flows.lifecycle", "--config", str(config), "--workdir", str(work),
                            "--n-trials", str(args.n_trials)]  # fmt: skip
                 figures[variant].append(run_measured(cmd, env, folder / "run.log"))
+                quality[variant].append(figure_on_test(folder / "run.log", metric))
                 if variant != "bare":  # the same command again on the same workdir
                     again = "cached" if variant == "flow" else "server-cached"
                     figures[again].append(run_measured(cmd, env, folder / "cached.log"))
+                    quality[again].append(figure_on_test(folder / "cached.log", metric))
                 print(f"run {run + 1}/{args.runs} {variant}: {figures[variant][-1][0]:.1f}s", file=sys.stderr)
     finally:
         if server:
@@ -221,8 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n## Lifecycle overhead — {config.stem} ({rows} rows), {args.n_trials} trials, {args.runs} runs, medians")
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()} · {os.cpu_count()} cores · Python "
           f"{platform.python_version()}\n")  # fmt: skip
-    print("| variant | seconds | ratio to bare | overhead s | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"| variant | seconds | ratio to bare | overhead s | peak RSS MiB | test {metric} |")
+    print("|---|---:|---:|---:|---:|---:|")
     names = {"bare": "bare script (same library calls)", "flow": "lifecycle flow, cold",
              "cached": "lifecycle flow, cached re-run", "server": "lifecycle flow, cold, on a running server",
              "server-cached": "lifecycle flow, cached re-run, on a running server"}  # fmt: skip
@@ -230,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         if figures[name]:
             t, peak = median(name), max(p for _, p in figures[name])
             overhead = f"{t - bare:.1f}" if "cached" not in name else ""
-            print(f"| {label} | {t:.1f} | {t / bare:.2f} | {overhead} | {peak:.0f} |")
+            figure = statistics.median(quality[name])
+            print(f"| {label} | {t:.1f} | {t / bare:.2f} | {overhead} | {peak:.0f} | {figure:.4f} |")
     ratios = [
         f"{median(c) / median(v):.1%} ({where})"
         for v, c, where in (("flow", "cached", "ephemeral API"), ("server", "server-cached", "on a running server"))

@@ -90,17 +90,16 @@ def hey(url: str, body: Path, clients: int, seconds: float) -> dict:
 
 
 def export_bare_model(model, spec, folder: Path) -> None:
-    """What the bare server needs: the booster and plain lookup tables for the categories."""
-    ratios = [d.inputs for d in spec.derived_features if d.op == "ratio"]
-    if len(ratios) != len(spec.derived_features):
-        raise SystemExit("the bare baseline supports ratio features only")
+    """What the bare server needs: the booster, plain lookup tables for the categories, the derived
+    features' ops, and the spec and decision its answer is built from."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.txt").write_text(model.booster_text)
     meta = {
         "base_features": spec.base_features,
         "categories": {c: [str(v) for v in spec.columns[c].categories] for c in spec.categorical_features},
-        "ratios": ratios,
-        "threshold": model.threshold,
+        "derived": [(d.op, d.inputs) for d in spec.derived_features],
+        "spec": spec.model_dump(mode="json"),
+        "decision": model.task.decision_json(model.decision),
     }
     (folder / "meta.json").write_text(json.dumps(meta))
 

@@ -22,8 +22,9 @@ def labels(config: Path, labels: Path, workdir: Path = Path("artifacts")) -> Lab
         config: dataset config (YAML)
         labels: CSV/Parquet with `prediction_id` (as the service returned it) or the config's id
             column, the target column (or `label`), and optionally `observed_at` (ISO time or epoch
-            seconds). Labels outside the config's target labels, or observed more than 5 minutes
-            in the future, are quarantined with the reason.
+            seconds). Labels the target does not take (not one of its labels; not a finite number
+            within its min/max), or observed more than 5 minutes in the future, are quarantined
+            with the reason.
         workdir: folder of the label store and the quarantine
     """
     spec = load_spec_task(config)

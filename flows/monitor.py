@@ -36,9 +36,9 @@ def monitor(
     tracking_uri: str | None = None,
     policy: DriftPolicy | None = None,
 ) -> DriftResult:
-    """Watch the champion: its inputs against its training data, its predicted probabilities against
-    its test-split predictions, null rates, and — on rows whose labels have arrived — its live metric
-    against its test metric.
+    """Watch the champion: its inputs against its training data, its served scores (probabilities,
+    predicted values) against its test-split scores, null rates, and — on rows whose labels have
+    arrived — the labels against its training targets and its live metric against its test metric.
 
     Args:
         config: dataset config (YAML)
@@ -53,14 +53,14 @@ def monitor(
     policy = drift_policy_task(spec, policy)
     tracking = tracking_task(workdir, spec.name, spec.registered_model_name, tracking_uri)
     champion = resolve_alias_task(tracking, "champion")
-    reference, reference_proba = reference_task(tracking, champion.version)
+    reference, reference_scores = reference_task(tracking, champion.version)
     if batch is None:
         observed = served_window_task(spec, champion.version, policy, workdir)
     else:
         observed = load_batch_task(batch, spec, workdir)
-    proba, performance = score_task(tracking, champion.version, observed, policy)
+    scores, performance = score_task(tracking, champion.version, observed, policy)
     result = drift_task(
-        spec, champion.version, observed, reference, reference_proba, proba, performance, policy, workdir
+        spec, champion.version, observed, reference, reference_scores, scores, performance, policy, workdir
     )
     result = result.model_copy(update={"mlflow_run_id": log_drift_task(tracking, result)})
     publish_drift_task(result, tracking, policy)

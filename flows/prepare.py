@@ -39,7 +39,7 @@ def prepare(
         source: read this file or database URI instead of the config's source
         workdir: folder for snapshots and quarantine files
         stream_rows: stream a file larger than memory this many rows at a time (Polars lazy scans;
-            rows are split by a hash of their content)
+            rows are split by a hash of their content: a stratified or random split, not a time split)
     """
     spec = load_spec_task(config, source)
     fingerprint = fingerprint_task(spec)

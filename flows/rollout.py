@@ -89,7 +89,7 @@ def rollout(
 
     def proven(backend):
         wait_ready_task(backend, ready_timeout)  # /readyz: open even when locked
-        smoke_test_task(backend, records, expected, api_key)
+        smoke_test_task(backend, spec, records, expected, api_key)
 
     try:
         if strategy == "shadow":

@@ -1,8 +1,9 @@
 """Evaluation: test metrics of the candidate, the baselines and the champion on the same rows,
-calibration, 95% intervals, error analysis, group fairness, cross-validation, explanations, plots
-and the model card; the metrics, the assessment and the gate themselves are pure
-(`tasks/core/metrics.py`, `tasks/core/assessment.py`, `tasks/core/gate.py`). Functions first,
-`@task` wrappers below."""
+95% intervals, the decision on test rows (calibration, interval coverage), error analysis, group
+fairness, cross-validation, explanations, plots and the model card. What a task kind measures
+and shows is the task's (`tasks/core/task/`, over the pure `tasks/core/assessment.py`,
+`tasks/core/plots.py` and `tasks/core/card.py`); the gate is `tasks/core/gate.py`. Functions
+first, `@task` wrappers below."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common import CACHED, UNCACHED, artifact_key, code_revision, markdown_image, table_row
-from tasks.core.assessment import assess, spec_error_clusters
+from tasks.core import plots as drawings
+from tasks.core.assessment import Assessment
+from tasks.core.card import Column, figure, markdown_table
 from tasks.core.compiled import compiled_for, max_abs_difference
 from tasks.core.errors import ModelIntegrityError
 from tasks.core.features import encode_target, feature_matrix
-from tasks.core.gate import BASELINES, BOOTSTRAPPED, GateDecision, apply_gate, compiled_parity_check, with_check
-from tasks.core.metrics import Metrics, binary_metrics, choose_threshold, slice_metrics
+from tasks.core.gate import GateDecision, Metrics, apply_gate, compiled_parity_check, with_check
 from tasks.core.spec import DatasetSpec
+from tasks.core.task import Decision, Task
+from tasks.core.task.kinds import task_of
 from tasks.results import EvaluationResult, TrainResult
 from tasks.stores import registry
 from tasks.stores.registry import TrackingConfig
@@ -54,19 +58,20 @@ def _timed(fn, arg) -> float:
 
 
 def cross_validate(
-    x: np.ndarray, y: np.ndarray, params: dict, rounds: int, folds: int, categorical: list[int], seed: int
+    task: Task, x: np.ndarray, y: np.ndarray, params: dict, rounds: int, folds: int, categorical: list[int], seed: int
 ) -> Metrics:
-    """k-fold ROC AUC of the chosen configuration on the training split."""
-    import lightgbm as lgb
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
+    """k-fold `task.cv_metric` of the chosen configuration on the training split (the task's folds:
+    stratified for classes), as `cv_<metric>_mean` and `cv_<metric>_std`."""
+    import lightgbm as lgb  # lazy: only training and evaluation call it
 
+    metric = task.metric_function(task.cv_metric)
     scores = []
-    for fit_idx, hold_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+    for fit_idx, hold_idx in task.cv_folds(y, folds, seed):
         data = lgb.Dataset(x[fit_idx], y[fit_idx], categorical_feature=categorical, params={"verbosity": -1})
         booster = lgb.train(params, data, num_boost_round=rounds)
-        scores.append(roc_auc_score(y[hold_idx], booster.predict(x[hold_idx])))
-    return {"cv_roc_auc_mean": float(np.mean(scores)), "cv_roc_auc_std": float(np.std(scores))}
+        scores.append(metric(y[hold_idx], booster.predict(x[hold_idx])))
+    name = f"cv_{task.cv_metric}"
+    return {f"{name}_mean": float(np.mean(scores)), f"{name}_std": float(np.std(scores))}
 
 
 def explain_sample(x: np.ndarray, rows: int, seed: int) -> np.ndarray:
@@ -78,7 +83,8 @@ def explain_sample(x: np.ndarray, rows: int, seed: int) -> np.ndarray:
 
 
 def shap_values(booster, x: np.ndarray) -> np.ndarray:
-    """Per-row SHAP contributions from LightGBM's own `pred_contrib` (last column, the bias, dropped)."""
+    """Per-row SHAP contributions from LightGBM's own `pred_contrib` (last column, the bias, dropped),
+    in the booster's raw output: log-odds for a probability, the target's units for a value."""
     return booster.predict(x, pred_contrib=True)[:, :-1]
 
 
@@ -90,110 +96,47 @@ def global_importance(booster, contributions: np.ndarray, names: list[str]) -> l
 
 
 # -- plots ---------------------------------------------------------------------------------
-def save_plots(folder: Path, y, proba, threshold, importance: list[dict], contributions, x, names) -> list[Path]:
-    """ROC, PR, calibration, confusion matrix, feature importance and SHAP summary (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.calibration import CalibrationDisplay
-    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-
-    def save(name: str, draw) -> None:
-        fig, ax = plt.subplots(figsize=(6, 5))
-        draw(ax)
-        fig.tight_layout()
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
-
-    save("roc_curve", lambda ax: RocCurveDisplay.from_predictions(y, proba, ax=ax))
-    save("pr_curve", lambda ax: PrecisionRecallDisplay.from_predictions(y, proba, ax=ax))
-    save("calibration", lambda ax: CalibrationDisplay.from_predictions(y, proba, n_bins=10, ax=ax))
-    save(
-        "confusion_matrix",
-        lambda ax: ConfusionMatrixDisplay.from_predictions(y, (proba >= threshold).astype(int), ax=ax),
-    )
-    top = importance[:15][::-1]
-
-    def bars(ax):
-        ax.barh([r["feature"] for r in top], [r["mean_abs_shap"] for r in top])
-        ax.set_xlabel("mean |SHAP| (log-odds)")
-
-    save("feature_importance", bars)
-
-    def beeswarm(ax):
-        rng = np.random.default_rng(0)
-        for row, r in enumerate(top):
-            i = names.index(r["feature"])
-            col = x[:, i]
-            finite = np.isfinite(col)
-            scaled = np.full(col.shape, 0.5)
-            if finite.any() and np.ptp(col[finite]) > 0:
-                scaled[finite] = (col[finite] - col[finite].min()) / np.ptp(col[finite])
-            jitter = rng.uniform(-0.3, 0.3, len(col))
-            ax.scatter(contributions[:, i], row + jitter, c=scaled, cmap="coolwarm", s=4, alpha=0.6)
-        ax.set_yticks(range(len(top)), [r["feature"] for r in top])
-        ax.axvline(0, color="grey", lw=0.5)
-        ax.set_xlabel("SHAP value (log-odds); colour: feature value low → high")
-
-    save("shap_summary", beeswarm)
-    return paths
+def save_plots(
+    folder: Path,
+    task: Task,
+    y: np.ndarray,
+    scores: np.ndarray,
+    decision: Decision,
+    importance: list[dict],
+    contributions: np.ndarray,
+    x: np.ndarray,
+    names: list[str],
+) -> list[Path]:
+    """The task's plots of the test rows (binary: ROC, PR, calibration, confusion matrix; regression:
+    predicted vs actual, residuals), feature importance and the SHAP summary (PNG)."""
+    explained = drawings.explanation_plots(importance, contributions, x, names, task.card.contribution_units)
+    return drawings.save(folder, task.plots(y, scores, decision) | explained)
 
 
 # -- model card ------------------------------------------------------------------------------
-NO_CLUSTERS = "| – | no group of enough rows | | | | | | |\n"
+NO_GROUPS = "no group of enough rows"
+KEY = (Column("column", "column", ""), Column("value", "value", ""))  # a slice's first columns
 
 
-def _figure(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.4f}"
-
-
-def assessment_sections(candidate: Metrics, reliability: list[dict], fairness: dict[str, list[dict]],
-                        errors: list[dict], top: int = 10) -> str:  # fmt: skip
-    """The model card's calibration, uncertainty, error-analysis and fairness sections."""
+def assessment_sections(task: Task, candidate: Metrics, assessment: Assessment, errors: list[dict],
+                        top: int = 10) -> str:  # fmt: skip
+    """The model card's uncertainty, decision (calibration, intervals), error-analysis and fairness sections."""
     intervals = "".join(
-        f"| {m} | {_figure(candidate.get(m))} | [{_figure(candidate.get(f'{m}_ci_low'))}, "
-        f"{_figure(candidate.get(f'{m}_ci_high'))}] |\n"
-        for m in BOOTSTRAPPED
-    )
-    bins = "".join(
-        f"| {b['bin']} | {b['rows']} | {_figure(b['mean_predicted'])} | {_figure(b['observed_rate'])} |\n"
-        for b in reliability
-    )
-    clusters = "".join(
-        f"| {r['column']} | {r['group']} | {r['rows']} | {r['errors']} | {r['false_positives']} | "
-        f"{r['false_negatives']} | {r['error_rate']:.3f} | {r['excess']:+.3f} |\n"
-        for r in errors[:top]
+        f"| {m} | {figure(candidate.get(m))} | [{figure(candidate.get(f'{m}_ci_low'))}, "
+        f"{figure(candidate.get(f'{m}_ci_high'))}] |\n"
+        for m in task.bootstrapped
     )
     text = f"""## Uncertainty (95% bootstrap intervals over the test rows)
 | metric | value | interval |
 |---|---|---|
 {intervals}
-## Calibration: ECE {_figure(candidate.get("ece"))}
-| predicted | rows | mean predicted | observed rate |
-|---|---|---|---|
-{bins}
-## Error analysis (at the threshold; groups by excess error rate over the overall rate)
-| column | group | rows | errors | false positives | false negatives | error rate | excess |
-|---|---|---|---|---|---|---|---|
-{clusters or NO_CLUSTERS}"""
-    for column, groups in fairness.items():
-        rows = "".join(
-            f"| {g['group']} | {g['rows']} | {_figure(g['selection_rate'])} | {_figure(g['tpr'])} | "
-            f"{_figure(g['fpr'])} | {_figure(g['selection_rate_ratio'])} | {_figure(g['tpr_ratio'])} | "
-            f"{_figure(g['fpr_difference'])} | {'yes' if g['judged'] else 'too few rows'} |\n"
-            for g in groups
-        )
+{task.decision_section(candidate, assessment)}
+## {task.card.error_heading}
+{markdown_table(task.card.errors, errors[:top], NO_GROUPS)}"""
+    for column, groups in assessment.fairness.items():
         text += f"""
-## Fairness across `{column}` (ratios and differences to the best judged group)
-| group | rows | selection rate | TPR | FPR | selection ratio | TPR ratio | FPR difference | judged |
-|---|---|---|---|---|---|---|---|---|
-{rows}"""
+## {task.card.fairness_heading.format(column=column)}
+{markdown_table(task.card.fairness, groups)}"""
     return text
 
 
@@ -210,24 +153,21 @@ def model_card(
     assessed: str = "",
     selected: list[str] | None = None,
 ) -> str:
-    keys = ["roc_auc", "pr_auc", "log_loss", "brier", "f1", "precision", "recall"]
+    task = task_of(spec)
+    keys = task.card.metrics
     header = "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
 
-    def row(name: str, m: Metrics | None) -> str:
-        if m is None:
-            return f"| {name} | " + " | ".join("–" for _ in keys) + " |\n"
-        return f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in keys) + " |\n"
+    def row(name: str, m: Metrics | None) -> str:  # a metric a model has not (MAPE with a zero target): –
+        return f"| {name} | " + " | ".join(f"{m[k]:.4f}" if m and k in m else "–" for k in keys) + " |\n"
 
     table = header + row("**candidate**", candidate)
     for name, m in comparators.items():
         label = f"champion (v{champion_version})" if name == "champion" and champion_version else name
         table += row(label, m)
-    slice_rows = "".join(
-        f"| {s['column']} | {s['value']} | {s['rows']} | {s['positives']} | {s['roc_auc']:.4f} | {s['f1']:.4f} |\n"
-        for s in slices
-    )
     gate_rows = "".join(f"| {'✅' if c.passed else '❌'} | {c.rule} | {c.detail} |\n" for c in decision.checks)
     top = ", ".join(r["feature"] for r in importance[:5])
+    cv = f"cv_{task.cv_metric}"
+    spread = f"{candidate.get(f'{cv}_mean', float('nan')):.4f} ± {candidate.get(f'{cv}_std', float('nan')):.4f}"
     revision = code_revision()
     used = f"all {len(spec.feature_names)}"
     if selected is not None:
@@ -236,16 +176,15 @@ def model_card(
         used += ", ".join(f"`{n}`" for n in selected)
     return f"""# Model card: {spec.registered_model_name}
 
-**Task:** predict `{spec.target.column} == {spec.target.positive!r}` — {spec.description or spec.name}
+**Task:** predict {task.predicts()} — {spec.description or spec.name}
 **Data version:** `{data_version}` · **spec hash:** `{spec.spec_hash}` · **training hash:** `{spec.training_hash}`
 **Code:** `{revision["code_revision"]}` (uncommitted changes: {revision["code_dirty"]})
 **Features:** {used}
-**Decision threshold:** {candidate["threshold"]:.4f} (chosen on validation by `{spec.evaluation.threshold}`)
+{task.decision_line(candidate)}
 
 ## Test metrics (untouched test split, same rows for every model)
 {table}
-Cross-validation on the training split: ROC AUC {candidate.get("cv_roc_auc_mean", float("nan")):.4f} ± \
-{candidate.get("cv_roc_auc_std", float("nan")):.4f}.
+Cross-validation on the training split: {task.card.cv_title} {spread}.
 Latency: {candidate.get("latency_ms_per_row", float("nan")):.4f} ms/row in batch, \
 {candidate.get("latency_ms_single_row", float("nan")):.3f} ms for one row.
 
@@ -254,9 +193,7 @@ Latency: {candidate.get("latency_ms_per_row", float("nan")):.4f} ms/row in batch
 |---|---|---|
 {gate_rows}
 ## Slices
-| column | value | rows | positives | ROC AUC | F1 |
-|---|---|---|---|---|---|
-{slice_rows}
+{markdown_table((*KEY, *task.card.slices), slices)}
 {assessed}
 ## Parameters
 ```
@@ -305,9 +242,8 @@ class Scores:
     slices: list[dict]
     compiled_unavailable: str = ""  # why there is no compiled model (else its parity is in `candidate`)
     champion_slices: list[dict] | None = None
-    reliability: list[dict] | None = None  # the candidate's reliability table
-    fairness: dict[str, list[dict]] | None = None  # the candidate's groups, per protected column
-    errors: list[dict] | None = None  # the candidate's error clusters, worst first
+    assessment: Assessment | None = None  # the candidate's figures beyond the headline, and their tables
+    errors: list[dict] | None = None  # the candidate's error groups, worst first
 
 
 @task(name="recorded-evaluation", **UNCACHED)
@@ -341,12 +277,13 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, com
     candidate's compiled form (cached in `compiled_cache`) against its booster on those rows."""
 
     logger = get_run_logger()
+    task = task_of(spec)
     test = read_split(trained.manifest_path, "test")
     validation = read_split(trained.manifest_path, "validation")
     y = encode_target(test, spec)
     candidate = registry.load_model(cfg, trained.model_uri)
-    proba = candidate.predict_proba(test)
-    metrics = binary_metrics(y, proba, candidate.threshold) | latency(
+    scores = candidate.predict_scores(test)
+    metrics = task.metrics(y, scores, candidate.decision) | latency(
         candidate.predict_frame, test.head(spec.evaluation.latency_rows)
     )
     x_test, x_val, y_val = feature_matrix(test, spec), feature_matrix(validation, spec), encode_target(validation, spec)
@@ -358,10 +295,10 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, com
         logger.info(
             "%s: max |compiled − booster| = %.3g on the test rows", compiled.description, metrics[COMPILED_DIFF]
         )
-    assessed = assess(test, y, proba, candidate.threshold, spec)
-    metrics |= assessed["metrics"]
+    assessed = task.assess(test, y, scores, candidate.decision)
+    metrics |= assessed.metrics
     baselines = {}
-    for name in BASELINES:
+    for name in task.baselines:
         try:
             model = registry.load_baseline(cfg, trained.run_id, name)
         except ModelIntegrityError:
@@ -369,9 +306,9 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, com
         except Exception as exc:  # a run trained before this baseline existed: its rules fail closed
             logger.warning("run %s has no %s baseline: %s", trained.run_id, name, exc)
             continue
-        threshold = choose_threshold(y_val, model.predict_proba(x_val)[:, 1], spec.evaluation.threshold)
-        baselines[name] = binary_metrics(y, model.predict_proba(x_test)[:, 1], threshold)
-    slices = slice_metrics(test, y, proba, candidate.threshold, spec.evaluation.slices)
+        decision = task.baseline_decision(y_val, task.baseline_scores(model, x_val))
+        baselines[name] = task.metrics(y, task.baseline_scores(model, x_test), decision)
+    slices = task.slices(test, y, scores, candidate.decision, spec.evaluation.slices)
     champion = registry.version_by_alias(cfg, registry.CHAMPION)
     champion_metrics, champion_slices, same = None, None, False
     if champion is not None:
@@ -381,20 +318,19 @@ def score_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, com
         else:
             try:
                 current = registry.load_model(cfg, f"models:/{cfg.model_name}@{registry.CHAMPION}")
-                theirs = current.predict_proba(test)
-                champion_metrics = binary_metrics(y, theirs, current.threshold)
-                champion_metrics |= assess(test, y, theirs, current.threshold, spec)["metrics"]
-                champion_slices = slice_metrics(test, y, theirs, current.threshold, spec.evaluation.slices)
+                theirs = current.predict_scores(test)
+                champion_metrics = task.metrics(y, theirs, current.decision)
+                champion_metrics |= task.assess(test, y, theirs, current.decision).metrics
+                champion_slices = task.slices(test, y, theirs, current.decision, spec.evaluation.slices)
             except ModelIntegrityError:  # tampered files are refused, not skipped
                 raise
             except Exception as exc:  # a champion that cannot score these rows cannot be compared
                 logger.warning("champion v%s could not score the test rows: %s", champion.version, exc)
                 champion_metrics = {}
     version = champion.version if champion else None
-    errors = spec_error_clusters(test, y, proba, candidate.threshold, spec)
     return Scores(
         metrics, baselines, champion_metrics, version, same, slices, unavailable, champion_slices,
-        assessed["reliability"], assessed["fairness"], errors,
+        assessment=assessed, errors=task.error_groups(test, y, scores, candidate.decision),
     )  # fmt: skip
 
 
@@ -406,6 +342,7 @@ def cross_validate_task(
     rounds = registry.load_model(cfg, trained.model_uri).booster.current_iteration()
     categorical = [spec.feature_names.index(c) for c in spec.categorical_features]
     return cross_validate(
+        task_of(spec),
         feature_matrix(train, spec),
         encode_target(train, spec),
         base_params(spec) | trained.best_params,
@@ -423,11 +360,12 @@ def explain_task(cfg: TrackingConfig, spec: DatasetSpec, trained: TrainResult, f
     model = registry.load_model(cfg, trained.model_uri)
     test = read_split(trained.manifest_path, "test")
     x, y = feature_matrix(test, spec), encode_target(test, spec)
-    proba = model.predict_matrix(x)  # what it serves (calibrated, if it has a calibrator)
+    scores = model.predict_matrix(x)  # what it serves (calibrated, if it has a calibrator)
     sample = explain_sample(x, spec.evaluation.explain_rows, spec.training.seed)
     contributions = shap_values(model.booster, sample)
     importance = global_importance(model.booster, contributions, spec.feature_names)
-    plots = save_plots(folder, y, proba, model.threshold, importance, contributions, sample, spec.feature_names)
+    plots = save_plots(folder, model.task, y, scores, model.decision, importance, contributions, sample,
+                       spec.feature_names)  # fmt: skip
     return importance, plots
 
 
@@ -436,7 +374,7 @@ def gate_task(spec: DatasetSpec, scores: Scores, cv: Metrics) -> GateDecision:
     others: dict[str, Metrics | None] = dict(scores.baselines)
     others["champion"] = scores.champion
     slices = {"candidate": scores.slices} | ({"champion": scores.champion_slices} if scores.champion_slices else {})
-    decision = apply_gate(spec.gate, scores.candidate | cv, others, slices)
+    decision = apply_gate(spec.gate, scores.candidate | cv, others, task_of(spec), slices)
     return with_check(decision, compiled_parity_check(scores.candidate.get(COMPILED_DIFF), scores.compiled_unavailable))
 
 
@@ -463,7 +401,8 @@ def log_evaluation_task(
     registry.log_artifact_files(cfg, trained.run_id, plots, "plots")
     registry.log_json(cfg, trained.run_id, scores.slices, "evaluation/slices.json")
     registry.log_json(cfg, trained.run_id, importance, "evaluation/importance.json")
-    reliability, fairness, errors = scores.reliability or [], scores.fairness or {}, scores.errors or []
+    assessment, errors = scores.assessment or Assessment({}), scores.errors or []
+    reliability, fairness = assessment.reliability, assessment.fairness
     registry.log_json(cfg, trained.run_id, {"reliability": reliability, "fairness": fairness, "errors": errors},
                       "evaluation/assessment.json")  # fmt: skip
     comparators = dict(scores.baselines) | {"champion": None if scores.candidate_is_champion else scores.champion}
@@ -477,7 +416,7 @@ def log_evaluation_task(
         importance,
         decision,
         scores.champion_version,
-        assessment_sections(scores.candidate, reliability, fairness, errors),
+        assessment_sections(task_of(spec), scores.candidate, assessment, errors),
         trained.selected_features,
     )
     registry.log_text(cfg, trained.run_id, card, "model_card.md")
@@ -489,7 +428,7 @@ def log_evaluation_task(
         dataset=spec.name,
         data_version=trained.data_version,
         run_id=trained.run_id,
-        threshold=scores.candidate["threshold"],
+        threshold=scores.candidate.get("threshold"),
         candidate=scores.candidate,
         baselines=scores.baselines,
         champion=scores.champion,
@@ -506,25 +445,23 @@ def log_evaluation_task(
     return result
 
 
-CARD_PLOTS = {"roc_curve": "ROC curve", "pr_curve": "Precision-recall curve", "calibration": "Calibration",
-              "shap_summary": "SHAP summary"}  # fmt: skip
-
-
 def publish_evaluation(
     spec: DatasetSpec, result: EvaluationResult, card: str, plots: dict[str, bytes], note: str = ""
 ) -> None:
     """The model card (with its plots: `plots` by file stem) and the test metrics (candidate,
     baselines, champion on the same rows) as Prefect artifacts; `note` says what a re-run reused."""
+    task = task_of(spec)
     key, lead = artifact_key(spec.name), f"_{note}_\n\n" if note else ""
-    shown = [(title, plots[stem]) for stem, title in CARD_PLOTS.items() if stem in plots]
+    titles = task.card.plots | {"shap_summary": "SHAP summary"}
+    shown = [(title, plots[stem]) for stem, title in titles.items() if stem in plots]
     pictures = [f"#### {title}\n\n{markdown_image(title, png)}\n" for title, png in shown]
     body = lead + card + ("\n### Plots (test split)\n\n" + "\n".join(pictures) if pictures else "")
     description = f"Model card of run {result.run_id}"
     create_markdown_artifact(key=f"{key}-model-card", markdown=body, description=description)
     champion = None if result.candidate_is_champion else result.champion
     comparators = dict(result.baselines) | {"champion": champion}
-    rows = [{"model": "candidate", **_headline(result.candidate)}]
-    rows += [{"model": name, **_headline(m)} for name, m in comparators.items() if m]
+    rows = [{"model": "candidate", **_headline(task, result.candidate)}]
+    rows += [{"model": name, **_headline(task, m)} for name, m in comparators.items() if m]
     description = "Test metrics on the same rows" + (f" ({note})" if note else "")
     create_table_artifact(key=f"{key}-test-metrics", table=rows, description=description[:500])
     if result.errors:
@@ -533,8 +470,8 @@ def publish_evaluation(
                               description=what)  # fmt: skip
     for column, groups in result.fairness.items():
         create_table_artifact(key=f"{key}-fairness-{artifact_key(column)}", table=[table_row(g) for g in groups],
-                              description=f"Selection rate, TPR and FPR per {column} group (test split)")  # fmt: skip
+                              description=task.card.fairness_description.format(column=column))  # fmt: skip
 
 
-def _headline(m: Metrics) -> dict:
-    return {k: round(float(m[k]), 4) for k in ("roc_auc", "pr_auc", "log_loss", "brier", "f1") if k in m}
+def _headline(task: Task, m: Metrics) -> dict:
+    return {k: round(float(m[k]), 4) for k in task.card.headline if k in m}

@@ -1,6 +1,7 @@
-"""Labels that arrive later, from a file: validated against the config's target labels, bad rows
-quarantined with their reasons, the rest added to the label store the monitor and retrain join
-to the prediction log. (The service's `/feedback` writes the same store.)"""
+"""Labels that arrive later, from a file: validated against the config's target (its labels, or a
+finite number within its bounds), bad rows quarantined with their reasons, the rest added to the
+label store the monitor and retrain join to the prediction log. (The service's `/feedback` writes
+the same store.)"""
 
 from __future__ import annotations
 

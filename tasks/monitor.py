@@ -1,8 +1,9 @@
 """Monitoring: the champion's served window (its logged rows inside the config's window, joined
 with the labels that have arrived) or a batch handed in, against what the champion knew — its
-training data for the inputs, its test-split predictions for its output, its test metric for the
-live metric on labelled rows → a small typed result, artifacts, an MLflow run and, on drift, a
-Prefect event naming the window (or the batch) a retrain should learn from.
+training data for the inputs and for the truth (the labels that arrived), its test-split scores for
+its output (the task's score column), its test metric for the live metric on labelled rows → a
+small typed result, artifacts, an MLflow run and, on drift, a Prefect event naming the window (or
+the batch) a retrain should learn from.
 
 Evidently (and pandas) appear only in `tasks/stores/evidently.py`, imported lazily (~10 s).
 """
@@ -20,19 +21,28 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common import UNCACHED, artifact_key, markdown_image
-from tasks.core.cast import FAILURE_SCHEMA, cast_to_spec
+from tasks.core.cast import cast_to_spec
 from tasks.core.errors import DataError
-from tasks.core.features import encode_target
 from tasks.core.feedback import LabelCoverage, ServedWindow, label_coverage, unmatched_labels
-from tasks.core.monitoring import PerformanceDrift, decide, drift_margin, null_rates, performance_drift
+from tasks.core.monitoring import (
+    ColumnDrift,
+    PerformanceDrift,
+    decide,
+    drift_margin,
+    live_metric_name,
+    null_rates,
+    performance_drift,
+    target_drift_counts,
+)
 from tasks.core.prepare import frame_digest, split_quarantine
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, DriftPolicy
 from tasks.core.tables import read_table
+from tasks.core.task.kinds import task_of
 from tasks.events import DRIFT_DETECTED, emit_model_event
 from tasks.results import DriftResult
 from tasks.stores import registry
-from tasks.stores.evidently import check_drift, check_prediction_drift, record_figures
+from tasks.stores.evidently import check_drift, check_prediction_drift, check_value_drift, record_figures
 from tasks.stores.registry import TAG_PREFIX, version_manifest
 from tasks.stores.served import labelled_window, logged_keys, read_labels, read_log, window_ending_now
 from tasks.stores.snapshots import atomic_write, read_split
@@ -64,7 +74,8 @@ def validate_batch(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, 
     """(valid rows typed like training data, quarantined rows with reasons).
 
     Features are checked with the training schema. A missing (empty) label is not an
-    error — the row is unlabelled — but a label outside the config's labels is."""
+    error — the row is unlabelled — but a label the target's contract refuses is (not one of the
+    labels; not a finite number within the bounds). Labels stay text, as the label store keeps them."""
 
     columns = batch_columns(raw, spec)
     raw = raw.select(columns)
@@ -85,15 +96,11 @@ def validate_batch(raw: pl.DataFrame, spec: DatasetSpec) -> tuple[pl.DataFrame, 
 
 
 def label_failures(raw: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
-
+    """The target's contract (as in training) broken by the rows that carry a label."""
     target = spec.target.column
-    bad = raw.with_row_index("row").filter(pl.col(target).is_not_null() & ~pl.col(target).is_in(spec.target.labels))
-    return bad.select(
-        pl.col("row").cast(pl.Int64),
-        pl.lit(target).alias("column"),
-        pl.lit(f"isin({spec.target.labels})").alias("check"),
-        pl.col(target).cast(pl.String).alias("value"),
-    ).cast(FAILURE_SCHEMA)
+    labelled = raw.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col(target))
+    labelled = labelled.filter(pl.col(target).is_not_null()).get_column("row")
+    return find_failures(raw, spec, [target]).filter(pl.col("row").is_in(labelled.implode()))
 
 
 def labelled_rows(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
@@ -122,6 +129,11 @@ class Observed:
 def prediction_report(report: Path) -> Path:
     """The prediction-drift report beside the data-drift one."""
     return report.with_name(f"{report.stem}-prediction.html")
+
+
+def target_report(report: Path) -> Path:
+    """The target-drift report beside the data-drift one."""
+    return report.with_name(f"{report.stem}-target.html")
 
 
 def drift_columns(spec: DatasetSpec, rows: pl.DataFrame) -> list[str]:
@@ -171,24 +183,24 @@ def served_window_task(spec: DatasetSpec, model_version: str, policy: DriftPolic
 def score_task(
     cfg, model_version: str, observed: Observed, policy: DriftPolicy
 ) -> tuple[pl.Series, PerformanceDrift | None]:
-    """The champion's probabilities for the rows (as served, when the log has them) and its live
-    metric on the labelled ones (None when no row is labelled)."""
+    """The champion's scores for the rows (its task's score column: as served, when the log has
+    them) and its live metric on the labelled ones (None when no row is labelled)."""
     model = registry.load_model(cfg, f"models:/{cfg.model_name}/{model_version}")
-    rows = observed.rows
+    task, rows = model.task, observed.rows
     if rows.is_empty():
-        return pl.Series("probability", [], dtype=pl.Float64), None
-    if "probability" in rows.columns:
-        proba = rows.get_column("probability")
-    else:
-        proba = pl.Series("probability", model.predict_proba(rows), dtype=pl.Float64)
+        return pl.Series(task.score_column, [], dtype=pl.Float64), None
+    if task.score_column not in rows.columns:
+        rows = pl.concat([rows, model.predict_frame(rows)], how="horizontal")
+    scores = rows.get_column(task.score_column).cast(pl.Float64)
     target = model.spec.target.column
     if target not in rows.columns or rows.get_column(target).null_count() == rows.height:
-        return proba, None
-    labelled = rows.get_column(target).is_not_null()
+        return scores, None
+    labelled = rows.filter(pl.col(target).is_not_null())
     run_id = cfg.client().get_model_version(cfg.model_name, model_version).run_id
-    reference = cfg.client().get_run(run_id).data.metrics.get(f"test_{policy.performance_metric}")
-    y = encode_target(rows.filter(labelled), model.spec)
-    return proba, performance_drift(y, proba.filter(labelled).to_numpy(), model.threshold, reference, policy)
+    metric = live_metric_name(task, policy)
+    reference = cfg.client().get_run(run_id).data.metrics.get(f"test_{metric}")
+    y = task.encode(labelled.get_column(target))
+    return scores, performance_drift(task, y, labelled, reference, policy)
 
 
 @task(name="drift-report", **UNCACHED)
@@ -197,8 +209,8 @@ def drift_task(
     model_version: str,
     observed: Observed,
     reference: pl.DataFrame,
-    reference_proba: pl.Series,
-    proba: pl.Series,
+    reference_scores: pl.Series,
+    scores: pl.Series,
     performance: PerformanceDrift | None,
     policy: DriftPolicy,
     workdir: Path,
@@ -230,15 +242,33 @@ def drift_task(
         reference, current, columns, policy, report, where.evidently_workspace, spec.name, at
     )
     prediction = check_prediction_drift(
-        reference_proba, proba, policy, prediction_report(report), where.evidently_workspace, spec.name, at
+        reference_scores, scores, policy, prediction_report(report), where.evidently_workspace, spec.name, at
     )
+    target = target_drift(spec, reference, current, policy, target_report(report), where.evidently_workspace, at)
+    counted = target if target_drift_counts(task_of(spec), policy) else None
     nulls = null_rates(reference, current, columns, policy)
-    status, reasons = decide(current.height, share, policy, performance, prediction, nulls)
+    status, reasons = decide(current.height, share, policy, performance, prediction, nulls, counted)
     return DriftResult(
         **base, status=status, reasons=reasons, drift_share=share, columns=per_column, prediction=prediction,
-        null_rates=nulls, drifted_columns=[c.column for c in per_column if c.drifted],
+        target=target, null_rates=nulls, drifted_columns=[c.column for c in per_column if c.drifted],
         report_path=str(report.resolve()),
     )  # fmt: skip
+
+
+def target_drift(
+    spec: DatasetSpec, reference: pl.DataFrame, current: pl.DataFrame, policy: DriftPolicy, report: Path,
+    workspace: Path, measured_at: datetime,
+) -> ColumnDrift | None:  # fmt: skip
+    """The arrived labels against the training rows' targets, as the task encodes them (a few
+    distinct values are compared as categories, many as numbers), with the data drift's method and
+    threshold (default: Evidently's by column type); None below `min_rows` labels (as a batch's
+    features need: fewer is too noisy to judge)."""
+    labelled = labelled_rows(current, spec)
+    if labelled.height < policy.min_rows:
+        return None
+    task, column = task_of(spec), spec.target.column
+    then, now = (pl.Series(column, task.encode(f.get_column(column))) for f in (reference, labelled))
+    return check_value_drift(then, now, policy.method, policy.threshold, report, workspace, spec.name, measured_at)
 
 
 def watched_figures(result: DriftResult) -> dict[str, float]:
@@ -249,6 +279,8 @@ def watched_figures(result: DriftResult) -> dict[str, float]:
     figures |= {f"null_rate.{n.column}": n.current for n in result.null_rates}
     if result.prediction:
         figures["prediction_drift_score"] = result.prediction.score
+    if result.target:
+        figures["target_drift_score"] = result.target.score
     if result.coverage:
         figures["label_coverage"] = result.coverage.share
         figures["labels_unmatched"] = result.coverage.labels_unmatched
@@ -285,8 +317,9 @@ def log_drift_task(cfg, result: DriftResult) -> str:
     )
     if result.report_path:
         client.log_artifact(run.info.run_id, result.report_path, "drift")
-        if (predictions := prediction_report(Path(result.report_path))).exists():
-            client.log_artifact(run.info.run_id, str(predictions), "drift")
+        for extra in (prediction_report(Path(result.report_path)), target_report(Path(result.report_path))):
+            if extra.exists():
+                client.log_artifact(run.info.run_id, str(extra), "drift")
     client.log_text(run.info.run_id, result.model_dump_json(indent=2), "drift/result.json")
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -341,6 +374,8 @@ def drift_chart(history: list[tuple[datetime, float]], drift_share: float) -> by
 def publish_drift_task(result: DriftResult, cfg, policy: DriftPolicy) -> None:
     key = artifact_key(result.dataset)
     watched = [c.model_dump() | {"kind": "feature"} for c in sorted(result.columns, key=lambda c: not c.drifted)]
+    if result.target:
+        watched.insert(0, result.target.model_dump() | {"kind": "target"})
     if result.prediction:
         watched.insert(0, result.prediction.model_dump() | {"kind": "prediction"})
     create_table_artifact(
@@ -361,12 +396,16 @@ def publish_drift_task(result: DriftResult, cfg, policy: DriftPolicy) -> None:
 
 
 def drift_markdown(result: DriftResult) -> str:
-    perf, cov, pred = result.performance, result.coverage, result.prediction
+    perf, cov, pred, target = result.performance, result.coverage, result.prediction, result.target
     lines = [
         f"### Drift: **{result.status}** ({result.drift_share:.0%} of columns)\n",
         f"- rows: {source_text(result)} ({result.rows} valid rows, {result.rows_quarantined} quarantined)",
         f"- drifted: {', '.join(result.drifted_columns) or 'none'}",
         f"- predictions: {pred.method} {pred.score:.3f} (threshold {pred.threshold:g})" if pred else "- predictions: -",
+        f"- target (labels vs training): {target.method} {target.score:.3f} (threshold {target.threshold:g})"
+        + (", moved" if target.drifted else "")
+        if target
+        else "- target: too few labels",
         "- null rates up: "
         + (
             ", ".join(f"{n.column} {n.reference:.1%}→{n.current:.1%}" for n in result.null_rates if n.drifted) or "none"
@@ -425,9 +464,9 @@ def emit_drift_task(result: DriftResult, config: Path, workdir: Path) -> str | N
 
 @task(name="reference-data", **UNCACHED)
 def reference_task(cfg, model_version: str) -> tuple[pl.DataFrame, pl.Series]:
-    """What the champion knew: its training split (its inputs) and its predictions on its test split
-    (its output on rows it never trained on)."""
+    """What the champion knew: its training split (its inputs and their targets) and its scores on
+    its test split (its output on rows it never trained on)."""
     manifest = version_manifest(cfg, model_version)
     model = registry.load_model(cfg, f"models:/{cfg.model_name}/{model_version}")
-    test = read_split(manifest, "test")
-    return read_split(manifest, "train"), pl.Series("probability", model.predict_proba(test), dtype=pl.Float64)
+    scores = model.predict_scores(read_split(manifest, "test"))
+    return read_split(manifest, "train"), pl.Series(model.task.score_column, scores, dtype=pl.Float64)

@@ -25,7 +25,7 @@ from tasks.core.prepare import (
     features_vary,
     find_duplicates,
     split_quarantine,
-    target_classes,
+    target_counts,
     top_failing_checks,
 )
 from tasks.core.profile import profile_rows
@@ -135,8 +135,8 @@ def clean_task(kept: pl.DataFrame, spec: DatasetSpec, fingerprint: SourceFingerp
 
 @task(name="check-trainable", **UNCACHED)
 def check_trainable_task(cleaned: pl.DataFrame, spec: DatasetSpec, fingerprint: SourceFingerprint) -> None:
-    """Every target label among the kept rows, and rows that differ (a DataError: never retried)."""
-    check_trainable(fingerprint.location, spec, target_classes(cleaned, spec), features_vary(cleaned, spec))
+    """Kept targets a model can learn from, and rows that differ (a DataError: never retried)."""
+    check_trainable(fingerprint.location, spec, target_counts(cleaned, spec), features_vary(cleaned, spec))
 
 
 @task(name="features", **CACHED)

@@ -70,10 +70,11 @@ class TrainResult(BaseModel):
     run_id: str
     model_uri: str
     manifest_path: str
-    threshold: float
+    decision: dict  # the task's decision fitted on validation, as the model's JSON holds it (binary: threshold)
     best_params: dict[str, float | int]
-    validation_auc: float
-    baselines_validation_auc: dict[str, float]
+    validation_metric: str  # the task's tuning metric by its metric name (roc_auc, rmse)
+    validation_score: float  # the candidate's, on the validation split (the study's best)
+    baselines_validation: dict[str, float]  # each baseline's `validation_metric` on the validation split
     n_trials: int
     n_pruned: int
     reused_run: bool
@@ -84,7 +85,7 @@ class EvaluationResult(BaseModel):
     dataset: str
     data_version: str
     run_id: str
-    threshold: float
+    threshold: float | None = None  # the candidate's decision threshold, where its task has one
     candidate: Metrics
     baselines: dict[str, Metrics]
     champion: Metrics | None
@@ -188,6 +189,7 @@ class DriftResult(BaseModel):
     drifted_columns: list[str]
     columns: list[ColumnDrift]
     prediction: ColumnDrift | None = None
+    target: ColumnDrift | None = None  # arrived labels vs the training target (from `min_rows` labels)
     null_rates: list[NullRate] = []
     coverage: LabelCoverage | None = None
     performance: PerformanceDrift | None = None

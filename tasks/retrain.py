@@ -38,6 +38,7 @@ from tasks.core.prepare import (
 )
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, DriftPolicy, RetrainingSpec
+from tasks.core.task.kinds import task_of
 from tasks.monitor import read_batch
 from tasks.results import EvaluationResult, PackageResult, RegisterResult, RetrainResult, RolloutResult
 from tasks.stores.backends import read_state
@@ -162,8 +163,9 @@ def live_endpoints(workdir: Path, dataset: str) -> list[tuple[int, str, str]]:
 
 
 def gate_figures(evaluated: EvaluationResult, spec: DatasetSpec) -> dict[str, dict[str, float]]:
-    """The gate metrics of the challenger, the champion and the baselines, on the same test rows."""
-    metrics = sorted({rule.metric for rule in spec.gate} | {"roc_auc", "pr_auc", "log_loss"})
+    """The gate metrics and the task's headline ones (those with intervals) of the challenger, the
+    champion and the baselines, on the same test rows."""
+    metrics = sorted({rule.metric for rule in spec.gate} | set(task_of(spec).bootstrapped))
     models = {"challenger": evaluated.candidate, **evaluated.baselines}
     if evaluated.champion and not evaluated.candidate_is_champion:
         models["champion"] = evaluated.champion

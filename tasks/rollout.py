@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,9 @@ from pydantic import Field, SecretStr
 from tasks.common import UNCACHED, artifact_key
 from tasks.core.feedback import ServedWindow
 from tasks.core.guardrails import StepReport, Tally, VersionFigures, judge, live_metric, shift_between
+from tasks.core.monitoring import live_metric_name
 from tasks.core.spec import DatasetSpec, RolloutPlan, StagingSpec
+from tasks.core.task.kinds import task_of
 from tasks.events import ROLLOUT_ROLLED_BACK, emit_model_event
 from tasks.stores.backends import (
     Backend,
@@ -78,10 +81,15 @@ def step_log(workdir: Path, dataset: str, port: int, name: str) -> AccessLog:
     return AccessLog(path)
 
 
-def _paired(new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
-    """Rows of the same request answered by both (shadow): joined on request id and row order."""
+def _paired(new: pl.DataFrame, old: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows of the same request answered by both (shadow), row-aligned: joined on request id and
+    row order."""
+    keys = ["request_id", "row"]
     rank = pl.int_range(pl.len()).over("request_id").alias("row")
-    return new.with_columns(rank).join(old.with_columns(rank), on=["request_id", "row"], suffix="_old")
+    answered = [c for c in old.columns if c not in keys]
+    old = old.with_columns(rank).rename({c: f"{c}_old" for c in answered})
+    both = new.with_columns(rank).join(old, on=keys)
+    return both.select(new.columns), both.select(pl.col(f"{c}_old").alias(c) for c in answered)
 
 
 @dataclass(frozen=True)
@@ -116,26 +124,26 @@ def tally(access: AccessLog, tallies: dict[int, Tally]) -> None:
 def step_figures(step: Step, started: float, tallies: dict[int, Tally], final: bool) -> StepReport:
     """The step's figures so far and the guardrails they break."""
     new, old = step.new, step.old
-    rails, policy = step.plan.guardrails, step.spec.monitoring
-    new_rows = scored_since(step.logs[0], new.model_version, started)
-    old_rows = scored_since(step.logs[1], old.model_version, started) if old is not None else None
+    rails, policy, task = step.plan.guardrails, step.spec.monitoring, task_of(step.spec)
+    metric = live_metric_name(task, policy)
+    new_rows = scored_since(step.logs[0], step.spec, new.model_version, started)
+    old_rows = scored_since(step.logs[1], step.spec, old.model_version, started) if old is not None else None
     live = {}
     if rails.max_live_metric_drop is not None and old is not None and not step.paired:
         end = time.time() + 1
         for backend in (new, old):
             window = ServedWindow(model_version=backend.model_version, start=_utc(started), end=_utc(end))
             rows = labelled_window(Workdir(step.workdir), step.spec, window)
-            value, labelled = live_metric(rows, step.spec, policy.performance_metric)
+            value, labelled = live_metric(rows, step.spec, metric)
             live[backend.port] = (value if labelled >= policy.min_labelled_rows else None, labelled)
     challenger = VersionFigures.of(new.model_version, tallies[new.port], new_rows.height, *live.get(new.port, ()))
     champion, shift, agreement = None, None, None
     if old is not None:
         champion = VersionFigures.of(old.model_version, tallies[old.port], old_rows.height, *live.get(old.port, ()))
-        new_p, old_p = new_rows["probability"].to_numpy(), old_rows["probability"].to_numpy()
-        shift = shift_between(new_p, old_p, rails.min_requests)
+        new_s, old_s = (rows.get_column(task.score_column).to_numpy() for rows in (new_rows, old_rows))
+        shift = shift_between(new_s, old_s, rails.min_requests)
         if step.paired:
-            both = _paired(new_rows, old_rows)
-            agreement = float((both["label"] == both["label_old"]).mean()) if both.height else None
+            agreement = task.agreement(*_paired(new_rows, old_rows))
     answered = challenger.requests + (champion.requests if champion else 0)
     served = 100 * challenger.requests / answered if step.share and champion and answered else None
     return StepReport(
@@ -148,7 +156,9 @@ def step_figures(step: Step, started: float, tallies: dict[int, Tally], final: b
         champion=champion,
         prediction_shift=shift,
         agreement=agreement,
-        breaches=judge(challenger, champion, shift, rails, final, policy.min_labelled_rows),
+        breaches=judge(
+            challenger, champion, shift, rails, final, policy.min_labelled_rows, partial(task.shortfall, metric)
+        ),  # fmt: skip
     )
 
 
@@ -206,9 +216,9 @@ def wait_ready_task(backend: Backend, timeout: float) -> None:
 
 @task(name="smoke-test", **UNCACHED | {"retries": 0})
 def smoke_test_task(
-    backend: Backend, records: list[dict], expected: list[float], api_key: SecretStr | None = None
+    backend: Backend, spec: DatasetSpec, records: list[dict], expected: list[float], api_key: SecretStr | None = None
 ) -> None:
-    smoke_test(backend, records, np.asarray(expected), api_key)
+    smoke_test(backend, records, np.asarray(expected), task_of(spec).score_column, api_key)
 
 
 @task(name="switch-endpoint", **UNCACHED | {"retries": 0})
@@ -375,11 +385,12 @@ def retire_task(backend: Backend | None, endpoint: Path | None = None) -> None:
 
 @task(name="smoke-rows", **UNCACHED)
 def smoke_rows_task(cfg, model_version: str, n: int) -> tuple[list[dict], list[float]]:
-    """Rows of the model's own test split and the model's offline probabilities for them."""
+    """Rows of the model's own test split and the model's offline scores for them (its task's score
+    column: probabilities, predicted values)."""
 
     model = load_model(cfg, f"models:/{cfg.model_name}/{model_version}")
     rows = read_split(version_manifest(cfg, model_version), "test").select(model.spec.base_features).head(n)
-    return rows.to_dicts(), model.predict_proba(rows).tolist()
+    return rows.to_dicts(), model.predict_scores(rows).tolist()
 
 
 @task(name="abort-rollout", **UNCACHED)

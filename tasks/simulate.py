@@ -30,6 +30,7 @@ from tasks.core.cast import clean
 from tasks.core.prepare import split_quarantine
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec, load_spec
+from tasks.core.task.kinds import task_of
 from tasks.stores.keepalive import stable_client
 from tasks.stores.snapshots import read_source
 
@@ -125,7 +126,9 @@ def endpoint_client(url: str) -> httpx.Client:
 
 def send_traffic(url: str, rows: pl.DataFrame, spec: DatasetSpec, batch_size: int = 50) -> pl.DataFrame:
     """POST the rows to `/predict` in requests of `batch_size`; what was answered: prediction id,
-    id (if any), probability and the row's true label (kept here, posted later)."""
+    id (if any), the task's score (probability, predicted value) and the row's true target as typed
+    (a label, a number: kept here, posted later)."""
+    score = task_of(spec).score_column
     answered = []
     with endpoint_client(url) as client:
         for chunk in rows.iter_slices(batch_size):
@@ -136,9 +139,9 @@ def send_traffic(url: str, rows: pl.DataFrame, spec: DatasetSpec, batch_size: in
                 pl.DataFrame(
                     {
                         "prediction_id": [p["prediction_id"] for p in predictions],
-                        "probability": [p["probability"] for p in predictions],
+                        score: [p[score] for p in predictions],
                         "model_version": [p["model_version"] for p in predictions],
-                        "truth": chunk.get_column(spec.target.column).cast(pl.String),
+                        "truth": chunk.get_column(spec.target.column),
                     }
                 ).with_columns([chunk.get_column(spec.id_column).cast(pl.String)] if spec.id_column else [])
             )

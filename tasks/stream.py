@@ -3,10 +3,13 @@ slice at a time; each slice is validated, quarantined, cleaned, featured, split 
 as Parquet parts, so memory holds one slice, never the table.
 
 The split is by a hash of each row's content (the same row always lands in the same split, so
-copies of a row never straddle it; no shuffle of the whole table is needed); the data version is
-the sha256 of the kept rows with their split, like the in-memory path's, so an unchanged input
-gives the same version. Exact duplicates across slices are found in one first pass over two
-64-bit hashes of each row (16 bytes a row held, not the rows).
+copies of a row never straddle it; no shuffle of the whole table is needed), for `stratified` and
+`random` alike: a row's hash is independent of its target, so every label, every tenth of a
+numeric target's range, gets each split's share in expectation (the in-memory shuffle within each
+stratum gets it to the row). A `time` split needs every row's time first: it is not streamed.
+The data version is the sha256 of the kept rows with their split, like the in-memory path's, so
+an unchanged input gives the same version. Exact duplicates across slices are found in one first
+pass over two 64-bit hashes of each row (16 bytes a row held, not the rows).
 """
 
 from __future__ import annotations
@@ -35,19 +38,21 @@ from tasks.core.prepare import (
     check_trainable,
     duplicates_policy,
     features_vary,
+    merged_counts,
     split_by_position,
     split_quarantine,
-    target_classes,
+    target_counts,
     top_failing_checks,
 )
 from tasks.core.schema import find_failures
 from tasks.core.spec import DatasetSpec
 from tasks.core.tables import scan_table
 from tasks.prepare import publish_quarantine
-from tasks.stores.snapshots import SnapshotManifest, SourceFingerprint, quarantine_path, snapshot_dir
+from tasks.stores.snapshots import SnapshotManifest, SourceFingerprint, quarantine_path, snapshot_dir, target_facts
 from tasks.stores.workdir import Workdir
 
 DEFAULT_SLICE_ROWS = 250_000
+STREAMED_SPLITS = ("stratified", "random")  # both by a hash of the row; `time` needs the whole table's order
 _HASH_SEED = 20261122
 
 
@@ -89,6 +94,11 @@ def stream_snapshot(
     spec: DatasetSpec, fingerprint: SourceFingerprint, workdir: Path, slice_rows: int = DEFAULT_SLICE_ROWS
 ) -> tuple[SnapshotManifest, Path, QuarantineReport]:
     """Write the snapshot slice by slice. Returns (manifest, manifest path, quarantine report)."""
+    if spec.split.strategy not in STREAMED_SPLITS:
+        raise SpecError(
+            f"split.strategy {spec.split.strategy!r} cannot be streamed (rows are split by a hash of their "
+            f"content, as {' or '.join(STREAMED_SPLITS)}): prepare this table in memory (no stream_rows)"
+        )
     scan = scan_source(spec)
     total = scan.select(pl.len()).collect().item()
     staging = Workdir(workdir).snapshot_staging(spec.name)
@@ -103,7 +113,7 @@ def stream_snapshot(
     digest, schema, first_row = None, None, None
     kept_rows, quarantined_rows, dropped_rows = 0, 0, 0
     per_split: Counter[str] = Counter()
-    classes: Counter[str] = Counter()
+    counts = merged_counts([], spec)  # kept rows per target value, merged slice by slice
     checks: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], str | None] = {}
     varied = False
@@ -120,7 +130,7 @@ def stream_snapshot(
             checks[(check.column, check.check)] += check.rows
             examples.setdefault((check.column, check.check), check.example)
         cleaned = clean(kept, spec)
-        classes.update(target_classes(cleaned, spec))
+        counts = merged_counts([counts, target_counts(cleaned, spec)], spec)
         if first_row is None or first_row.is_empty():
             first_row = cleaned.head(1)
         varied = varied or features_vary(pl.concat([first_row, cleaned]), spec)
@@ -167,15 +177,14 @@ def stream_snapshot(
         ),
         files={split: f"{split}/*.parquet" for split in SPLITS},
         feature_names=spec.feature_names,
-        target=spec.target.column,
-        positive_label=spec.target.positive,
+        **target_facts(spec),
         columns=schema or {},
         quarantine_path=str(quarantine),
         streamed=True,
     )
     try:  # no snapshot from a table that breaks its contract
         check_tolerance(report)
-        check_trainable(fingerprint.location, spec, dict(classes), varied)
+        check_trainable(fingerprint.location, spec, counts, varied)
     except DataError:
         shutil.rmtree(staging)
         raise

@@ -1,5 +1,6 @@
-"""Training: honest baselines, the final LightGBM fit with the tuned parameters, the threshold
-chosen on validation, the candidate logged to MLflow once (tuning is `tasks/tune.py`).
+"""Training: honest baselines, the final LightGBM fit with the tuned parameters, the task's decision
+fitted on validation (a threshold, an interval), the candidate logged to MLflow once (tuning is
+`tasks/tune.py`).
 
 Functions first (LightGBM and scikit-learn, no Prefect, no MLflow); the `@task` wrappers below."""
 
@@ -16,11 +17,10 @@ from prefect import get_run_logger, task
 
 from tasks.common import CACHED, UNCACHED, code_revision
 from tasks.core import features
-from tasks.core.calibration import Calibrator, calibrate
-from tasks.core.gate import BASELINES
-from tasks.core.metrics import choose_threshold
 from tasks.core.model import TabularModel
 from tasks.core.spec import DatasetSpec
+from tasks.core.task import Decision
+from tasks.core.task.kinds import task_of
 from tasks.results import TrainResult, TuningResult
 from tasks.stores import registry
 from tasks.stores.registry import TrackingConfig
@@ -71,7 +71,7 @@ def matrices(train: pl.DataFrame, validation: pl.DataFrame, spec: DatasetSpec) -
 
 
 def feature_scores(m: Matrices, spec: DatasetSpec) -> dict[str, float]:
-    """Each feature's score on the training split alone: mutual information with the label
+    """Each feature's score on the training split alone: mutual information with the target
     (missing values as their own value), or the gain of a quick LightGBM fit."""
     seed = spec.training.seed
     if spec.training.feature_selection.method == "gain":
@@ -81,8 +81,6 @@ def feature_scores(m: Matrices, spec: DatasetSpec) -> dict[str, float]:
         booster = lgb.train(base_params(spec), dtrain, num_boost_round=100)
         gains = booster.feature_importance(importance_type="gain")
         return {n: float(g) for n, g in zip(m.feature_names, gains, strict=True)}
-    from sklearn.feature_selection import mutual_info_classif
-
     x = m.x_train.copy()
     for j in range(x.shape[1]):
         column = x[:, j]
@@ -90,76 +88,24 @@ def feature_scores(m: Matrices, spec: DatasetSpec) -> dict[str, float]:
         if missing.any():
             column[missing] = -1.0 if j in m.categorical else (np.nanmedian(column) if (~missing).any() else 0.0)
     discrete = np.isin(np.arange(x.shape[1]), m.categorical)
-    scores = mutual_info_classif(x, m.y_train, discrete_features=discrete, random_state=seed)
+    scores = task_of(spec).mutual_information(x, m.y_train, discrete, seed)
     return {n: float(v) for n, v in zip(m.feature_names, scores, strict=True)}
 
 
 # -- baselines --------------------------------------------------------------------------
-def fit_dummy(m: Matrices, strategy: str, seed: int):
-    """scikit-learn's dummy: `prior` gives every row the training share of positives (the
-    majority class's ranking), `stratified` draws labels at that share, `uniform` at 1/2."""
-    from sklearn.dummy import DummyClassifier
-
-    return DummyClassifier(strategy=strategy, random_state=seed).fit(m.x_train, m.y_train)
-
-
-def fit_tree(m: Matrices, seed: int):
-    """A shallow decision tree (depth 4) on the same features, missing values imputed."""
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import make_pipeline
-    from sklearn.tree import DecisionTreeClassifier
-
-    tree = DecisionTreeClassifier(max_depth=4, min_samples_leaf=20, random_state=seed)
-    return make_pipeline(SimpleImputer(strategy="median"), tree).fit(m.x_train, m.y_train)
-
-
-def fit_logistic(m: Matrices, seed: int):
-    """Logistic regression on the same features: imputed, scaled, categories one-hot.
-
-    Its regularisation strength is chosen on the validation split, like the candidate's
-    parameters, so the comparison is fair."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    numeric = [i for i in range(len(m.feature_names)) if i not in m.categorical]
-    best, best_auc = None, -1.0
-    for c in (0.01, 0.1, 1.0, 10.0):
-        prep = ColumnTransformer(
-            [
-                ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-                (
-                    "cat",
-                    make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
-                    m.categorical,
-                ),
-            ]
-        )
-        model = make_pipeline(prep, LogisticRegression(C=c, max_iter=5000, random_state=seed))
-        model.fit(m.x_train, m.y_train)
-        auc = roc_auc_score(m.y_val, model.predict_proba(m.x_val)[:, 1])
-        if auc > best_auc:
-            best, best_auc = model, auc
-    return best
-
-
-Baselines = dict[str, object]  # name (one of `BASELINES`) → fitted scikit-learn model
+Baselines = dict[str, object]  # name (one of the task's `baselines`) → fitted scikit-learn model
 
 
 def fit_baselines(m: Matrices, spec: DatasetSpec) -> Baselines:
-    """The candidate's comparators, on the same rows: dummies, a linear model and a shallow tree."""
-    seed = spec.training.seed
-    fitted = {
-        "majority_class": fit_dummy(m, "prior", seed),
-        "stratified": fit_dummy(m, "stratified", seed),
-        "uniform": fit_dummy(m, "uniform", seed),
-        "logistic_regression": fit_logistic(m, seed),
-        "decision_tree": fit_tree(m, seed),
-    }
-    return {name: fitted[name] for name in BASELINES}
+    """The candidate's comparators, on the same rows (the task's: dummies, a linear model, a shallow tree)."""
+    return task_of(spec).fit_baselines(m.x_train, m.y_train, m.x_val, m.y_val, m.categorical, spec.training.seed)
+
+
+def baselines_on_validation(m: Matrices, spec: DatasetSpec, baselines: Baselines) -> dict[str, float]:
+    """Each baseline's `validation_metric` on the validation split."""
+    task_kind = task_of(spec)
+    metric = task_kind.metric_function(task_kind.validation_metric)
+    return {name: metric(m.y_val, task_kind.baseline_scores(b, m.x_val)) for name, b in baselines.items()}
 
 
 # -- LightGBM + Optuna --------------------------------------------------------------------
@@ -182,10 +128,9 @@ def lgb_datasets(m: Matrices):
 
 
 def base_params(spec: DatasetSpec) -> dict:
+    """The task's objective and metric, and what every fit shares (seeded, deterministic)."""
     t = spec.training
-    return {
-        "objective": "binary",
-        "metric": "auc",
+    return task_of(spec).lgb_params() | {
         "verbosity": -1,
         "seed": t.seed,
         "deterministic": True,
@@ -236,18 +181,14 @@ def matrices_task(train: pl.DataFrame, validation: pl.DataFrame, spec: DatasetSp
     return matrices(train, validation, spec)
 
 
-def threshold_on_validation(m: Matrices, booster_text: str, spec: DatasetSpec) -> tuple[float, Calibrator | None, dict]:
-    """The decision threshold chosen on the validation split and, with `training.calibration`, the
-    calibrator of the booster's validation probabilities (None when it does not lower the log loss
-    out of fold; the threshold is then chosen on calibrated ones) with the figures it was judged by."""
+def decision_on_validation(m: Matrices, booster_text: str, spec: DatasetSpec) -> tuple[Decision, dict[str, float]]:
+    """The task's decision fitted on the booster's validation outputs (binary: the threshold and,
+    with `training.calibration`, a calibrator; regression: the conformal interval), with the figures
+    it was chosen by."""
     import lightgbm as lgb
 
-    proba = lgb.Booster(model_str=booster_text).predict(m.x_val)
-    calibrator, figures = None, {}
-    if spec.training.calibration != "none":
-        calibrator, figures = calibrate(spec.training.calibration, m.y_val, proba, spec.training.seed)
-        proba = proba if calibrator is None else calibrator.apply(proba)
-    return choose_threshold(m.y_val, proba, spec.evaluation.threshold), calibrator, figures
+    raw = lgb.Booster(model_str=booster_text).predict(m.x_val)
+    return task_of(spec).fit_decision(m.y_val, raw)
 
 
 @task(name="log-training-run", **UNCACHED)
@@ -264,88 +205,72 @@ def log_training_task(
 ) -> TrainResult:
     """Log the candidate to MLflow once: a rerun with the same data and config finds the run."""
     import mlflow
-    from sklearn.metrics import roc_auc_score
 
     existing = registry.logged_training(cfg, manifest.data_version, spec.training_hash)
     if existing:
         get_run_logger().info("candidate already logged as run %s: reusing it", existing.run_id)
         return existing
+    task_kind = task_of(spec)
     key = registry.training_key(manifest.data_version, spec.training_hash)
-    threshold, calibrator, calibration = threshold_on_validation(m, booster_text, spec)
-    baseline_auc = {
-        name: float(roc_auc_score(m.y_val, b.predict_proba(m.x_val)[:, 1])) for name, b in baselines.items()
-    }
+    decision, decision_figures = decision_on_validation(m, booster_text, spec)
+    baseline_scores = baselines_on_validation(m, spec, baselines)
     result = dict(
         dataset=spec.name,
         data_version=manifest.data_version,
         manifest_path=str(manifest_path),
-        threshold=threshold,
+        decision=task_kind.decision_json(decision),
         best_params=tuning.best_params,
-        validation_auc=tuning.best_value,
-        baselines_validation_auc=baseline_auc,
+        validation_metric=task_kind.validation_metric,
+        validation_score=tuning.best_value,
+        baselines_validation=baseline_scores,
         n_trials=tuning.n_trials,
         n_pruned=tuning.n_pruned,
         selected_features=m.selected,
     )
     selection = {"selected_features": ",".join(m.selected)} if m.selected is not None else {}
     experiment_id = cfg.activate()
-    model = TabularModel(
-        spec,
-        booster_text,
-        threshold,
-        metadata={
-            "data_version": manifest.data_version,
-            "spec_hash": spec.spec_hash,
-            "training_hash": spec.training_hash,
-        }
-        | code_revision()
-        | selection
-        | ({"calibrator": calibrator.method} if calibrator else {}),
-        calibrator=calibrator,
-    )
+    provenance = {
+        "data_version": manifest.data_version,
+        "spec_hash": spec.spec_hash,
+        "training_hash": spec.training_hash,
+    }
+    model = TabularModel(spec, booster_text, decision, metadata=provenance | code_revision() | selection)
+    decision_tags = task_kind.decision_tags(decision)
+    validation = f"validation_{task_kind.tuning_metric}"  # MLflow's name, as each trial logs it
     run_name = f"train-{spec.name}-{manifest.data_version}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         run_id = run.info.run_id
         registry.set_tags(
             cfg,
             run_id,
-            {
-                "dataset": spec.name,
-                "data_version": manifest.data_version,
-                "spec_hash": spec.spec_hash,
-                "training_hash": spec.training_hash,
-                "training_key": key,
-                "manifest_path": str(manifest_path),
-            }
+            {"dataset": spec.name, "training_key": key, "manifest_path": str(manifest_path)}
+            | provenance
             | code_revision(),
         )
         mlflow.log_params(
             final_params(spec, tuning)
-            | {"best_iteration": tuning.best_iteration, "n_trials": tuning.n_trials, "threshold": threshold}
+            | {"best_iteration": tuning.best_iteration, "n_trials": tuning.n_trials}
+            | decision_tags
         )
         registry.log_metrics(
             cfg,
             run_id,
-            {"validation_auc": tuning.best_value, "n_pruned": tuning.n_pruned, "tuning_seconds": tuning.seconds}
-            | {f"validation_auc_{name}": auc for name, auc in baseline_auc.items()}
-            | calibration,
+            {validation: tuning.best_value, "n_pruned": tuning.n_pruned, "tuning_seconds": tuning.seconds}
+            | {f"{validation}_{name}": score for name, score in baseline_scores.items()}
+            | decision_figures,
         )
         dataset = mlflow.data.from_polars(
             train_frame, source=str(manifest_path), name=f"{spec.name}-train", digest=manifest.data_version
         )
         mlflow.log_input(dataset, context="training", tags={"data_version": manifest.data_version})
-        registry.log_trials(cfg, experiment_id, run_id, tuning.trials)
+        registry.log_trials(cfg, experiment_id, run_id, tuning.trials, validation)
         if m.selection is not None:  # every feature's score on the training split, and which were kept
             chosen = {"rule": spec.training.feature_selection.model_dump(), "scores": m.selection, "kept": m.selected}
             registry.log_json(cfg, run_id, chosen, "feature_selection.json")
         for name, baseline in baselines.items():
             registry.save_baseline(cfg, run_id, baseline, name)
         info = registry.log_model(
-            cfg,
-            run_id,
-            model,
-            train_frame,
-            metadata=model.metadata | {"dataset": spec.name, "threshold": str(threshold)},
+            cfg, run_id, model, train_frame, metadata=model.metadata | {"dataset": spec.name} | decision_tags
         )
         registry.set_tags(cfg, run_id, {"model_uri": info.model_uri})
         trained = TrainResult(run_id=run_id, model_uri=info.model_uri, reused_run=False, **result)

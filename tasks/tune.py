@@ -16,18 +16,20 @@ from pydantic import BaseModel
 
 from tasks.common import CACHED, UNCACHED
 from tasks.core.spec import DatasetSpec
+from tasks.core.task.kinds import task_of
 from tasks.results import TrialRecord, TuningResult
 from tasks.stores.snapshots import SnapshotManifest, read_split
 from tasks.train import Matrices, base_params, lgb_datasets, matrices
 
 
 def objective_for(m: Matrices, spec: DatasetSpec, threads: int | None = None):
-    """The Optuna objective: LightGBM with early stopping and median pruning on validation AUC."""
+    """The Optuna objective: LightGBM with early stopping and median pruning on the task's tuning
+    metric on validation (binary: AUC; regression: RMSE)."""
     import lightgbm as lgb
     import optuna
     from optuna_integration import LightGBMPruningCallback
 
-    t = spec.training
+    t, metric = spec.training, task_of(spec).tuning_metric
     dtrain, dval = lgb_datasets(m)
     fixed = base_params(spec) | ({"num_threads": threads} if threads else {})
 
@@ -47,23 +49,23 @@ def objective_for(m: Matrices, spec: DatasetSpec, threads: int | None = None):
             valid_names=["validation"],
             callbacks=[
                 lgb.early_stopping(t.early_stopping_rounds, verbose=False),
-                LightGBMPruningCallback(trial, "auc", valid_name="validation"),
+                LightGBMPruningCallback(trial, metric, valid_name="validation"),
             ],
         )
         trial.set_user_attr("best_iteration", booster.best_iteration)
-        return booster.best_score["validation"]["auc"]
+        return booster.best_score["validation"][metric]
 
     return objective
 
 
 def open_study(spec: DatasetSpec, storage=None, study_name: str | None = None, seed_offset: int = 0):
-    """Create (or join, with shared storage) the study: seeded TPE, median pruning."""
+    """Create (or join, with shared storage) the study: the task's direction, seeded TPE, median pruning."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t = spec.training
     return optuna.create_study(
-        direction="maximize",
+        direction=task_of(spec).tuning_direction,
         sampler=optuna.samplers.TPESampler(seed=t.seed + seed_offset),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=t.pruner_warmup_steps),
         storage=storage,
@@ -79,7 +81,7 @@ def tune(
     storage: str | None = None,
     study_name: str | None = None,
 ) -> TuningResult:
-    """TPE search (seeded) with median pruning and early stopping on the validation AUC."""
+    """TPE search (seeded) with median pruning and early stopping on the task's validation metric."""
     import optuna
 
     def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -170,20 +172,22 @@ def _record(trial) -> TrialRecord:
 def tune_task(m: Matrices, spec: DatasetSpec, manifest: SnapshotManifest) -> TuningResult:
     """The Optuna study, with a progress artifact (trials done / budget) and a log line per trial."""
     logger = get_run_logger()
-    budget = spec.training.n_trials
+    budget, task_kind = spec.training.n_trials, task_of(spec)
     progress_id = create_progress_artifact(0.0, description=f"Optuna trials done of {budget}")
-    best = [float("-inf")]
+    best = max if task_kind.tuning_direction == "maximize" else min
+    values: list[float] = []
 
     def on_trial(trial: TrialRecord, done: int) -> None:
         if trial.value is not None and trial.state == "COMPLETE":
-            best[0] = max(best[0], trial.value)
+            values.append(trial.value)
         logger.info(
-            "trial %d/%d %s auc=%s best=%.4f",
+            "trial %d/%d %s %s=%s best=%s",
             done,
             budget,
             trial.state.lower(),
+            task_kind.tuning_metric,
             f"{trial.value:.4f}" if trial.value is not None else "-",
-            best[0],
+            f"{best(values):.4f}" if values else "-",
         )
         update_progress_artifact(progress_id, 100.0 * done / budget)
 

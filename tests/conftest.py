@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from tasks.core.spec import DatasetSpec, load_spec
 
@@ -30,6 +31,12 @@ def telco_spec() -> DatasetSpec:
 @pytest.fixture(scope="session")
 def credit_spec() -> DatasetSpec:
     return load_spec(CONFIGS / "credit_data.yaml")
+
+
+@pytest.fixture(scope="session")
+def diamonds_spec() -> DatasetSpec:
+    """The bundled regression sample's config."""
+    return load_spec(CONFIGS / "diamonds.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +65,10 @@ def prefect_api(tmp_path_factory):
         yield {"api_url": PREFECT_API_URL.value(), "results": results}
 
 
-def _lifecycle(config, workdir):
+def _lifecycle(config, workdir, n_trials: int = 5):
     from flows.lifecycle import lifecycle
 
-    return lifecycle(config=config, workdir=workdir, n_trials=5)
+    return lifecycle(config=config, workdir=workdir, n_trials=n_trials)
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +76,36 @@ def telco_lifecycle(prefect_api, tmp_path_factory):
     """The Telco table through the whole lifecycle with a small budget (shared by test layers)."""
     workdir = tmp_path_factory.mktemp("telco-lifecycle")
     return _lifecycle(CONFIGS / "telco_churn.yaml", workdir), workdir
+
+
+DIAMONDS_ROWS = 12_000  # a seeded sample of the 53,940: the test split's interval coverage is measured on 2,400
+
+
+@pytest.fixture(scope="session")
+def diamonds_config(tmp_path_factory) -> Path:
+    """The regression sample made quick for a session: a seeded sample of its rows, a short training
+    budget (small trees, few rounds: lleaves compiles them in seconds), and a gate this budget passes."""
+    folder = tmp_path_factory.mktemp("diamonds-config")
+    body = yaml.safe_load((CONFIGS / "diamonds.yaml").read_text())
+    table = pl.read_csv(CONFIGS / body["source"]["path"], infer_schema=False)
+    table.sample(DIAMONDS_ROWS, seed=0).write_csv(folder / "diamonds.csv")
+    body["source"]["path"] = "diamonds.csv"
+    body["training"] |= {"max_boost_rounds": 300, "search_space": {
+        "learning_rate": {"low": 0.05, "high": 0.3, "log": True},
+        "num_leaves": {"low": 8, "high": 32, "log": True, "integer": True},
+    }}  # fmt: skip
+    body["evaluation"] |= {"bootstrap_rounds": 100, "cv_folds": 2}
+    body["gate"] = [{"metric": "r2", "min": 0.9}, {"metric": "rmse", "vs": "mean", "min_gain": 1000}]
+    (folder / "diamonds.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    return folder / "diamonds.yaml"
+
+
+@pytest.fixture(scope="session")
+def diamonds_lifecycle(prefect_api, diamonds_config, tmp_path_factory):
+    """The regression sample through the whole lifecycle (shared by the test layers: one trained,
+    registered and packaged regression model a session)."""
+    workdir = tmp_path_factory.mktemp("diamonds-lifecycle")
+    return _lifecycle(diamonds_config, workdir, n_trials=3), workdir
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ Preprocessing is the shared `tasks.core.features` code: the Polars path for tabl
 for records; the service imports nothing of ours but `tasks.core`. `POST /predict` is answered by
 `RequestGuard` itself, ahead of BentoML's per-call machinery (`LIFECYCLE_FAST_PATH`), with the same
 request model, the same answer and the same log as the typed endpoint it stands in for.
+The answer's shape is the task's (`tasks.core.task`): a probability and a label, or a predicted value
+and its interval; the service asks the task and never tests its kind.
 Every scored row gets a `prediction_id`, returned and logged; the truth sent later to
 `/feedback` under that id (or the config's id column) goes to the label store, where monitoring
 joins it to the log.
@@ -34,25 +36,29 @@ import polars as pl
 from bentoml._internal.server.http import traffic
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 
 from tasks.core.cast import FAILURE_SCHEMA
 from tasks.core.compiled import CompiledUnavailable, load_compiled, switched_off
-from tasks.core.errors import DataError, TableTooLarge
+from tasks.core.errors import DataError, ModelIntegrityError, TableTooLarge
 from tasks.core.features import category_enum, row_encoder
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, new_prediction_ids
 from tasks.core.integrity import check_model_files
-from tasks.core.logs import SERVED_PARQUET, LogEvents, PredictionLog, label_root, log_root, write_part
-from tasks.core.model import BOOSTER_FILE, TabularModel, is_positive, label_enum
+from tasks.core.logs import SERVED_PARQUET, LogEvents, PredictionLog, as_text, label_root, log_root, write_part
+from tasks.core.model import BOOSTER_FILE, TabularModel
 from tasks.core.records import example_record, label_model, record_model, records_frame
 from tasks.core.schema import typed_and_encoded, typed_with_failures
-from tasks.core.spec import DatasetSpec
+from tasks.core.spec import DatasetSpec, text_form
 from tasks.core.tables import TableLimits, read_table
+from tasks.core.task.kinds import task_of
 
 BUNDLE = json.loads(Path(os.environ.get("LIFECYCLE_BUNDLE", Path(__file__).with_name("bundle.json"))).read_text())
 SPEC = DatasetSpec.model_validate(BUNDLE["spec"])
+TASK = task_of(SPEC)
+# the model's decision (checked against the model's own when it loads): it fixes the answer's fields
+DECISION = TASK.decision_from_json(BUNDLE["decision"])
 Record = record_model(SPEC)
 Label = label_model(SPEC)
 MODEL_VERSION = str(BUNDLE["model_version"])
@@ -112,18 +118,19 @@ LOGGED_COLUMNS = [
 ]
 # categories, labels and the per-request constants as codes: the log writes them as dictionaries
 CODED = {name: category_enum(SPEC, name) for name in SPEC.categorical_features}
-LOG_SCHEMA = {
-    name: CODED.get(name, dtype) for name, dtype in records_frame([], SPEC).schema.items() if name in LOGGED_COLUMNS
-} | {
-    PREDICTION_ID: pl.String,
-    "request_id": pl.Categorical,
-    "logged_at": pl.Float64,
-    "model_version": pl.Categorical,
-    "data_version": pl.Categorical,
-    "endpoint": pl.Categorical,
-    "probability": pl.Float64,
-    "label": label_enum(SPEC),
-}
+# the log's rows end with the answer: the task's score column, then its answer columns
+LOG_SCHEMA = (
+    {name: CODED.get(name, dtype) for name, dtype in records_frame([], SPEC).schema.items() if name in LOGGED_COLUMNS}
+    | {
+        PREDICTION_ID: pl.String,
+        "request_id": pl.Categorical,
+        "logged_at": pl.Float64,
+        "model_version": pl.Categorical,
+        "data_version": pl.Categorical,
+        "endpoint": pl.Categorical,
+    }
+    | TASK.answer_schema(DECISION)
+)
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="lifecycle_predictions", documentation="Predictions served", labelnames=["label", "model_version", "endpoint"]
@@ -185,11 +192,11 @@ class LogMetrics(LogEvents):
         LOG_PENDING.set(rows)
 
 
-class Prediction(BaseModel):
-    prediction_id: str
-    probability: float
-    label: str
-    model_version: str
+# one row's answer: its id, the task's answer fields (binary: probability, label; regression: prediction
+# and, when the model has one, interval {low, high}), the model version
+Prediction = create_model(
+    "Prediction", prediction_id=(str, ...), **TASK.answer_fields(DECISION), model_version=(str, ...)
+)
 
 
 class Predictions(BaseModel):
@@ -205,22 +212,22 @@ class FeedbackReceipt(BaseModel):
 
 class Contribution(BaseModel):
     feature: str
-    contribution: float
+    contribution: float  # in the booster's raw units: log-odds for a probability, the target's units for a value
 
 
-class Explanation(BaseModel):
-    probability: float
-    label: str
-    base_value: float
-    top: list[Contribution]
+Explanation = create_model(
+    "Explanation", **TASK.answer_fields(DECISION), base_value=(float, ...), top=(list[Contribution], ...)
+)
 
 
 class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")  # and the task's decision, as the model's JSON has it
+
     dataset: str
+    task: str
     model_name: str
     model_version: str
     data_version: str
-    threshold: float
     features: list[str]
     max_rows: int
     predictor: str  # "compiled (lleaves <version>, <cpu>)" or "booster"
@@ -557,6 +564,8 @@ class TabularService:
         # the model's own plain files (what its MLflow code would read): no MLflow, nothing unpickled
         model_folder = Path(stored.path_of("mlflow_model")) / "artifacts" / "model"
         self.model = TabularModel.load(model_folder)
+        if self.model.decision != DECISION:  # the answer's fields were built from bundle.json's copy
+            raise ModelIntegrityError(f"{model_folder}: the model's decision differs from the bento's bundle.json")
         # the packaged compiled booster (checked against the booster when it was packaged) serves when its
         # files are the recorded ones and this platform runs it; else the booster, loaded on first use
         packaged = BUNDLE.get("compiled") or {"unavailable": "none in this bento"}
@@ -573,7 +582,7 @@ class TabularService:
             logger.log(level, "predictor: booster (no compiled model: %s)", why)
         else:
             logger.info("predictor: %s", self.predictor)
-        self.model.predict_proba(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
+        self.model.predict_scores(records_frame([example_record(SPEC)], SPEC))  # warm up before /readyz
         # rolls what a dead worker left in the log first, logging its pid and the rows recovered
         self.log = PredictionLog(
             log_root(), SPEC.name, LOG_SCHEMA, max_pending_rows=LOG_MAX_PENDING_ROWS, events=LogMetrics(), logger=logger
@@ -584,15 +593,16 @@ class TabularService:
         LIVE["service"] = self
 
     # -- scoring -------------------------------------------------------------------------
-    def _proba(self, matrix: np.ndarray, endpoint: str) -> np.ndarray:
+    def _scores(self, matrix: np.ndarray, endpoint: str) -> np.ndarray:
         started = time.perf_counter()
-        proba = self.model.predict_matrix(matrix)
+        scores = self.model.predict_matrix(matrix)
         LATENCY.labels(endpoint=endpoint).observe(time.perf_counter() - started)
-        return proba
+        return scores
 
     def _log(
-        self, records: list[dict], proba, labels, prediction_ids: list[str], request_ids: list[str], endpoint: str
+        self, records: list[dict], answers: list[dict], prediction_ids: list[str], request_ids: list[str], endpoint: str
     ) -> None:
+        """Each record's logged columns and its answer (`TASK.answer_rows`), under its ids."""
         now = time.time()
         self.log.append_rows(
             [
@@ -604,17 +614,14 @@ class TabularService:
                     "model_version": MODEL_VERSION,
                     "data_version": DATA_VERSION,
                     "endpoint": endpoint,
-                    "probability": float(p),
-                    "label": str(y),
                 }
-                for r, pid, rid, p, y in zip(records, prediction_ids, request_ids, proba, labels, strict=True)
+                | answer
+                for r, pid, rid, answer in zip(records, prediction_ids, request_ids, answers, strict=True)
             ]
         )
-        self._count(proba, endpoint)
 
-    def _count(self, proba: np.ndarray, endpoint: str) -> None:
-        positives = int(np.count_nonzero(is_positive(proba, self.model.threshold)))
-        for label, count in ((SPEC.target.positive, positives), (self.model.negative, len(proba) - positives)):
+    def _count(self, scores: np.ndarray, endpoint: str) -> None:
+        for label, count in TASK.answer_counts(scores, self.model.decision).items():
             if count:
                 PREDICTIONS.labels(label=label, model_version=MODEL_VERSION, endpoint=endpoint).inc(count)
 
@@ -626,20 +633,21 @@ class TabularService:
     def _predictions(self, rows: list[dict], endpoint: str, request_id: str | None) -> list[dict]:
         """Each record's `Prediction` (a dict), logged under `request_id` (None: its prediction id).
         Features by the row encoder: no frame is built for a few records."""
-        proba = self._proba(np.array([ENCODE(r) for r in rows], dtype=np.float64), endpoint)
-        positive, negative = SPEC.target.positive, self.model.negative
-        labels = [positive if yes else negative for yes in is_positive(proba, self.model.threshold).tolist()]
+        scores = self._scores(np.array([ENCODE(r) for r in rows], dtype=np.float64), endpoint)
+        answers = TASK.answer_rows(scores, self.model.decision)
         ids = _prediction_ids(len(rows))
         predictions = [
-            {"prediction_id": i, "probability": p, "label": y, "model_version": MODEL_VERSION}
-            for i, p, y in zip(ids, proba.tolist(), labels, strict=True)
+            {"prediction_id": i, **answer, "model_version": MODEL_VERSION}
+            for i, answer in zip(ids, TASK.answer_json(answers, self.model.decision), strict=True)
         ]
-        self._log(rows, proba, labels, ids, ids if request_id is None else [request_id] * len(rows), endpoint)
+        self._log(rows, answers, ids, ids if request_id is None else [request_id] * len(rows), endpoint)
+        self._count(scores, endpoint)
         return predictions
 
     @api()
     async def predict(self, records: Records, ctx: bentoml.Context) -> Predictions:
-        """Score one or many records: probability, label at the model's threshold, model version.
+        """Score one or many records: the task's answer (a probability and the label at the model's
+        threshold; a predicted value and its interval), the model version.
         (Served by `RequestGuard`'s fast path unless `LIFECYCLE_FAST_PATH=false`; the same answer.)"""
         request_id = request_id_of(ctx.request)
         ctx.response.headers["x-request-id"] = request_id
@@ -661,7 +669,7 @@ class TabularService:
             {
                 PREDICTION_ID: item.prediction_id,
                 "id": getattr(item, SPEC.id_column) if SPEC.id_column else None,
-                "label": item.label,
+                "label": text_form(item.label),  # stored as text: a number as its text, read back by its type
                 "observed_at": _epoch(item.observed_at) if item.observed_at else None,
                 "received_at": now,
                 "source": "feedback",
@@ -676,25 +684,27 @@ class TabularService:
 
     @api()
     def explain(self, records: Records, top_k: Annotated[int, Field(ge=1, le=50)] = 5) -> list[Explanation]:
-        """Each record's largest feature contributions (LightGBM `pred_contrib`, log-odds)."""
+        """Each record's answer and its largest feature contributions (LightGBM `pred_contrib`: log-odds
+        for a probability, the target's units for a predicted value)."""
         frame = records_frame([r.model_dump() for r in records], SPEC)
         matrix = self.model.matrix(frame)
-        proba = self._proba(matrix, "explain")
-        labels = self.model.labels(proba)
+        scores = self._scores(matrix, "explain")
+        answers = TASK.answer_json(TASK.answer_rows(scores, self.model.decision), self.model.decision)
         contrib = self.model.booster.predict(matrix, pred_contrib=True)
         names = SPEC.feature_names
         out = []
-        for row, p, y in zip(contrib, proba, labels, strict=True):
+        for row, answer in zip(contrib, answers, strict=True):
             order = np.argsort(-np.abs(row[:-1]))[:top_k]
             top = [Contribution(feature=names[i], contribution=float(row[i])) for i in order]
-            out.append(Explanation(probability=float(p), label=str(y), base_value=float(row[-1]), top=top))
+            out.append(Explanation(**answer, base_value=float(row[-1]), top=top))
         return out
 
     @bulk.post("/score_file")
     async def score_file(self, request: Request) -> Response:
         """Bulk scoring: POST a Parquet or CSV body (`Content-Type` application/vnd.apache.parquet or
-        text/csv, uncompressed); get Parquet back with `prediction_id`, `probability`, `label` and,
-        for rows that fail validation, `reason` (those rows are not scored)."""
+        text/csv, uncompressed); get Parquet back with `prediction_id`, the task's answer columns
+        (`probability`, `label`; `prediction`, `interval_low`, `interval_high`) and, for rows that fail
+        validation, `reason` (those rows are not scored)."""
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         fmt = FILE_FORMATS[media.encode()]  # `RequestGuard` has refused any other (415)
         async with self.bulk_slots:
@@ -726,7 +736,7 @@ class TabularService:
         result.write_parquet(out, **SERVED_PARQUET)
         if logged is not None:  # once the answer exists
             self.log.append_frame(logged)
-            self._count(logged.get_column("probability").to_numpy(), "score_file")
+            self._count(logged.get_column(TASK.score_column).to_numpy(), "score_file")
         counts = {"x-rows-scored": str(scored), "x-rows-rejected": str(raw.height - scored)}
         return 200, out.getvalue(), {"x-request-id": request_id, **counts}
 
@@ -747,10 +757,10 @@ class TabularService:
         good = typed.hstack(raw.select(keep))
         if reasons.height:
             good = good.filter(pl.Series(accepted))
-        proba = np.full(raw.height, np.nan)
+        scores = np.full(raw.height, np.nan)
         if good.height:
-            proba[accepted] = self._proba(self.model.matrix(good) if matrix is None else matrix, "score_file")
-        labels = self.model.label_series(proba)  # null where not scored
+            scores[accepted] = self._scores(self.model.matrix(good) if matrix is None else matrix, "score_file")
+        answers = list(self.model.answer_columns(scores).values())  # null where not scored
         everything = good.height == raw.height
         ids = new_prediction_ids(good.height)
         logged = None
@@ -762,8 +772,8 @@ class TabularService:
                 pl.lit(MODEL_VERSION, dtype=pl.Categorical).alias("model_version"),
                 pl.lit(DATA_VERSION, dtype=pl.Categorical).alias("data_version"),
                 pl.lit("score_file", dtype=pl.Categorical).alias("endpoint"),
-                pl.Series("probability", proba[accepted], dtype=pl.Float64),
-                labels if everything else labels.filter(pl.Series(accepted)),
+                pl.Series(TASK.score_column, scores[accepted], dtype=pl.Float64),
+                *(answers if everything else [column.filter(pl.Series(accepted)) for column in answers]),
             )
             logged = logged.select([c for c in LOG_SCHEMA if c in logged.columns])
         if everything:
@@ -776,8 +786,8 @@ class TabularService:
             pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
             *keep,
             scored_ids,
-            pl.Series("probability", proba).fill_nan(None),
-            labels.cast(pl.String),
+            pl.Series(TASK.score_column, scores).fill_nan(None),
+            *as_text(pl.DataFrame(answers)).get_columns(),  # a label as plain text
             why,
             pl.lit(MODEL_VERSION).alias("model_version"),
         )
@@ -785,16 +795,18 @@ class TabularService:
 
     @api()
     def model_info(self) -> ModelInfo:
-        """Which model answers: name, registry version, data version, threshold, features."""
+        """Which model answers: name, task, registry version, data version, features, the predictor and
+        the task's decision (binary: `threshold`; regression: `interval` {halfwidth, coverage})."""
         return ModelInfo(
             dataset=SPEC.name,
+            task=TASK.kind,
             model_name=BUNDLE["model_name"],
             model_version=MODEL_VERSION,
             data_version=BUNDLE["data_version"],
-            threshold=self.model.threshold,
             features=SPEC.feature_names,
             max_rows=MAX_ROWS,
             predictor=self.predictor,
+            **TASK.decision_json(self.model.decision),
         )
 
     async def __is_ready__(self) -> bool:

@@ -1,6 +1,8 @@
 """Applying the spec's declared types to raw values: one rule for every input path (files,
-requests, batches), shared by training and serving. Text values (categories, strings, the id, the
-target) are trimmed of surrounding whitespace (`tasks.core.spec.text_form` is the same rule for JSON)."""
+requests, batches), shared by training and serving. Text values (categories, strings, the id, a
+target's labels) are trimmed of surrounding whitespace (`tasks.core.spec.text_form` is the same rule
+for JSON). The target is cast as its contract says (`spec.target.as_column()`): a label, or a number.
+A number column's NaN or infinity never passes (`finite_number`), the target's included."""
 
 from __future__ import annotations
 

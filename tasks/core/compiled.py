@@ -27,8 +27,8 @@ from tasks.core.errors import DataError, ModelIntegrityError
 SWITCH = "LIFECYCLE_COMPILED"  # "off": never compile or load, the booster serves
 SMALL_BATCH = 2048  # below it one thread: thread start-up and contention cost more than the rows take
 CHUNKS_PER_THREAD = 8  # big inputs are split this many times a thread, for the threads to balance
-PARITY_ATOL = 1e-9  # compiled and booster probabilities may differ by this much, no more
-ENTRY = "forest_root"  # lleaves' entry point: (rows in, probabilities out, first row, end row)
+PARITY_ATOL = 1e-9  # compiled and booster outputs may differ by this much, no more
+ENTRY = "forest_root"  # lleaves' entry point: (rows in, outputs out, first row, end row)
 # the entry with plain addresses: cheaper per call than lleaves' POINTER(c_double) arguments
 ENTRY_TYPE = CFUNCTYPE(None, c_void_p, c_void_p, c_int32, c_int32)
 
@@ -111,7 +111,8 @@ def _threads() -> int:
 
 
 class CompiledModel:
-    """The compiled trees: feature matrix in, probabilities out (the booster's objective applied)."""
+    """The compiled trees: feature matrix in, the booster's outputs out (its objective applied: a
+    binary objective's sigmoid; a regression objective's value as it is)."""
 
     def __init__(self, engine, n_features: int, info: dict):
         self.info = dict(info)
@@ -124,7 +125,7 @@ class CompiledModel:
         return f"compiled (lleaves {self.info['lleaves']}, {self.info['cpu']})"
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
-        """Probabilities of the rows of `matrix`: one thread below SMALL_BATCH rows, else one per core."""
+        """The outputs for the rows of `matrix`: one thread below SMALL_BATCH rows, else one per core."""
         data = np.ascontiguousarray(matrix, dtype=np.float64)
         if data.ndim != 2 or data.shape[1] != self.n_features:  # the machine code reads n_features a row
             raise DataError(f"the compiled model takes (rows, {self.n_features}) matrices, not {data.shape}")

@@ -20,6 +20,7 @@ import polars as pl
 from tasks.core.errors import SpecError
 from tasks.core.ops import OPS
 from tasks.core.spec import DatasetSpec, DerivedFeature, memo, polars_dtype, typed_categories
+from tasks.core.task.kinds import task_of
 
 
 def derived_expr(d: DerivedFeature) -> pl.Expr:
@@ -95,8 +96,9 @@ def feature_matrix(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
 
 
 def encode_target(frame: pl.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """1 for the positive label, 0 otherwise."""
-    return (frame.get_column(spec.target.column) == spec.target.positive).cast(pl.Int8).to_numpy()
+    """The frame's targets as the task encodes them (binary: 1 for the positive label, 0 otherwise;
+    regression: the values)."""
+    return task_of(spec).encode(frame.get_column(spec.target.column))
 
 
 def row_encoder(spec: DatasetSpec) -> Callable[[Mapping[str, object]], list[float]]:

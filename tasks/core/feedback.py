@@ -2,7 +2,10 @@
 the service returned or by the config's id column, and is joined to the prediction log.
 
 One label store per dataset (`<workdir>/labels/<dataset>/`), rows of `LABEL_SCHEMA`, written by
-the service's `/feedback` and by `flows.labels`. Nothing is overwritten: a later label for the
+the service's `/feedback` and by `flows.labels`. A label must keep the target's contract
+(`spec.target.as_column()`: one of its labels, or a finite number within its bounds) and is stored as
+its text, whatever the task (`spec.text_form`: a number as its text); `join_labels` reads it back
+typed as the target column is. Nothing is overwritten: a later label for the
 same key wins when they are joined (`latest_labels`); an `observed_at` in the future is refused on
 both paths (`records.observed_in_future`), so it cannot win forever. Pure Polars; no I/O here.
 """
@@ -22,7 +25,7 @@ from pydantic import BaseModel
 
 from tasks.core.errors import DataError
 from tasks.core.records import IN_THE_FUTURE, NOT_PRINTABLE, observed_in_future
-from tasks.core.spec import WINDOW_PATTERN, DatasetSpec
+from tasks.core.spec import WINDOW_PATTERN, DatasetSpec, polars_dtype, typed_categories
 
 PREDICTION_ID = "prediction_id"
 UNPRINTABLE = "not printable characters only (a control character such as NUL or a line break?)"
@@ -101,7 +104,7 @@ def validate_labels(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(valid labels as `LABEL_SCHEMA` rows, the other input rows as text with a `reason`).
 
-    A label must be one of the config's target labels and carry a key (prediction id or id);
+    A label must keep the target's contract (`label_problem`) and carry a key (prediction id or id);
     `observed_at` is optional (epoch seconds or an ISO time; not in the future, see
     `records.observed_in_future`). Rows in = kept + quarantined."""
     target, keys = label_column(raw, spec), key_columns(raw, spec)
@@ -126,7 +129,6 @@ def validate_labels(
         },
         schema=LABEL_SCHEMA,
     )
-    labels = spec.target.labels
     key_names = " or ".join(k for k in (PREDICTION_ID, spec.id_column) if k in keys)
     reason = (
         pl.when(pl.col(PREDICTION_ID).is_null() & pl.col("id").is_null())
@@ -137,8 +139,8 @@ def validate_labels(
         .then(pl.lit(f"{spec.id_column}: {UNPRINTABLE}"))
         .when(pl.col("label").is_null())
         .then(pl.lit(f"{target}: missing"))
-        .when(~pl.col("label").is_in(labels))
-        .then(pl.format(f"{target}: not one of {labels} (value={{}})", pl.col("label")))
+        .when(label_problem(spec, target).is_not_null())
+        .then(label_problem(spec, target))
         .when(pl.col("observed_at").is_null() & observed_text.is_not_null())
         .then(pl.format("observed_at: not a time (value={})", pl.lit(observed_text)))
         .when(observed_in_future(pl.col("observed_at"), received_at))
@@ -147,6 +149,25 @@ def validate_labels(
     reasons = frame.select(reason.alias("reason")).to_series()
     bad = reasons.is_not_null()
     return frame.filter(~bad), text.with_columns(reasons).filter(bad)
+
+
+def label_problem(spec: DatasetSpec, name: str) -> pl.Expr:
+    """Why the text of `label` breaks the target's contract (`spec.target.as_column()`), named after
+    the file's column `name`; null when it keeps it. The same verdicts as `/feedback`'s label model."""
+    contract, label = spec.target.as_column(), pl.col("label")
+    if contract.categories is not None:
+        labels = typed_categories(contract)
+        return pl.when(~label.is_in(labels)).then(pl.format(f"{name}: not one of {labels} (value={{}})", label))
+    number = label.cast(pl.Float64, strict=False)
+    checks = [(number.is_null(), "not a number"), (~number.is_finite(), "not a finite number (NaN or infinity)")]
+    if contract.min is not None:
+        checks.append((number < contract.min, f"below the target's min {contract.min:g}"))
+    if contract.max is not None:
+        checks.append((number > contract.max, f"above the target's max {contract.max:g}"))
+    reason = pl.when(pl.lit(False)).then(None)
+    for broken, why in checks:
+        reason = reason.when(broken).then(pl.format(f"{name}: {why} (value={{}})", label))
+    return reason
 
 
 def _epoch(values: pl.Series) -> pl.Series:
@@ -196,7 +217,8 @@ def window_rows(log: pl.DataFrame, window: ServedWindow) -> pl.DataFrame:
 
 def join_labels(served: pl.DataFrame, labels: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     """Served rows with the target column set where a label has arrived (by prediction id first,
-    then by the id column) and `label_delay_seconds` (observed, else received, minus served)."""
+    then by the id column), typed as the target's contract says (a label's text, a number), and
+    `label_delay_seconds` (observed, else received, minus served)."""
     target, latest = spec.target.column, latest_labels(labels)
     when = pl.coalesce(pl.col("observed_at"), pl.col("received_at"))
     by_prediction = latest.filter(pl.col(PREDICTION_ID).is_not_null()).select(
@@ -212,8 +234,9 @@ def join_labels(served: pl.DataFrame, labels: pl.DataFrame, spec: DatasetSpec) -
         out = out.with_columns(pl.col(spec.id_column).cast(pl.String)).join(by_id, on=spec.id_column, how="left")
     else:
         out = out.with_columns(pl.lit(None, pl.String).alias("_by_id"), pl.lit(None, pl.Float64).alias("_when_id"))
+    typed = polars_dtype(spec.target.as_column().type)
     return out.with_columns(
-        pl.coalesce("_by_prediction", "_by_id").alias(target),
+        pl.coalesce("_by_prediction", "_by_id").cast(typed, strict=False).alias(target),
         (pl.coalesce("_when_prediction", "_when_id") - pl.col("logged_at")).alias("label_delay_seconds"),
     ).drop("_by_prediction", "_by_id", "_when_prediction", "_when_id")
 

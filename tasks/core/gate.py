@@ -1,10 +1,12 @@
 """The promotion gate: the config's rules (`gate:`) applied to the candidate's metrics and its
 comparators' on the same test rows. A new kind of rule is a field of `GateRule` and a branch of
-`check_rule`, both here."""
+`check_rule`, both here. Which metrics a task kind has, which way each is better and when a slice
+is large enough to judge are the task's (`tasks.core.task`): the config checks its rules against
+them, and the gate asks the task (`Directions`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -13,26 +15,27 @@ from tasks.core.compiled import PARITY_ATOL
 
 Metrics = dict[str, float]
 
-HIGHER_IS_BETTER = {
-    "roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "cv_roc_auc_mean",
-    "fairness_selection_rate_ratio", "fairness_tpr_ratio",
-}  # fmt: skip
-LOWER_IS_BETTER = {"log_loss", "brier", "latency_ms_per_row", "cv_roc_auc_std", "ece", "fairness_fpr_difference"}
-BOOTSTRAPPED = ("roc_auc", "pr_auc", "log_loss", "brier")  # each has a 95% interval: <metric>_ci_low/_ci_high
-SLICE_METRICS = ("roc_auc", "f1")  # what `slice_metrics` measures per slice
-BASELINES = ("majority_class", "stratified", "uniform", "logistic_regression", "decision_tree")
+
+class Directions(Protocol):
+    """What the gate asks of the task kind (a `tasks.core.task.Task` class or instance)."""
+
+    unjudged_slices: str  # what a slice left out of a per_slice rule lacks ("under 30 rows")
+
+    def better(self, metric: str) -> bool:
+        """True when a higher value of `metric` is better."""
 
 
 class GateRule(BaseModel):
     """One promotion rule: a bound (`min`/`max`) or a comparison with another model on the same
-    rows (`vs`, with `max_drop` or `min_gain`; per slice; or tolerant while the intervals overlap)."""
+    rows (`vs`, with `max_drop` or `min_gain`; per slice; or tolerant while the intervals overlap).
+    Its shape is checked here; its metric and `vs` against the task, when the config is loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     metric: str
     min: float | None = None
     max: float | None = None
-    vs: Literal["champion", *BASELINES] | None = None  # type: ignore[valid-type]
+    vs: str | None = Field(default=None, description="champion, or one of the task's baselines")
     max_drop: float = Field(default=0.0, ge=0, description="how much worse than `vs` is still a pass")
     min_gain: float | None = Field(default=None, ge=0, description="the candidate must beat `vs` by at least this")
     per_slice: bool = Field(default=False, description="each slice of evaluation.slices vs the same slice of `vs`")
@@ -42,26 +45,15 @@ class GateRule(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> GateRule:
-        if self.metric not in HIGHER_IS_BETTER | LOWER_IS_BETTER:
-            raise ValueError(f"unknown gate metric {self.metric!r}")
         if (self.vs is None) == (self.min is None and self.max is None):
             raise ValueError("a gate rule needs either min/max or vs")
         if self.vs is None and (self.min_gain is not None or self.per_slice or self.unless_overlap):
             raise ValueError("min_gain, per_slice and unless_overlap compare with `vs`")
         if self.min_gain is not None and (self.max_drop or self.unless_overlap):
             raise ValueError("min_gain asks for a gain: it takes no max_drop or unless_overlap")
-        if self.per_slice and (self.metric not in SLICE_METRICS or self.unless_overlap):
-            raise ValueError(f"per_slice compares one of {SLICE_METRICS}, without intervals")
-        if self.unless_overlap and self.metric not in BOOTSTRAPPED:
-            raise ValueError(f"unless_overlap needs a metric with intervals: {BOOTSTRAPPED}")
+        if self.per_slice and self.unless_overlap:
+            raise ValueError("per_slice compares slices without intervals: it takes no unless_overlap")
         return self
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.metric in HIGHER_IS_BETTER
-
-
-DEFAULT_GATE = [GateRule(metric="roc_auc", vs="champion"), GateRule(metric="roc_auc", vs="logistic_regression")]
 
 
 class GateCheck(BaseModel):
@@ -94,18 +86,23 @@ def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
-Slices = dict[str, list[dict]]  # model ("candidate", a comparator) → its `slice_metrics` rows
+Slices = dict[str, list[dict]]  # model ("candidate", a comparator) → its slice table (`Task.slices`)
 
 
 def apply_gate(
-    rules: list[GateRule], candidate: Metrics, others: dict[str, Metrics | None], slices: Slices | None = None
+    rules: list[GateRule],
+    candidate: Metrics,
+    others: dict[str, Metrics | None],
+    task: Directions,
+    slices: Slices | None = None,
 ) -> GateDecision:
     """Check every rule; fails closed: a missing candidate metric is a failure.
 
     `others` maps a comparator name to its metrics on the same test rows; a comparator
-    that does not exist (no champion yet) passes its rule with that said. `slices` holds the
-    per-slice metrics of the candidate and the comparators (for `per_slice` rules)."""
-    checks = [check_rule(rule, candidate, others, slices or {}) for rule in rules]
+    that does not exist (no champion yet) passes its rule with that said. `task` says which way
+    each metric is better. `slices` holds the slice tables of the candidate and the comparators
+    (for `per_slice` rules): each row says whether it is large enough to be `judged`."""
+    checks = [check_rule(rule, candidate, others, task, slices or {}) for rule in rules]
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
 
 
@@ -128,7 +125,9 @@ def compiled_parity_check(difference: float | None, unavailable: str = "") -> Ga
     return GateCheck(rule=COMPILED_RULE, passed=difference <= PARITY_ATOL, detail=detail)
 
 
-def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | None], slices: Slices) -> GateCheck:
+def check_rule(
+    rule: GateRule, candidate: Metrics, others: dict[str, Metrics | None], task: Directions, slices: Slices
+) -> GateCheck:
     name = _describe(rule)
     value = candidate.get(rule.metric)
     if not _present(value):
@@ -142,11 +141,11 @@ def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | N
     if other is None:
         return GateCheck(rule=name, passed=True, detail=f"no {rule.vs} yet")
     if rule.per_slice:
-        return _check_slices(rule, name, slices.get("candidate"), slices.get(rule.vs))
+        return _check_slices(rule, name, task, slices.get("candidate"), slices.get(rule.vs))
     reference = other.get(rule.metric)
     if not _present(reference):
         return GateCheck(rule=name, passed=False, detail=f"{rule.vs} has no {rule.metric}")
-    drop = _drop(rule, value, reference)
+    drop = _drop(task.better(rule.metric), value, reference)
     detail = f"candidate {value:.4f} vs {rule.vs} {reference:.4f}"
     ok = _holds(rule, drop)
     if rule.min_gain is not None:
@@ -162,9 +161,9 @@ def check_rule(rule: GateRule, candidate: Metrics, others: dict[str, Metrics | N
     return GateCheck(rule=name, passed=ok, detail=detail)
 
 
-def _drop(rule: GateRule, value: float, reference: float) -> float:
+def _drop(higher_is_better: bool, value: float, reference: float) -> float:
     """How much worse the candidate is than the reference (negative: better)."""
-    return (reference - value) if rule.higher_is_better else (value - reference)
+    return (reference - value) if higher_is_better else (value - reference)
 
 
 def _holds(rule: GateRule, drop: float) -> bool:
@@ -177,24 +176,20 @@ def _interval(m: Metrics, metric: str) -> tuple[float, float] | None:
     return (low, high) if _present(low) and _present(high) else None
 
 
-MIN_SLICE_CLASS_ROWS = 30  # a slice with fewer positives or negatives than this is too noisy to judge
-
-
-def _judged(s: dict) -> bool:
-    return min(s["positives"], s["rows"] - s["positives"]) >= MIN_SLICE_CLASS_ROWS
-
-
-def _check_slices(rule: GateRule, name: str, mine: list[dict] | None, theirs: list[dict] | None) -> GateCheck:
-    """Every slice both models were measured on, with at least `MIN_SLICE_CLASS_ROWS` positives
-    and negatives, against the same slice: the worst one decides."""
+def _check_slices(
+    rule: GateRule, name: str, task: Directions, mine: list[dict] | None, theirs: list[dict] | None
+) -> GateCheck:
+    """Every slice both models were measured on and the candidate's table `judged` (enough rows:
+    the task's bar), against the same slice: the worst one decides."""
     if mine is None or theirs is None:
         return GateCheck(rule=name, passed=False, detail=f"no slice metrics of the candidate and {rule.vs}")
     reference = {(s["column"], s["value"]): s.get(rule.metric) for s in theirs}
     measured = [s for s in mine if (s["column"], s["value"]) in reference]
+    higher_is_better = task.better(rule.metric)
     drops = [
-        (_drop(rule, s[rule.metric], reference[key]), key, s[rule.metric], reference[key])
+        (_drop(higher_is_better, s[rule.metric], reference[key]), key, s[rule.metric], reference[key])
         for s in measured
-        if _judged(s) and _present(s.get(rule.metric)) and _present(reference[key := (s["column"], s["value"])])
+        if s["judged"] and _present(s.get(rule.metric)) and _present(reference[key := (s["column"], s["value"])])
     ]
     if not drops:
         return GateCheck(rule=name, passed=False, detail="no slice large enough on both models")
@@ -202,7 +197,7 @@ def _check_slices(rule: GateRule, name: str, mine: list[dict] | None, theirs: li
     ok = _holds(rule, drop)
     detail = f"worst of {len(drops)} slices judged: {column}={value} candidate {got:.4f} vs {rule.vs} {ref:.4f}"
     if len(drops) < len(measured):
-        detail += f" ({len(measured) - len(drops)} with under {MIN_SLICE_CLASS_ROWS} positives or negatives not judged)"
+        detail += f" ({len(measured) - len(drops)} with {task.unjudged_slices} not judged)"
     return GateCheck(rule=name, passed=ok, detail=detail)
 
 

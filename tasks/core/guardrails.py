@@ -1,17 +1,19 @@
 """A roll-out's guardrails, judged per version on what it served: error rate, p95 answer time,
-the shift of its predictions against the champion's on the same traffic, and (labels permitting)
-the live metric. Figures are tallied in bounded memory whatever the traffic."""
+the shift of its scores (the task's score column) against the champion's on the same traffic, and
+(labels permitting) the live metric, judged in its own direction. Figures are tallied in bounded
+memory whatever the traffic."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.core.metrics import binary_metrics
 from tasks.core.spec import DatasetSpec, Guardrails
+from tasks.core.task.kinds import task_of
 
 # answer-time buckets: 0.1 ms to 10 min, 5% wide (p95 is reported as its bucket's upper edge)
 _LOW_MS, _RATIO, _BUCKETS = 0.1, 1.05, 330
@@ -88,7 +90,7 @@ class StepReport(BaseModel):
     challenger: VersionFigures
     champion: VersionFigures | None = None
     prediction_shift: float | None = None
-    agreement: float | None = None  # shadow: share of the same requests given the same label
+    agreement: float | None = None  # shadow: share of the same requests answered alike (`Task.agreement`)
     breaches: list[str] = []
 
     @property
@@ -103,9 +105,11 @@ def judge(
     rails: Guardrails,
     final: bool,
     min_labels: int,
+    shortfall: Callable[[float, float], float],
 ) -> list[str]:
     """The guardrails the challenger breaks. A figure that cannot be computed yet breaks its rail
-    only when `final` (the step's end): fail-closed, never waved through."""
+    only when `final` (the step's end): fail-closed, never waved through. `shortfall(live,
+    champion's)`: how much worse the challenger's live metric is (`Task.shortfall` of the metric)."""
     breaches = []
     if challenger.requests < rails.min_requests and final:
         breaches.append(f"only {challenger.requests} answers from v{challenger.version} (minimum {rails.min_requests})")
@@ -127,10 +131,11 @@ def judge(
     if rails.max_live_metric_drop is not None and champion is not None:
         live, old = challenger.live_metric, champion.live_metric
         if live is not None and old is not None:
-            if old - live > rails.max_live_metric_drop:
+            worse = shortfall(live, old)
+            if worse > rails.max_live_metric_drop:
                 breaches.append(
                     f"live metric {live:.4f} vs {old:.4f} of v{champion.version}: "
-                    f"drop over {rails.max_live_metric_drop}"
+                    f"worse by {worse:.4g}, over {rails.max_live_metric_drop:g}"
                 )
         elif final:
             breaches.append(
@@ -147,13 +152,10 @@ def shift_between(new: np.ndarray, old: np.ndarray, minimum: int) -> float | Non
 
 def live_metric(rows: pl.DataFrame, spec: DatasetSpec, metric: str) -> tuple[float | None, int]:
     """A version's metric on its served rows whose labels have arrived (the target column set by
-    `feedback.join_labels`), and how many there were. Threshold metrics use the answered label."""
-    target, positive = spec.target.column, spec.target.positive
+    `feedback.join_labels`), from what it answered (`Task.live_metric`), and how many there were."""
+    target, task = spec.target.column, task_of(spec)
     labelled = rows.filter(pl.col(target).is_not_null()) if target in rows.columns else rows.clear()
     if labelled.is_empty():
         return None, 0
-    y = (labelled[target] == positive).to_numpy()
-    ranked = metric in ("roc_auc", "pr_auc")
-    scores = labelled["probability"] if ranked else (labelled["label"] == positive).cast(pl.Float64)
-    value = binary_metrics(y, scores.to_numpy(), 0.5)[metric]
+    value = task.live_metric(metric, task.encode(labelled.get_column(target)), labelled)
     return (None if math.isnan(value) else float(value)), labelled.height

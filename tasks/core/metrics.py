@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    log_loss,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
 
 from tasks.core.gate import Metrics
-from tasks.core.model import is_positive
+
+
+def is_positive(proba: np.ndarray, threshold: float) -> np.ndarray:
+    """The decision rule, in one place: a probability at or above the threshold is positive."""
+    return np.asarray(proba) >= threshold
+
+
+def roc_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score  # lazy: a serving worker never loads scikit-learn
+
+    return float(roc_auc_score(y, proba)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def average_precision(y: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, proba)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def brier(y: np.ndarray, proba: np.ndarray) -> float:
+    return float(np.mean((proba - y) ** 2))
 
 
 def binary_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> Metrics:
     """Ranking and probability metrics, plus the confusion matrix at `threshold`."""
+    from sklearn.metrics import brier_score_loss, log_loss
+
     y = np.asarray(y).astype(int)
     proba = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
     pred = is_positive(proba, threshold).astype(int)
@@ -28,10 +41,9 @@ def binary_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> Metric
     tn = int(((pred == 0) & (y == 0)).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    both_classes = 0 < y.sum() < len(y)
     return {
-        "roc_auc": float(roc_auc_score(y, proba)) if both_classes else float("nan"),
-        "pr_auc": float(average_precision_score(y, proba)) if both_classes else float("nan"),
+        "roc_auc": roc_auc(y, proba),
+        "pr_auc": average_precision(y, proba),
         "log_loss": float(log_loss(y, proba, labels=[0, 1])),
         "brier": float(brier_score_loss(y, proba)),
         "precision": precision,
@@ -48,6 +60,8 @@ def binary_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> Metric
 
 def choose_threshold(y: np.ndarray, proba: np.ndarray, rule: str | float) -> float:
     """The decision threshold, chosen on validation rows: best F1, best Youden J, or fixed."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     if isinstance(rule, int | float):
         return float(rule)
     if rule == "youden":
@@ -56,24 +70,3 @@ def choose_threshold(y: np.ndarray, proba: np.ndarray, rule: str | float) -> flo
     precision, recall, thresholds = precision_recall_curve(y, proba)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
     return float(thresholds[np.argmax(f1[:-1])])
-
-
-def slice_metrics(frame: pl.DataFrame, y: np.ndarray, proba: np.ndarray, threshold: float, columns: list[str]):
-    """Metrics per value of each named category column (rows, positives, ROC AUC, F1)."""
-    rows = []
-    for column in columns:
-        values = frame.get_column(column).cast(pl.String).fill_null("<null>").to_numpy()
-        for value in sorted(set(values)):
-            mask = values == value
-            m = binary_metrics(y[mask], proba[mask], threshold)
-            rows.append(
-                {
-                    "column": column,
-                    "value": value,
-                    "rows": int(mask.sum()),
-                    "positives": int(y[mask].sum()),
-                    "roc_auc": m["roc_auc"],
-                    "f1": m["f1"],
-                }
-            )
-    return rows

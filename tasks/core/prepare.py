@@ -10,7 +10,8 @@ from pydantic import BaseModel
 
 from tasks.core.cast import FAILURE_SCHEMA
 from tasks.core.errors import DataError, QuarantineToleranceExceeded
-from tasks.core.spec import DatasetSpec
+from tasks.core.spec import DatasetSpec, column_kinds, polars_dtype
+from tasks.core.task.kinds import task_of
 
 SPLITS = ("train", "validation", "test")
 SPLIT_COLUMN = "_split"
@@ -160,28 +161,31 @@ def check_tolerance(report: QuarantineReport) -> None:
     )
 
 
-def check_trainable(source: str, spec: DatasetSpec, classes: dict[str, int], varied: bool) -> None:
-    """A model needs kept rows of every target label, and rows that differ: otherwise the run fails
-    here, naming the source, not later inside LightGBM or Optuna."""
-    target, labels = spec.target.column, spec.target.labels
-    rows = sum(classes.values())
+def check_trainable(source: str, spec: DatasetSpec, counts: pl.DataFrame, varied: bool) -> None:
+    """A model needs kept rows whose targets it can learn from (the task judges: every label, more
+    than one value) and rows that differ: otherwise the run fails here, naming the source, not
+    later inside LightGBM or Optuna. `counts`: the kept targets (`target_counts`)."""
+    rows = int(counts.get_column("count").sum())
     if not rows:
         raise DataError(f"{source}: no rows kept after quarantine: nothing to train on")
-    missing = [label for label in labels if not classes.get(label)]
-    if missing:
-        found = ", ".join(f"{label!r}: {n} rows" for label, n in sorted(classes.items()))
-        raise DataError(
-            f"{source}: the kept rows have only one class of `{target}` ({found}); "
-            f"a model needs rows of each of {labels}, and there are none of {missing}"
-        )
+    why = task_of(spec).untrainable(counts)
+    if why:
+        raise DataError(f"{source}: {why}")
     if not varied:
         raise DataError(f"{source}: all {rows} kept rows have the same feature values: one distinct row")
 
 
-def target_classes(frame: pl.DataFrame, spec: DatasetSpec) -> dict[str, int]:
-    """Kept rows per target label (of a cleaned frame)."""
-    counts = frame.get_column(spec.target.column).value_counts()
-    return dict(zip(counts.get_column(spec.target.column), counts.get_column("count"), strict=True))
+def target_counts(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
+    """Kept rows per distinct target value (of a cleaned frame): the target column and `count`."""
+    return frame.get_column(spec.target.column).value_counts().cast({"count": pl.Int64})
+
+
+def merged_counts(parts: list[pl.DataFrame], spec: DatasetSpec) -> pl.DataFrame:
+    """`target_counts` of slices, as one table's (a value seen in several slices counted once)."""
+    target = spec.target.column
+    if not parts:
+        return pl.DataFrame(schema={target: polars_dtype(column_kinds(spec)[target]), "count": pl.Int64})
+    return pl.concat(parts).group_by(target, maintain_order=True).agg(pl.col("count").sum())
 
 
 def features_vary(frame: pl.DataFrame, spec: DatasetSpec) -> bool:
@@ -194,7 +198,8 @@ def features_vary(frame: pl.DataFrame, spec: DatasetSpec) -> bool:
 
 
 def assign_splits(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
-    """Add the split column: stratified on the target (seeded), or by event time (latest rows last).
+    """Add the split column: stratified (seeded, within each of the task's strata: a label, a
+    quantile bin of the target), random (seeded), or by event time (latest rows last).
     Identical rows all take the split of their first copy (see `copies_together`)."""
     return copies_together(_positional_splits(frame, spec))
 
@@ -208,20 +213,25 @@ def copies_together(split: pl.DataFrame) -> pl.DataFrame:
 
 def _positional_splits(frame: pl.DataFrame, spec: DatasetSpec) -> pl.DataFrame:
     val, test = spec.split.validation, spec.split.test
-    if spec.split.strategy == "time":
-        ordered = frame.sort(spec.event_time_column, maintain_order=True)
-        position = pl.int_range(pl.len()) / pl.len()
-        label = (
-            pl.when(position >= 1 - test)
-            .then(pl.lit("test"))
-            .when(position >= 1 - test - val)
-            .then(pl.lit("validation"))
-            .otherwise(pl.lit("train"))
-        )
-        return ordered.with_columns(label.alias(SPLIT_COLUMN))
-    target = spec.target.column
-    rank = pl.int_range(pl.len()).shuffle(seed=spec.split.seed).over(target)
-    return frame.with_columns(split_by_position(rank / pl.len().over(target), spec))
+    shuffled = pl.int_range(pl.len()).shuffle(seed=spec.split.seed)
+    match spec.split.strategy:
+        case "time":
+            ordered = frame.sort(spec.event_time_column, maintain_order=True)
+            position = pl.int_range(pl.len()) / pl.len()
+            label = (
+                pl.when(position >= 1 - test)
+                .then(pl.lit("test"))
+                .when(position >= 1 - test - val)
+                .then(pl.lit("validation"))
+                .otherwise(pl.lit("train"))
+            )
+            return ordered.with_columns(label.alias(SPLIT_COLUMN))
+        case "stratified":
+            strata = task_of(spec).strata(pl.col(spec.target.column))
+            return frame.with_columns(split_by_position(shuffled.over(strata) / pl.len().over(strata), spec))
+        case "random":
+            return frame.with_columns(split_by_position(shuffled / pl.len(), spec))
+    raise ValueError(f"unknown split strategy {spec.split.strategy!r}")
 
 
 def split_by_position(position: pl.Expr, spec: DatasetSpec) -> pl.Expr:

@@ -8,22 +8,25 @@ import math
 
 import polars as pl
 
-from tasks.core.spec import DatasetSpec
+from tasks.core.spec import DatasetSpec, declared_columns
+from tasks.core.task.kinds import task_of
 
 TOP_CATEGORIES = 5
 
 
 def profile_rows(frame: pl.DataFrame, spec: DatasetSpec) -> list[dict]:
     """One row per input column of `spec` in `frame` (the target last): what a reviewer reads
-    before trusting a model trained on it. `association` is Pearson's r with the positive label
-    for a number, Cramér's V with the label for a category or text column."""
-    target = (frame.get_column(spec.target.column) == spec.target.positive).cast(pl.Float64)
-    rows = []
+    before trusting a model trained on it. `association` is with the target as a number (the
+    task's encoding: 1 for a binary target's positive label, the value of a regression target):
+    Pearson's r for a number column, the correlation ratio η for a category or text column (for a
+    binary target η is Cramér's V)."""
+    target = pl.Series(task_of(spec).encode(frame.get_column(spec.target.column))).cast(pl.Float64).fill_nan(None)
+    declared, rows = declared_columns(spec), []
     for name in spec.input_columns:
         if name not in frame.columns:
             continue
         column = frame.get_column(name)
-        col = spec.columns.get(name)
+        col = declared.get(name)
         kind = col.type if col else "string"
         row = {
             "column": name,
@@ -48,7 +51,7 @@ def profile_rows(frame: pl.DataFrame, spec: DatasetSpec) -> list[dict]:
             text = column.cast(pl.String).fill_null("<null>")
             counts = text.value_counts(sort=True).head(TOP_CATEGORIES)
             row["top"] = ", ".join(f"{v} {_share(n, frame.height):.0%}" for v, n in counts.iter_rows())
-            row["association"] = _cramers_v(text, target) if name != spec.target.column else None
+            row["association"] = _correlation_ratio(text, target) if name != spec.target.column else None
         rows.append(row)
     return rows
 
@@ -69,17 +72,14 @@ def _pearson(values: pl.Series, target: pl.Series) -> float | None:
     return None if r is None or math.isnan(r) else float(r)
 
 
-def _cramers_v(text: pl.Series, target: pl.Series) -> float | None:
-    """Cramér's V of a category column against the binary label: sqrt(chi² / n) (min(r, 2) − 1 = 1)."""
-    table = (
-        pl.DataFrame({"v": text, "y": target}).group_by("v").agg(pl.len().alias("n"), pl.col("y").sum().alias("pos"))
-    )
-    n, positives = float(table["n"].sum()), float(table["pos"].sum())
-    if n == 0 or positives in (0.0, n) or table.height < 2:
+def _correlation_ratio(text: pl.Series, target: pl.Series) -> float | None:
+    """η = sqrt(between-group sum of squares / total sum of squares) of the target over the column's
+    values; for a 0/1 target this is sqrt(chi² / n), Cramér's V of the 2 × k table."""
+    both = pl.DataFrame({"v": text, "y": target}).drop_nulls("y")
+    groups = both.group_by("v").agg(pl.len().alias("n"), pl.col("y").mean().alias("mean"))
+    mean = both.get_column("y").mean()
+    total = both.select(((pl.col("y") - mean) ** 2).sum()).item() if both.height else 0.0
+    if not total or groups.height < 2:
         return None
-    chi2 = 0.0
-    for rows, pos in table.select("n", "pos").iter_rows():
-        for observed, share in ((pos, positives / n), (rows - pos, 1 - positives / n)):
-            expected = rows * share
-            chi2 += (observed - expected) ** 2 / expected
-    return float(math.sqrt(chi2 / n))
+    between = groups.select((pl.col("n") * (pl.col("mean") - mean) ** 2).sum()).item()
+    return float(math.sqrt(between / total))

@@ -136,7 +136,7 @@ def _not_in_future(when: datetime) -> datetime:
 
 def label_model(spec: DatasetSpec) -> type[BaseModel]:
     """One delayed label as `/feedback` takes it: the `prediction_id` the service returned (or the
-    config's id column), the label (one of the target's labels) and, optionally, when it was observed.
+    config's id column), the label (a value the target's contract takes) and, optionally, when it was observed.
     The same rules as `tasks.core.feedback.validate_labels` applies to label files."""
     keys = [k for k in ("prediction_id", spec.id_column) if k]
 
@@ -152,8 +152,10 @@ def label_model(spec: DatasetSpec) -> type[BaseModel]:
         fields: dict = {"prediction_id": (key | None, None)}
         if spec.id_column:
             fields[spec.id_column] = (id_annotation(spec) | None, None)
-        label = Annotated[Literal[tuple(spec.target.labels)], BeforeValidator(text_form)]
-        fields["label"] = (label, Field(description=f"the true `{spec.target.column}` (a number stands for its text)"))
+        # the target's contract, as a feature's value is checked: one of the labels (a number stands for
+        # its text), or a finite number within the target's bounds
+        label = annotation(spec.target.as_column())
+        fields["label"] = (label, Field(description=f"the true `{spec.target.column}`"))
         observed = Annotated[datetime, AfterValidator(_not_in_future)]
         fields["observed_at"] = (
             observed | None,

@@ -13,7 +13,7 @@ import polars as pl
 from tasks.core.cast import FAILURE_SCHEMA, cast_exprs, cast_to_spec
 from tasks.core.errors import SpecError
 from tasks.core.features import category_enum, encode_exprs
-from tasks.core.spec import DatasetSpec, column_kinds, polars_dtype, typed_categories
+from tasks.core.spec import DatasetSpec, column_kinds, declared_columns, polars_dtype, typed_categories
 
 if TYPE_CHECKING:
     import pandera.polars as pa
@@ -28,9 +28,7 @@ def build_schema(spec: DatasetSpec, columns: list[str] | None = None):
         schema[spec.id_column] = pa.Column(pl.String, nullable=False, unique=True)
     if spec.event_time_column:
         schema[spec.event_time_column] = pa.Column(polars_dtype("datetime"), nullable=False)
-    for name, col in spec.columns.items():
-        if col.sensitive:  # never read (see DatasetSpec.input_columns)
-            continue
+    for name, col in declared_columns(spec).items():  # the target too: `spec.target.as_column()`
         checks = []
         if col.min is not None or col.max is not None:
             lo = col.min if col.min is not None else float("-inf")
@@ -39,7 +37,6 @@ def build_schema(spec: DatasetSpec, columns: list[str] | None = None):
         if col.categories is not None:
             checks.append(pa.Check.isin(typed_categories(col)))
         schema[name] = pa.Column(polars_dtype(col.type), checks=checks, nullable=col.nullable)
-    schema[spec.target.column] = pa.Column(pl.String, checks=[pa.Check.isin(spec.target.labels)], nullable=False)
     if columns is not None:
         schema = {name: schema[name] for name in columns}
     return pa.DataFrameSchema(schema, strict=True, ordered=False, name=spec.name)
@@ -58,11 +55,11 @@ def schema_holds(typed: pl.DataFrame, spec: DatasetSpec, columns: list[str] | No
 def schema_rules(schema: pl.Schema, spec: DatasetSpec, columns: list[str] | None = None) -> list[pl.Expr] | None:
     """`build_schema`'s rules as one row-wise boolean expression per column of a typed frame with
     this `schema`; None when a column does not have its declared type."""
-    kinds, rules = column_kinds(spec), []
+    kinds, declared, rules = column_kinds(spec), declared_columns(spec), []
     for name in spec.input_columns if columns is None else columns:
         if schema.get(name) != polars_dtype(kinds[name]):
             return None
-        c, col = pl.col(name), spec.columns.get(name)
+        c, col = pl.col(name), declared.get(name)
         checks = pl.lit(True)
         if col is not None and (col.min is not None or col.max is not None):
             lo = col.min if col.min is not None else float("-inf")
@@ -70,8 +67,6 @@ def schema_rules(schema: pl.Schema, spec: DatasetSpec, columns: list[str] | None
             checks = checks & c.ge(lo) & c.le(hi)
         if col is not None and col.categories is not None:
             checks = checks & c.is_in(typed_categories(col))
-        if name == spec.target.column:
-            checks = checks & c.is_in(spec.target.labels)
         ok = checks.fill_null(True)  # checks skip nulls; nullability decides (NaN counts as null)
         if not (col is not None and col.nullable):
             ok = ok & c.is_not_null() & (c.is_not_nan() if kinds[name] == "float" else True)

@@ -15,11 +15,12 @@ from typing import Annotated, Literal
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from tasks.core.errors import SpecError
-from tasks.core.gate import DEFAULT_GATE, GateRule
+from tasks.core.gate import GateRule
 from tasks.core.ops import OPS
+from tasks.core.task.kinds import KINDS
 
 ColumnType = Literal["int", "float", "bool", "category", "string", "datetime"]
 FEATURE_TYPES = {"int", "float", "bool", "category"}
@@ -73,16 +74,53 @@ class SourceSpec(_Strict):
         raise SpecError(f"cannot tell the format of {self.path!r}: set source.format")
 
 
-class TargetSpec(_Strict):
+class BinaryTarget(_Strict):
+    """A target with two labels, one of them the positive class (the default task)."""
+
     column: str
+    task: Literal["binary"] = Field(default="binary", exclude=True)  # the default: left out of hashes and files
     positive: Label = Field(description="label of the positive class")
     labels: Annotated[list[Label], Field(min_length=2, max_length=2, description="numbers stand for their text")]
 
     @model_validator(mode="after")
-    def _positive_is_a_label(self) -> TargetSpec:
+    def _positive_is_a_label(self) -> BinaryTarget:
         if self.positive not in self.labels:
             raise ValueError(f"positive label {self.positive!r} is not one of {self.labels}")
         return self
+
+    def as_column(self) -> ColumnSpec:
+        """The target's contract, checked like any other column's: one of the labels, never missing."""
+        return ColumnSpec(type="category", categories=list(self.labels), feature=False)
+
+
+class RegressionTarget(_Strict):
+    """A numeric target: finite numbers, optionally within [min, max]."""
+
+    column: str
+    task: Literal["regression"]
+    min: float | None = Field(default=None, description="smaller targets are quarantined")
+    max: float | None = Field(default=None, description="larger targets are quarantined")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RegressionTarget:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"target min {self.min} > max {self.max}")
+        return self
+
+    def as_column(self) -> ColumnSpec:
+        """The target's contract, checked like any other column's: a number within the bounds, never
+        missing."""
+        return ColumnSpec(type="float", min=self.min, max=self.max, feature=False)
+
+
+def _target_kind(value: object) -> str:
+    return value.get("task", "binary") if isinstance(value, dict) else value.task
+
+
+TargetSpec = Annotated[
+    Annotated[BinaryTarget, Tag("binary")] | Annotated[RegressionTarget, Tag("regression")],
+    Discriminator(_target_kind),
+]
 
 
 class ColumnSpec(_Strict):
@@ -129,7 +167,11 @@ class DerivedFeature(_Strict):
 
 
 class SplitSpec(_Strict):
-    strategy: Literal["stratified", "time"] = "stratified"
+    strategy: Literal["stratified", "random", "time"] = Field(
+        default="stratified",
+        description="stratified: seeded, within each class (regression: each tenth of the target's range); "
+        "random: seeded; time: by event time, latest rows last",
+    )
     validation: float = Field(default=0.15, gt=0, lt=0.5)
     test: float = Field(default=0.2, gt=0, lt=0.5)
     seed: int = 42
@@ -204,6 +246,9 @@ class TrainingSpec(_Strict):
     calibration: Literal["none", "sigmoid", "isotonic"] = Field(
         default="none", description="fit a calibrator on validation; kept only if it lowers the log loss out of fold"
     )
+    objective: Literal["l2", "l1", "huber"] | None = Field(
+        default=None, description="regression: LightGBM's loss (default l2); left out of the hashes when unset"
+    )
 
 
 class EvaluationSpec(_Strict):
@@ -226,6 +271,12 @@ class EvaluationSpec(_Strict):
     bootstrap_rounds: int = Field(default=1000, ge=100, description="resamples of the test rows for 95% intervals")
     error_bins: int = Field(default=4, ge=2, description="quantile bins of each numeric feature in the error analysis")
     error_min_rows: int = Field(default=20, ge=1, description="smaller groups are left out of the error analysis")
+    interval_coverage: float | None = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
+        description="regression: split-conformal prediction intervals at this coverage (empty: none)",
+    )
 
 
 class DriftPolicy(_Strict):
@@ -241,19 +292,32 @@ class DriftPolicy(_Strict):
     drift_share: float = Field(default=0.3, gt=0, le=1, description="share of drifted columns that is drift")
     method: str | None = Field(default=None, description="Evidently drift method (default: by column type)")
     threshold: float | None = Field(default=None, description="per-column drift threshold of `method`")
-    prediction_method: str = Field(default="psi", description="Evidently method for the predicted probabilities")
+    prediction_method: str = Field(
+        default="psi", description="Evidently method for the served scores (probabilities, predicted values)"
+    )
     prediction_threshold: float = Field(
-        default=0.2, gt=0, description="served probabilities vs the champion's test predictions (PSI > 0.2: moved)"
+        default=0.2, gt=0, description="served scores vs the champion's test-split scores (PSI > 0.2: moved)"
+    )
+    target_drift: bool | None = Field(
+        default=None,
+        description="arrived labels vs the training target (measured with `method`/`threshold`, as the "
+        "features, once `min_rows` rows are labelled) count as drift: true, false, or empty: the task's default "
+        "(regression yes; binary no: reported only)",
     )
     max_null_rate_increase: float = Field(
         default=0.1, gt=0, le=1, description="a feature whose share of nulls grew by more than this is drift"
     )
-    performance_metric: Literal["roc_auc", "pr_auc", "f1", "accuracy"] = "roc_auc"
+    performance_metric: str | None = Field(
+        default=None, description="the live metric on labelled rows: one of the task's (default: its first)"
+    )
     min_labelled_rows: int = Field(default=100, ge=1, description="fewer labelled rows: the live metric is not judged")
-    max_performance_drop: float = Field(
-        default=0.05,
+    max_performance_drop: float | None = Field(
+        default=None,
         ge=0,
-        description="labelled rows scoring worse than the champion's test metric by more is drift",
+        description="labelled rows scoring worse than the champion's test metric by more is drift: for a metric "
+        "better when higher (roc_auc, pr_auc, f1, accuracy, r2) the drop (0.05: AUC 0.85 → below 0.80); for an "
+        "error metric (rmse, mae) the rise as a fraction of the test figure (0.3: RMSE over 1.3x the test's). "
+        "Empty: the task's (binary 0.05, regression 0.3)",
     )
     dashboard_days: float = Field(
         default=30, gt=0, description="monitoring runs older than this leave the Evidently dashboard"
@@ -279,7 +343,8 @@ class Guardrails(_Strict):
         default=0.2,
         gt=0,
         le=1,
-        description="largest gap between its and the champion's probability distributions on the same traffic "
+        description="largest gap between its and the champion's score distributions (probabilities, predicted "
+        "values) on the same traffic "
         "(Kolmogorov-Smirnov statistic: 0 same, 1 disjoint)",
     )
     min_requests: int = Field(
@@ -288,7 +353,8 @@ class Guardrails(_Strict):
     max_live_metric_drop: float | None = Field(
         default=None,
         ge=0,
-        description="labelled rows: its `monitoring.performance_metric` below the champion's by more rolls back; "
+        description="labelled rows: its `monitoring.performance_metric` worse than the champion's by more rolls "
+        "back (a drop for a metric better when higher, a rise as a fraction of the champion's for rmse or mae); "
         "set, a step also needs `monitoring.min_labelled_rows` labels per version (empty: not judged)",
     )
 
@@ -350,12 +416,29 @@ class DatasetSpec(_Strict):
     quarantine: QuarantineSpec = QuarantineSpec()
     training: TrainingSpec = TrainingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
-    gate: list[GateRule] = DEFAULT_GATE
+    gate: list[GateRule] = Field(default=None, description="promotion rules (default: the task's default gate)")
     monitoring: DriftPolicy = DriftPolicy()
     retraining: RetrainingSpec = RetrainingSpec()
     rollout: RolloutPlan = RolloutPlan()
     model_name: str | None = Field(default=None, description="registered model name (default: the dataset name)")
     base_dir: Path = Field(default=Path("."), exclude=True, description="folder relative paths start from")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: object) -> object:
+        """The task's defaults where the config leaves them out: the gate and the live metric."""
+        if not isinstance(data, dict) or not isinstance(data.get("target"), dict | BaseModel):
+            return data
+        kind = KINDS.get(_target_kind(data["target"]))
+        if kind is None:
+            return data  # the target's own validation names the unknown task
+        data = dict(data)
+        if data.get("gate") is None:
+            data["gate"] = kind.default_gate()
+        monitoring = data.get("monitoring")
+        if monitoring is None or isinstance(monitoring, dict) and monitoring.get("performance_metric") is None:
+            data["monitoring"] = {**(monitoring or {}), "performance_metric": kind.live_metrics[0]}
+        return data
 
     @model_validator(mode="after")
     def _references(self) -> DatasetSpec:
@@ -391,7 +474,29 @@ class DatasetSpec(_Strict):
         per_slice = [r for r in self.gate if r.per_slice and not self.evaluation.slices]
         if per_slice:
             raise ValueError("a per_slice gate rule needs evaluation.slices")
+        self._fits_the_task()
         return self
+
+    def _fits_the_task(self) -> None:
+        """Gate rules and the live metric name metrics, comparators and options of this task kind."""
+        kind = KINDS[self.target.task]
+        known, name = sorted(kind.metrics_known()), f"a {kind.kind} target"
+        for rule in self.gate:
+            if rule.metric not in kind.metrics_known():
+                raise ValueError(f"gate metric {rule.metric!r} is not a metric of {name}; its metrics: {known}")
+            if rule.vs is not None and rule.vs not in ("champion", *kind.baselines):
+                raise ValueError(f"gate rule vs {rule.vs!r}: {name} compares with champion or {list(kind.baselines)}")
+            if rule.per_slice and rule.metric not in kind.slice_metrics:
+                raise ValueError(f"per_slice compares one of {list(kind.slice_metrics)} for {name}")
+            if rule.unless_overlap and rule.metric not in kind.bootstrapped:
+                raise ValueError(f"unless_overlap needs a metric with intervals: {list(kind.bootstrapped)}")
+        metric = self.monitoring.performance_metric
+        if metric not in kind.live_metrics:
+            raise ValueError(f"monitoring.performance_metric {metric!r}: {name} has {list(kind.live_metrics)}")
+        chosen = {"training.objective": self.training.objective is not None,
+                  "training.calibration": self.training.calibration != "none"}  # fmt: skip
+        for option in (option for option, set_ in chosen.items() if set_ and option not in kind.options):
+            raise ValueError(f"{option} does not apply to {name}")
 
     # -- derived views -------------------------------------------------------------
     @property
@@ -442,6 +547,10 @@ class DatasetSpec(_Strict):
 
     def _hash(self, include: set[str] | None = None, exclude: set[str] | None = None, extra: str = "") -> str:
         body = self.model_dump(mode="json", include=include, exclude=exclude)
+        kind = KINDS[self.target.task]
+        for option in {o for other in KINDS.values() for o in other.options} - kind.options:
+            section, key = option.split(".")  # an option this task kind never reads shapes nothing
+            body.get(section, {}).pop(key, None)
         if "columns" in body:  # the order of the columns shapes the snapshot and the feature matrix
             body["column_order"] = list(self.columns)
         return hashlib.sha256((json.dumps(body, sort_keys=True) + extra).encode()).hexdigest()[:16]
@@ -558,8 +667,21 @@ def column_kinds(spec: DatasetSpec) -> dict[str, str]:
         kinds[spec.id_column] = "string"
     if spec.event_time_column:
         kinds[spec.event_time_column] = "datetime"
-    kinds[spec.target.column] = "string"
+    kinds[spec.target.column] = spec.target.as_column().type
     return kinds
+
+
+def declared_columns(spec: DatasetSpec) -> dict[str, ColumnSpec]:
+    """The contract of every read column with one, the target's (`as_column`) last; the id and the
+    event time have fixed rules of their own."""
+    return memo(
+        spec,
+        "declared_columns",
+        lambda: {
+            **{name: col for name, col in spec.columns.items() if not col.sensitive},
+            spec.target.column: spec.target.as_column(),
+        },
+    )
 
 
 _MEMO: dict[tuple[int, str], object] = {}

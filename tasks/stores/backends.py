@@ -214,8 +214,10 @@ def wait_ready(backend: Backend, timeout: float) -> None:
     raise RolloutFailed(f"{backend.artifact} on port {backend.port} was not ready within {timeout:.0f}s")
 
 
-def smoke_test(backend: Backend, records: list[dict], expected: np.ndarray, api_key: SecretStr | None = None) -> None:
-    """The new backend must give the model's offline predictions on the same rows."""
+def smoke_test(
+    backend: Backend, records: list[dict], expected: np.ndarray, score_column: str, api_key: SecretStr | None = None
+) -> None:
+    """The new backend must give the model's offline scores (its task's `score_column`) on the same rows."""
     try:
         response = httpx.post(
             f"{backend.url}/predict", json={"records": records}, headers=key_headers(api_key), timeout=30
@@ -225,7 +227,7 @@ def smoke_test(backend: Backend, records: list[dict], expected: np.ndarray, api_
     if response.status_code != 200:
         raise RolloutFailed(f"smoke request answered {response.status_code}: {response.text[:500]}")
     body = response.json()
-    got = np.array([p["probability"] for p in body["predictions"]])
+    got = np.array([p[score_column] for p in body["predictions"]])
     if body["model_version"] != backend.model_version:
         raise RolloutFailed(f"backend reports model v{body['model_version']}, expected v{backend.model_version}")
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-9):

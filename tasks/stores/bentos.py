@@ -103,7 +103,7 @@ def import_model(cfg: TrackingConfig, spec: DatasetSpec, mv: VersionInfo) -> tup
             "run_id": mv.run_id or "",
             "data_version": model.metadata["data_version"],
             "spec_hash": model.metadata["spec_hash"],
-            "threshold": model.threshold,
+            **model.task.decision_tags(model.decision),
             "spec_json": model.spec.model_dump_json(),
             DIGEST: expected,
             FILES: json.dumps(recorded, sort_keys=True),
@@ -134,6 +134,7 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
         shutil.copy2(path, staging / path.name)  # the recipe is written below
     copy_core(staging)
     compiled = package_compiled(Path(stored.path), Workdir(workdir).compiled, staging)
+    model = TabularModel.load((Path(stored.path) / STORED_BOOSTER).parent)  # its files checked above
     meta = info.metadata
     bundle = {
         "model_tag": model_tag,
@@ -141,6 +142,8 @@ def build_bento(spec: DatasetSpec, model_tag: str, workdir: Path, base_image: st
         "model_version": meta["model_version"],
         "data_version": meta["data_version"],
         "spec": json.loads(meta["spec_json"]),
+        # the task's decision: it fixes the answer's fields (the service checks the model's against it)
+        "decision": model.task.decision_json(model.decision),
         # the service checks the stored model's files against these before loading them
         "model_sha256": meta[DIGEST],
         "model_files": files,

@@ -14,8 +14,6 @@ import polars as pl
 from tasks.core.monitoring import ColumnDrift
 from tasks.core.spec import DriftPolicy
 
-PREDICTION_COLUMN = "predicted_probability"
-
 
 def check_drift(
     reference: pl.DataFrame,
@@ -57,15 +55,33 @@ def check_prediction_drift(
     project: str,
     measured_at: datetime | None = None,
 ) -> ColumnDrift:
-    """Drift of the served probabilities against the champion's own test-split predictions (other
-    rows than the training data the features are compared with: a report of its own)."""
+    """Drift of the served scores (the task's score column: probabilities, predicted values) against
+    the champion's own test-split scores (other rows than the training data the features are
+    compared with: a report of its own)."""
+    return check_value_drift(
+        reference, current, policy.prediction_method, policy.prediction_threshold, report, workspace, project,
+        measured_at,
+    )  # fmt: skip
+
+
+def check_value_drift(
+    reference: pl.Series,
+    current: pl.Series,
+    method: str | None,
+    threshold: float | None,
+    report: Path,
+    workspace: Path,
+    project: str,
+    measured_at: datetime | None = None,
+) -> ColumnDrift:
+    """Evidently's ValueDrift of one column, named by the Series ("score" when it has no name): its
+    HTML report written to `report` and the run added to the workspace's `project`."""
     from evidently import Report
     from evidently.metrics import ValueDrift
 
-    metric = ValueDrift(
-        column=PREDICTION_COLUMN, method=policy.prediction_method, threshold=policy.prediction_threshold
-    )
-    frames = [pl.DataFrame({PREDICTION_COLUMN: s.cast(pl.Float64)}).to_pandas() for s in (reference, current)]
+    column = current.name or "score"
+    metric = ValueDrift(column=column, method=method, threshold=threshold)
+    frames = [pl.DataFrame({column: s}).to_pandas() for s in (reference, current)]
     snapshot = Report([metric], include_tests=True).run(
         reference_data=frames[0], current_data=frames[1], timestamp=_naive(measured_at)
     )
@@ -138,7 +154,7 @@ def record_figures(
     keep_days: float,
 ) -> str:
     """One snapshot of `figures` (the monitor's flat figures: drift share, per-column drift scores,
-    prediction drift, null rates, label coverage, the live metric), stamped `measured_at`; the
+    prediction and target drift, null rates, label coverage, the live metric), stamped `measured_at`; the
     project's dashboard redrawn over them (per-column lines: `most_drifted` first); snapshots added
     more than `keep_days` ago removed. No rows reach it: only the figures. The snapshot's id."""
     import pandas as pd
@@ -166,6 +182,7 @@ def dashboard_panels(figures: dict[str, float], most_drifted: list[str]) -> list
         ("Share of drifted columns", ["drift_share"]),
         ("Drift score of the most drifted columns", drifted),
         ("Prediction drift score", ["prediction_drift_score"]),
+        ("Target drift score (arrived labels vs training)", [k for k in ["target_drift_score"] if k in figures]),
         ("Null rate of the columns with most nulls", sorted(nulls)),
         ("Label coverage (share of served rows labelled)", ["label_coverage"]),
         ("Live metric on labelled rows, and on the test split", sorted(live)),

@@ -14,15 +14,17 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, Schema
 
-from tasks.core.model import LABEL, PROBABILITY, TabularModel
+from tasks.core.model import TabularModel
 from tasks.core.spec import DatasetSpec
 from tasks.stores.shipped import copy_core
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
-def signature(spec: DatasetSpec) -> ModelSignature:
-    """MLflow signature from the spec: the base feature columns in, probability and label out."""
+def signature(model: TabularModel) -> ModelSignature:
+    """MLflow signature from the spec and the task: the base feature columns in, the answer out (the
+    task's score column, then its answer columns: probability, label; prediction, interval_low/high)."""
+    spec = model.spec
 
     def mlflow_type(column: str) -> str:
         col = spec.columns[column]
@@ -31,7 +33,8 @@ def signature(spec: DatasetSpec) -> ModelSignature:
         return {"float": "double", "bool": "boolean", "category": "string"}[col.type]
 
     inputs = Schema([ColSpec(mlflow_type(c), c, required=not spec.columns[c].nullable) for c in spec.base_features])
-    outputs = Schema([ColSpec("double", PROBABILITY), ColSpec("string", LABEL)])
+    answer = model.task.answer_schema(model.decision)
+    outputs = Schema([ColSpec("double" if dtype.is_float() else "string", name) for name, dtype in answer.items()])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -58,7 +61,7 @@ def log_model(model: TabularModel, train_frame: pl.DataFrame, metadata: dict[str
             artifacts={"model": str(files)},
             code_paths=[str(copy_core(Path(tmp) / "code"))],
             pip_requirements=pip_requirements(),
-            signature=signature(model.spec),
+            signature=signature(model),
             input_example=input_example(train_frame, model.spec),
             metadata=metadata,
         )

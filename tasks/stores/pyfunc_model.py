@@ -12,6 +12,7 @@ import pandas as pd
 import polars as pl
 from mlflow.pyfunc import PythonModel
 
+from tasks.core.logs import as_text
 from tasks.core.model import TabularModel
 
 
@@ -22,7 +23,8 @@ class TabularPyfunc(PythonModel):
         self.model = TabularModel.load(Path(context.artifacts["model"]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.model.predict_frame(pl.from_pandas(model_input)).to_pandas()
+        """The answer's columns (`TabularModel.predict_frame`), a label as plain text as the signature says."""
+        return as_text(self.model.predict_frame(pl.from_pandas(model_input))).to_pandas()
 
 
 mlflow.models.set_model(TabularPyfunc())

@@ -118,8 +118,8 @@ def find_run(cfg: TrackingConfig, key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def log_trials(cfg: TrackingConfig, experiment_id: str, parent_run_id: str, trials: list[Any]) -> None:
-    """One nested run per Optuna trial, with its params, value and real start/end times."""
+def log_trials(cfg: TrackingConfig, experiment_id: str, parent_run_id: str, trials: list[Any], metric: str) -> None:
+    """One nested run per Optuna trial, with its params, value (as `metric`) and real start/end times."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = cfg.client()
@@ -130,7 +130,7 @@ def log_trials(cfg: TrackingConfig, experiment_id: str, parent_run_id: str, tria
             start_time=started,
             tags={"mlflow.parentRunId": parent_run_id, "mlflow.runName": f"trial-{trial.number:03d}"},
         )
-        metrics = [Metric("validation_auc", trial.value, started, 0)] if trial.value is not None else []
+        metrics = [Metric(metric, trial.value, started, 0)] if trial.value is not None else []
         if trial.best_iteration is not None:
             metrics.append(Metric("best_iteration", trial.best_iteration, started, 0))
         client.log_batch(

@@ -15,6 +15,7 @@ import polars as pl
 from tasks.core.feedback import LABEL_SCHEMA, PREDICTION_ID, ServedWindow, join_labels, window_bounds, window_rows
 from tasks.core.logs import as_text, roll_leftovers, write_part
 from tasks.core.spec import DatasetSpec
+from tasks.core.task.kinds import task_of
 from tasks.stores.workdir import Workdir
 
 logger = logging.getLogger(__name__)
@@ -73,15 +74,18 @@ def window_ending_now(log_folder: Path, model_version: str, window: str) -> Serv
     return ServedWindow(model_version=model_version, start=start, end=end)
 
 
-def scored_since(log_folder: Path, model_version: str, since: float) -> pl.DataFrame:
-    """A version's rows logged at or after `since` (epoch seconds): request id, probability, label.
+def scored_since(log_folder: Path, spec: DatasetSpec, model_version: str, since: float) -> pl.DataFrame:
+    """A version's rows logged at or after `since` (epoch seconds): request id, time, and what it
+    answered (the task's score column and the answer columns: every logged column but the inputs).
     Only part files written since then are read."""
     scan = scan_parts(log_folder, modified_since=since)
     if scan is None:
-        return pl.DataFrame(schema={"request_id": pl.String, "logged_at": pl.Float64, "probability": pl.Float64,
-                                    "label": pl.String})  # fmt: skip
+        return pl.DataFrame(schema={"request_id": pl.String, "logged_at": pl.Float64,
+                                    task_of(spec).score_column: pl.Float64})  # fmt: skip
     keep = (pl.col("model_version") == model_version) & (pl.col("logged_at") >= since)
-    return scan.filter(keep).select("request_id", "logged_at", "probability", "label").collect()
+    inputs = set(spec.input_columns)
+    answered = [c for c in scan.collect_schema().names() if c not in inputs]
+    return scan.filter(keep).select(answered).collect()
 
 
 def logged_keys(log_folder: Path, id_column: str | None) -> pl.DataFrame:

@@ -11,7 +11,7 @@ TASKS = Path(__file__).resolve().parents[1]
 
 def core_files() -> list[Path]:
     """The shipped files, in a fixed order (for a hash of the serving code)."""
-    return [TASKS / "__init__.py", *sorted((TASKS / "core").glob("*.py"))]
+    return [TASKS / "__init__.py", *sorted((TASKS / "core").rglob("*.py"))]  # with its task package
 
 
 def copy_core(folder: Path) -> Path:

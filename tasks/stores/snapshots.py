@@ -41,7 +41,8 @@ class SnapshotManifest(BaseModel):
     files: dict[str, str]
     feature_names: list[str]
     target: str
-    positive_label: str
+    task: str = "binary"  # the target's task kind (manifests written before kinds existed: binary)
+    target_values: list[str] | None = None  # a target with a closed set of values (binary: its labels)
     columns: dict[str, str]
     quarantine_path: str
     streamed: bool = False
@@ -51,6 +52,16 @@ class SnapshotManifest(BaseModel):
 
     def split_path(self, split: str, root: Path) -> Path:
         return root / self.files[split]
+
+
+def target_facts(spec: DatasetSpec) -> dict:
+    """The manifest's fields about the target: its column, task kind and closed set of values."""
+    values = spec.target.as_column().categories
+    return {
+        "target": spec.target.column,
+        "task": spec.target.task,
+        "target_values": None if values is None else [str(v) for v in values],
+    }
 
 
 def fingerprint_source(spec: DatasetSpec) -> SourceFingerprint:
@@ -137,8 +148,7 @@ def write_snapshot(
         ),
         files={s: f"{s}.parquet" for s in SPLITS},
         feature_names=spec.feature_names,
-        target=spec.target.column,
-        positive_label=spec.target.positive,
+        **target_facts(spec),
         columns={k: str(v) for k, v in split_frame.drop(SPLIT_COLUMN).schema.items()},
         quarantine_path=quarantine.path,
     )

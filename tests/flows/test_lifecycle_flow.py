@@ -169,7 +169,7 @@ def test_the_model_carries_its_preprocessing_and_spec(first, tracking):
     raw = test.select(spec.base_features).head(100).to_pandas()  # raw input columns, no features
     out = model.predict(raw)
     inner = model.unwrap_python_model().model
-    assert np.allclose(out["probability"].to_numpy(), inner.predict_proba(test.head(100)))
+    assert np.allclose(out["probability"].to_numpy(), inner.predict_scores(test.head(100)))
     assert set(out["label"]) <= {"Yes", "No"}
     assert inner.metadata["data_version"] == result.prepare.data_version
     assert inner.spec.feature_names == spec.feature_names
@@ -179,19 +179,19 @@ def test_the_registered_model_ships_the_core_package_only_and_nothing_pickled(fi
     tracking.activate()
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{tracking.model_name}@champion", dst_path=str(tmp_path)))
     code = sorted(str(p.relative_to(local / "code")) for p in (local / "code").rglob("*.py"))
-    core = sorted(f"tasks/core/{p.name}" for p in (ROOT / "tasks" / "core").glob("*.py"))
+    core = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tasks" / "core").rglob("*.py"))
     assert code == sorted(["tasks/__init__.py", *core])
     assert not [p.name for p in local.rglob("*") if p.suffix in {".pkl", ".pickle", ".joblib"}]
     assert (local / "artifacts" / "model" / "booster.txt").read_text().startswith("tree")
     # a new process loads it from those files, running the core the model ships (not the repository's)
     probe = (
         "import mlflow.pyfunc, sys; m = mlflow.pyfunc.load_model(sys.argv[1]).unwrap_python_model().model; "
-        "print(m.threshold, sys.modules['tasks.core.model'].__file__)"
+        "print(m.decision.threshold, sys.modules['tasks.core.model'].__file__)"
     )
     out = subprocess.run([sys.executable, "-c", probe, str(local)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     threshold, module = out.stdout.strip().splitlines()[-1].split()
-    assert float(threshold) == first[0].train.threshold
+    assert float(threshold) == first[0].train.decision["threshold"]
     assert Path(module).is_relative_to(local / "code" / "tasks" / "core")
 
 

@@ -175,11 +175,13 @@ def test_sensitive_values_reach_no_snapshot_quarantine_report_or_cache(prefect_a
     raw = raw.with_columns(
         secret.alias("note"), pl.when(bad).then(pl.lit("-5")).otherwise(pl.col("amount_eur")).alias("amount_eur")
     )
-    config = tmp_path / "orders.yaml"
+    config, streamed = tmp_path / "orders.yaml", tmp_path / "orders-streamed.yaml"
     shutil.copy(FIXTURES / "orders.yaml", config)
+    streamed.write_text(config.read_text().replace("strategy: time", "strategy: random"))  # time is not streamed
     raw.write_csv(tmp_path / "orders.csv")
     for stream_rows in (None, 50):
-        result = prepare(config=config, workdir=tmp_path / f"wd-{stream_rows}", stream_rows=stream_rows)
+        path = streamed if stream_rows else config
+        result = prepare(config=path, workdir=tmp_path / f"wd-{stream_rows}", stream_rows=stream_rows)
         assert result.rows_quarantined == raw.filter(bad).height > 0
     assert _holding(tmp_path, "SECRET-NOTE") == []
     assert _holding(Path(prefect_api["results"]), "SECRET-NOTE") == []  # Prefect's persisted task results

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from flows.prepare import prepare
-from tasks.core.errors import DataError, QuarantineToleranceExceeded
+from tasks.core.errors import DataError, QuarantineToleranceExceeded, SpecError
 from tasks.core.spec import read_yaml
 from tasks.stores.snapshots import load_manifest, read_split
 from tests.conftest import CONFIGS
@@ -112,3 +112,52 @@ def test_streaming_fits_a_memory_cap_that_stops_the_in_memory_path(tmp_path, cli
     assert summary["rows_in"] == 1_000_000 == summary["rows_kept"] + summary["rows_quarantined"]
     with pytest.raises(OutOfMemory):
         run_measured(cmd("eager"), cli_env, tmp_path / "eager.log", memory_cap_mib=CAP_MIB)
+
+
+def test_streaming_a_regression_table_quarantines_and_splits_as_in_memory(tmp_path):
+    """The bundled regression sample, in slices and whole: the same rows kept and quarantined for
+    the same reasons, every tenth of the target's range in each split at its share, no copy straddling."""
+    body = read_yaml(CONFIGS / "diamonds.yaml")
+    body["source"] = {"path": str(CONFIGS.parent / "data" / "diamonds.csv")}
+    config = tmp_path / "regression.yaml"
+    config.write_text(yaml.safe_dump(body))
+    streamed = prepare(config=config, workdir=tmp_path / "s", stream_rows=10_000)
+    in_memory = prepare(config=config, workdir=tmp_path / "m")
+    for result in (streamed, in_memory):
+        assert (result.rows_in, result.rows_kept, result.rows_quarantined) == (53_940, 53_917, 23)
+        assert load_manifest(result.manifest_path).task == "regression"
+    reasons = pl.read_parquet(streamed.quarantine_path + "/*.parquet").select("source_row", "reason").sort("source_row")
+    assert reasons.equals(pl.read_parquet(in_memory.quarantine_path).select("source_row", "reason"))
+    for result, tolerance in ((streamed, 0.02), (in_memory, 0.005)):  # a hash split: shares in expectation
+        split = pl.concat([read_split(result.manifest_path, s).with_columns(pl.lit(s).alias("split"))
+                           for s in ("train", "validation", "test")])  # fmt: skip
+        assert split.schema["price"] == pl.Float64
+        deciles = pl.col("price").rank("ordinal") * 10 // (pl.len() + 1)
+        shares = split.group_by(deciles.alias("decile")).agg(
+            (pl.col("split") == "test").mean().alias("test"), (pl.col("split") == "validation").mean().alias("val")
+        )
+        assert shares.height == 10
+        for row in shares.iter_rows(named=True):
+            assert abs(row["test"] - 0.2) < tolerance and abs(row["val"] - 0.15) < tolerance, (result, row)
+        columns = [c for c in split.columns if c != "split"]
+        assert split.filter(pl.col("split").n_unique().over(columns) > 1).height == 0  # 146 copies, together
+
+
+def test_streaming_fails_a_one_value_regression_target_and_refuses_a_time_split(tmp_path):
+    body = read_yaml(CONFIGS / "diamonds.yaml")
+    one_value = tmp_path / "one-value.csv"
+    pl.read_csv(CONFIGS.parent / "data" / "diamonds.csv").head(500).with_columns(pl.lit(900).alias("price")).write_csv(
+        one_value
+    )
+    body["source"] = {"path": str(one_value)}
+    config = tmp_path / "one-value.yaml"
+    config.write_text(yaml.safe_dump(body))
+    with pytest.raises(DataError, match=rf"{one_value}: the kept rows have a single value of `price` \(900 in all"):
+        prepare(config=config, workdir=tmp_path / "w", stream_rows=100)
+    assert not list((tmp_path / "w" / "snapshots").rglob("manifest.json"))
+    orders = read_yaml(CONFIGS.parent / "tests" / "fixtures" / "orders.yaml")
+    orders["source"] = {"path": str(CONFIGS.parent / "tests" / "fixtures" / "orders.csv")}
+    timed = tmp_path / "timed.yaml"
+    timed.write_text(yaml.safe_dump(orders))
+    with pytest.raises(SpecError, match="split.strategy 'time' cannot be streamed"):
+        prepare(config=timed, workdir=tmp_path / "t", stream_rows=100)

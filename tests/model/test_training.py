@@ -8,6 +8,7 @@ from tasks.core.cast import clean
 from tasks.core.features import add_features
 from tasks.core.model import TabularModel
 from tasks.core.prepare import assign_splits
+from tasks.core.task.binary import Threshold
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def test_tuned_model_beats_the_majority_baseline_and_is_close_to_logistic(telco_
     majority = roc_auc_score(m.y_val, baselines["majority_class"].predict_proba(m.x_val)[:, 1])
     logistic = roc_auc_score(m.y_val, baselines["logistic_regression"].predict_proba(m.x_val)[:, 1])
     others = {n: roc_auc_score(m.y_val, b.predict_proba(m.x_val)[:, 1]) for n, b in baselines.items()}
+    assert train.baselines_on_validation(m, spec, baselines) == others  # what the run logs: ROC AUC for binary
     assert majority == 0.5 and others["uniform"] == 0.5 and abs(others["stratified"] - 0.5) < 0.06  # chance
     assert logistic > 0.8  # a properly fitted baseline, not a strawman
     assert 0.75 < others["decision_tree"] < auc  # a shallow tree learns something, less than the candidate
@@ -54,12 +56,12 @@ def test_model_behaviour_invariance_and_direction(telco_data):
 
     spec, parts, m = telco_data
     tuning = tune.tune(m, spec)
-    model = TabularModel(spec, train.fit_final(m, spec, tuning), 0.5, {})
+    model = TabularModel(spec, train.fit_final(m, spec, tuning), Threshold(threshold=0.5), {})
     rows = parts["test"].filter(pl.col("contract") == "Month-to-month").head(200)
-    base = model.predict_proba(rows)
-    reordered = model.predict_proba(rows.select(list(reversed(rows.columns))))
+    base = model.predict_scores(rows)
+    reordered = model.predict_scores(rows.select(list(reversed(rows.columns))))
     assert np.array_equal(base, reordered)
-    longer = model.predict_proba(rows.with_columns(pl.lit("Two year").alias("contract")))
+    longer = model.predict_scores(rows.with_columns(pl.lit("Two year").alias("contract")))
     assert (longer <= base + 1e-9).mean() > 0.9 and longer.mean() < base.mean()
 
 

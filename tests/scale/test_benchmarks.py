@@ -23,6 +23,11 @@ def test_the_lifecycle_benchmark_compares_flow_and_cached_runs_on_a_running_serv
     for row in ("| bare script", "| lifecycle flow, cold, on a running server", "cached re-run, on a running server"):
         assert row in table, table
     assert "| lifecycle flow, cold |" not in table and "on a running server)" in table
+    # each side's candidate on the test split: the same budget, split and seed make the same model
+    assert "| test roc_auc |" in table, table
+    figures = {line.split("|")[1].strip(): float(line.split("|")[-2]) for line in table.splitlines()
+               if line.startswith("| bare script") or line.startswith("| lifecycle flow")}  # fmt: skip
+    assert len(set(figures.values())) == 1 and 0 <= next(iter(figures.values())) <= 1, figures
 
 
 def test_the_drift_benchmark_compares_the_monitor_flow_with_bare_evidently(orders_lifecycle):

@@ -93,7 +93,7 @@ def test_two_workers_share_a_postgres_study_with_prefect_and_mlflow_on_postgres(
 
     # MLflow: the run lives in PostgreSQL, its artifacts under the workdir
     run = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_run(trained["run_id"])
-    assert run.data.metrics["validation_auc"] == pytest.approx(trained["validation_auc"])
+    assert run.data.metrics["validation_auc"] == pytest.approx(trained["validation_score"])
     assert run.info.artifact_uri.startswith(tmp_path.resolve().as_uri())
 
     # Prefect: the flow runs are rows of the server's PostgreSQL database

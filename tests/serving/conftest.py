@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasks.core.spec import load_spec
 from tests.serving.server import bento_server
 
 
@@ -28,3 +29,14 @@ def orders_server(orders_lifecycle, tmp_path_factory):
     env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(logs), "LIFECYCLE_LABEL_DIR": str(labels)}
     with bento_server(result.package.bento_tag, workdir / "serve.log", env) as url:
         yield {"url": url, "logs": logs, "labels": labels, "result": result, "workdir": workdir}
+
+
+@pytest.fixture(scope="session")
+def diamonds_server(diamonds_lifecycle, diamonds_config, tmp_path_factory):
+    """The session's regression champion (diamond prices), served by a real `bentoml serve`."""
+    result, workdir = diamonds_lifecycle
+    logs, labels = tmp_path_factory.mktemp("predictions-diamonds"), tmp_path_factory.mktemp("labels-diamonds")
+    env = {"LIFECYCLE_PREDICTION_LOG_DIR": str(logs), "LIFECYCLE_LABEL_DIR": str(labels)}
+    with bento_server(result.package.bento_tag, workdir / "serve.log", env) as url:
+        yield {"url": url, "logs": logs, "labels": labels, "result": result, "workdir": workdir,
+               "spec": load_spec(diamonds_config)}  # fmt: skip

@@ -80,36 +80,43 @@ def logged_rows(folder: Path, dataset: str, request_ids: set[str], want: int, ti
         time.sleep(0.5)
 
 
-def assert_served_as_registered(url: str, workdir: Path, manifest_path: str, spec) -> int:
-    """Every prepared row of the table (train, validation, test), scored by the service through
+SPLITS = ("train", "validation", "test")
+
+
+def assert_served_as_registered(
+    url: str, workdir: Path, manifest_path: str, spec, predictor: str = "compiled", splits=SPLITS
+) -> int:
+    """Every prepared row of the table (of `splits`: train, validation, test), scored by the service through
     `/predict` (1,000 records a call) and `/v1/score_file`, equals the registered champion's
-    probabilities (its booster, offline) within 1e-9; the service must be on its compiled model.
-    Returns the number of rows compared."""
+    scores (its task's score column: probabilities, predicted values; its booster, offline) within
+    1e-9; the service must be on `predictor` (its compiled model, or the booster). Returns the number
+    of rows compared."""
     import io
 
     import numpy as np
 
+    from tasks.core.task.kinds import task_of
     from tasks.stores import registry
     from tasks.stores.snapshots import read_split
 
     info = httpx.post(f"{url}/model_info", json={}, timeout=30).json()
-    assert info["predictor"].startswith("compiled"), info
-    table = pl.concat([read_split(manifest_path, split) for split in ("train", "validation", "test")])
-    rows = table.select(spec.base_features)
+    assert info["predictor"].startswith(predictor), info
+    table = pl.concat([read_split(manifest_path, split) for split in splits])
+    rows, score = table.select(spec.base_features), task_of(spec).score_column
     cfg = registry.default_tracking(workdir, spec.name, spec.registered_model_name)
-    offline = registry.load_model(cfg, f"models:/{spec.registered_model_name}@champion").predict_proba(rows)
+    offline = registry.load_model(cfg, f"models:/{spec.registered_model_name}@champion").predict_scores(rows)
     served = []
     for start in range(0, rows.height, 1000):
         records = [{k: v for k, v in r.items() if v is not None} for r in rows.slice(start, 1000).to_dicts()]
         response = httpx.post(f"{url}/predict", json={"records": records}, timeout=60)
         assert response.status_code == 200, response.text
-        served += [p["probability"] for p in response.json()["predictions"]]
+        served += [p[score] for p in response.json()["predictions"]]
     np.testing.assert_allclose(np.array(served), offline, rtol=0, atol=1e-9)
     body = io.BytesIO()
     rows.write_parquet(body)
     parquet = {"content-type": "application/vnd.apache.parquet"}
     response = httpx.post(f"{url}/v1/score_file", content=body.getvalue(), headers=parquet, timeout=120)
     assert response.status_code == 200 and response.headers["x-rows-rejected"] == "0", response.text
-    scored = pl.read_parquet(io.BytesIO(response.content)).sort("row").get_column("probability").to_numpy()
+    scored = pl.read_parquet(io.BytesIO(response.content)).sort("row").get_column(score).to_numpy()
     np.testing.assert_allclose(scored, offline, rtol=0, atol=1e-9)
     return rows.height

@@ -61,7 +61,7 @@ def test_the_second_dataset_serves_the_registered_model_over_http(credit):
     assert response.status_code == 200, response.text
     served = np.array([p["probability"] for p in response.json()["predictions"]])
     cfg = registry.default_tracking(workdir, spec.name, spec.registered_model_name)
-    offline = registry.load_model(cfg, f"models:/{spec.registered_model_name}@champion").predict_proba(test)
+    offline = registry.load_model(cfg, f"models:/{spec.registered_model_name}@champion").predict_scores(test)
     np.testing.assert_allclose(served, offline, atol=1e-9)
     bad = httpx.post(f"{url}/predict", json={"records": [{**records[0], "Age": 7}]}, timeout=30)
     assert bad.status_code == 400 and "Age" in bad.text

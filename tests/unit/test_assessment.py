@@ -1,4 +1,5 @@
-"""Calibration, bootstrap intervals, error clusters and group fairness against hand-computed values."""
+"""Calibration, bootstrap intervals, error clusters and group fairness against hand-computed
+values; for regression, conformal coverage, error groups by MAE and the MAE ratio of groups."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import polars as pl
 import pytest
 
 from tasks.core.assessment import (
+    absolute_error_groups,
     bootstrap_interval,
     error_clusters,
     expected_calibration_error,
     fairness_figures,
+    group_errors,
     group_fairness,
     paired_bootstrap_interval,
     reliability,
 )
+from tasks.core.gate import GateRule, apply_gate
+from tasks.core.metrics import binary_metrics
+from tasks.core.task.binary import Binary, Threshold
+from tasks.core.task.regression import Interval, Regression
 
 
 def accuracy(y, proba):
@@ -100,7 +107,7 @@ def test_group_fairness_by_hand():
     assert (yy["selection_rate"], yy["tpr"], yy["fpr"]) == (0.4, 0.4, 0.4)
     assert yy["selection_rate_ratio"] == pytest.approx(0.8) and yy["tpr_ratio"] == pytest.approx(0.5)
     assert yy["fpr_difference"] == pytest.approx(0.2) and x["tpr_ratio"] == 1.0 and x["fpr_difference"] == 0.0
-    figures = fairness_figures({"g": [x, yy]})
+    figures = fairness_figures({"g": [x, yy]}, Binary.fairness_worst)
     assert figures == pytest.approx(
         {"fairness_selection_rate_ratio": 0.8, "fairness_tpr_ratio": 0.5, "fairness_fpr_difference": 0.2}
     )
@@ -112,20 +119,15 @@ def test_a_group_too_small_to_judge_is_reported_but_sets_no_figure():
     pred = np.array([1, 0] * 20 + [0, 0, 1])  # the tiny group is all wrong
     rows = group_fairness(groups, y, pred, min_rows=30)
     assert [r["judged"] for r in rows] == [True, False] and rows[1]["tpr_ratio"] == 0.0
-    assert fairness_figures({"g": rows})["fairness_tpr_ratio"] == 1.0
+    assert fairness_figures({"g": rows}, Binary.fairness_worst)["fairness_tpr_ratio"] == 1.0
 
 
 # -- the gate's new rules -----------------------------------------------------------------------
 def _metrics(y, proba, threshold=0.5):
-    from tasks.core.metrics import binary_metrics
-
     return binary_metrics(y, proba, threshold) | {"ece": expected_calibration_error(y, proba)}
 
 
-def test_a_planted_weak_slice_tops_the_error_analysis_and_blocks_promotion_through_a_slice_rule():
-    from tasks.core.gate import GateRule, apply_gate
-    from tasks.core.metrics import slice_metrics
-
+def test_a_planted_weak_slice_tops_the_error_analysis_and_blocks_promotion_through_a_slice_rule(telco_spec):
     rng = np.random.default_rng(3)
     plan = np.array(["basic"] * 400 + ["pro"] * 400 + ["weak"] * 80)
     frame = pl.DataFrame({"plan": plan, "tenure": rng.uniform(0, 70, plan.size)})
@@ -138,54 +140,47 @@ def test_a_planted_weak_slice_tops_the_error_analysis_and_blocks_promotion_throu
     assert (clusters[0]["column"], clusters[0]["group"]) == ("plan", "weak") and clusters[0]["excess"] > 0.2
 
     mine, theirs = _metrics(y, candidate), _metrics(y, champion)
+    task, at_half = Binary(telco_spec), Threshold(threshold=0.5)
     slices = {
-        "candidate": slice_metrics(frame, y, candidate, 0.5, ["plan"]),
-        "champion": slice_metrics(frame, y, champion, 0.5, ["plan"]),
+        "candidate": task.slices(frame, y, candidate, at_half, ["plan"]),
+        "champion": task.slices(frame, y, champion, at_half, ["plan"]),
     }
     overall = GateRule(metric="roc_auc", vs="champion", max_drop=0.05)
     per_slice = GateRule(metric="roc_auc", vs="champion", max_drop=0.05, per_slice=True)
-    decision = apply_gate([overall, per_slice], mine, {"champion": theirs}, slices)
+    decision = apply_gate([overall, per_slice], mine, {"champion": theirs}, task, slices)
     assert [c.passed for c in decision.checks] == [True, False], decision.checks  # the headline hides it
     assert "plan=weak" in decision.checks[1].detail and not decision.passed
 
 
 def test_a_well_ranked_but_badly_calibrated_model_fails_an_ece_rule():
-    from tasks.core.gate import GateRule, apply_gate
-
     rng = np.random.default_rng(4)
     proba = rng.uniform(0.05, 0.95, 5000)
     y = (rng.uniform(size=proba.size) < proba).astype(int)
     sharp = 1 / (1 + np.exp(-4 * np.log(proba / (1 - proba))))
     rules = [GateRule(metric="roc_auc", min=0.7), GateRule(metric="ece", max=0.05)]
-    assert apply_gate(rules, _metrics(y, proba), {}).passed
-    decision = apply_gate(rules, _metrics(y, sharp), {})
+    assert apply_gate(rules, _metrics(y, proba), {}, Binary).passed
+    decision = apply_gate(rules, _metrics(y, sharp), {}, Binary)
     assert [c.passed for c in decision.checks] == [True, False] and "ece=" in decision.checks[1].detail
 
 
 def test_min_gain_asks_the_candidate_to_beat_a_baseline_by_a_margin():
-    from tasks.core.gate import GateRule, apply_gate
-
     rule = GateRule(metric="roc_auc", vs="decision_tree", min_gain=0.02)
-    assert apply_gate([rule], {"roc_auc": 0.83}, {"decision_tree": {"roc_auc": 0.80}}).passed
-    decision = apply_gate([rule], {"roc_auc": 0.81}, {"decision_tree": {"roc_auc": 0.80}})
+    assert apply_gate([rule], {"roc_auc": 0.83}, {"decision_tree": {"roc_auc": 0.80}}, Binary).passed
+    decision = apply_gate([rule], {"roc_auc": 0.81}, {"decision_tree": {"roc_auc": 0.80}}, Binary)
     assert not decision.passed and "gain 0.0100" in decision.checks[0].detail
     with pytest.raises(ValueError, match="min_gain"):
         GateRule(metric="roc_auc", vs="decision_tree", min_gain=0.02, max_drop=0.01)
 
 
 def test_unless_overlap_tolerates_a_drop_inside_the_noise_only():
-    from tasks.core.gate import GateRule, apply_gate
-
     rule = GateRule(metric="roc_auc", vs="champion", unless_overlap=True)
     champion = {"roc_auc": 0.85, "roc_auc_ci_low": 0.83, "roc_auc_ci_high": 0.87}
     close = {"roc_auc": 0.84, "roc_auc_ci_low": 0.82, "roc_auc_ci_high": 0.86}
     far = {"roc_auc": 0.78, "roc_auc_ci_low": 0.76, "roc_auc_ci_high": 0.80}
-    assert apply_gate([rule], close, {"champion": champion}).passed
-    decision = apply_gate([rule], far, {"champion": champion})
+    assert apply_gate([rule], close, {"champion": champion}, Binary).passed
+    decision = apply_gate([rule], far, {"champion": champion}, Binary)
     assert not decision.passed and "do not overlap" in decision.checks[0].detail
-    assert not apply_gate([rule], {"roc_auc": 0.84}, {"champion": champion}).passed  # no interval: fails closed
-    with pytest.raises(ValueError, match="intervals"):
-        GateRule(metric="f1", vs="champion", unless_overlap=True)
+    assert not apply_gate([rule], {"roc_auc": 0.84}, {"champion": champion}, Binary).passed  # no interval: fails closed
 
 
 # -- the data profile at prepare ----------------------------------------------------------------
@@ -257,9 +252,72 @@ def test_a_model_saves_and_applies_its_calibrator(tmp_path, telco_spec):
     data = lgb.Dataset(x, (x[:, 0] + rng.normal(size=300) > 0).astype(int))
     booster = lgb.train({"objective": "binary", "verbose": -1}, data, num_boost_round=5).model_to_string()
     calibrator = Calibrator(method="sigmoid", a=0.5, b=-0.2)
-    loaded = TabularModel.load(TabularModel(telco_spec, booster, 0.4, {}, calibrator).save(tmp_path / "m"))
-    assert loaded.calibrator == calibrator and loaded.threshold == 0.4
+    decision = Threshold(threshold=0.4, calibrator=calibrator)
+    loaded = TabularModel.load(TabularModel(telco_spec, booster, decision, {}).save(tmp_path / "m"))
+    assert loaded.decision.calibrator == calibrator and loaded.decision.threshold == 0.4
     raw = loaded.booster.predict(x)
     expected = 1 / (1 + np.exp(-(0.5 * np.log(raw / (1 - raw)) - 0.2)))
     np.testing.assert_allclose(loaded.predict_matrix(x), expected, rtol=1e-12)  # what it serves is calibrated
-    assert TabularModel.load(TabularModel(telco_spec, booster, 0.4, {}).save(tmp_path / "plain")).calibrator is None
+    plain = TabularModel(telco_spec, booster, Threshold(threshold=0.4), {}).save(tmp_path / "plain")
+    assert TabularModel.load(plain).decision.calibrator is None
+
+
+# -- regression ---------------------------------------------------------------------------------
+def test_conformal_intervals_cover_the_nominal_share_of_new_rows(diamonds_spec):
+    task = Regression(diamonds_spec)  # interval_coverage: 0.9
+    rng = np.random.default_rng(9)
+
+    def rows(n: int):
+        x = rng.uniform(0, 10, n)
+        return 3 * x + rng.standard_t(4, n) * (1 + x / 5), 3 * x  # heavy-tailed noise; the prediction: 3x
+
+    y_val, pred_val = rows(2000)
+    interval, _ = task.fit_decision(y_val, pred_val)
+    y_test, pred_test = rows(20_000)
+    m = task.metrics(y_test, pred_test, interval)
+    assert interval.coverage == 0.9 and abs(m["interval_coverage"] - 0.9) < 0.015
+    assert m["interval_width"] == pytest.approx(2 * interval.halfwidth)
+    narrow = Interval(halfwidth=interval.halfwidth / 2, coverage=0.9)  # a too-narrow interval is seen to be
+    assert task.metrics(y_test, pred_test, narrow)["interval_coverage"] < 0.75
+
+
+def test_error_groups_rank_groups_by_excess_mean_absolute_error():
+    frame = pl.DataFrame({"cut": ["a"] * 4 + ["b"] * 4, "carat": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]})
+    y = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0])
+    pred = y + np.array([1, -1, 1, -1, 9, 7, 8, 8])  # cut b: MAE 8, all over-predicted; overall MAE 4.5
+    rows = absolute_error_groups(frame, y, pred, ["cut"], ["carat"], bins=2, min_rows=1)
+    assert [(r["column"], r["group"]) for r in rows] == [
+        ("carat", "[4.5, 8]"), ("cut", "b"), ("carat", "[1, 4.5)"), ("cut", "a")
+    ]  # fmt: skip
+    worst = rows[1]
+    assert (worst["rows"], worst["mae"], worst["mean_error"]) == (4, 8.0, 8.0)
+    assert worst["excess"] == pytest.approx(3.5) and rows[-1]["excess"] == pytest.approx(-3.5)
+    assert rows[2]["mean_error"] == 0.0  # cut a: errors cancel, MAE 1
+    assert absolute_error_groups(frame, y, pred, ["cut"], [], min_rows=5) == []
+
+
+def test_group_mae_and_the_worst_groups_ratio_by_hand():
+    groups = np.array(["D"] * 40 + ["J"] * 40 + ["X"] * 5)
+    y = np.full(85, 100.0)
+    pred = y + np.concatenate([np.full(40, 2.0), np.full(40, -5.0), np.full(5, 50.0)])
+    d, j, x = group_errors(groups, y, pred, min_rows=30)
+    assert (d["mae"], d["mean_error"], d["mae_ratio"]) == (2.0, 2.0, 1.0)
+    assert (j["mae"], j["mean_error"], j["mae_ratio"]) == (5.0, -5.0, 2.5)
+    assert not x["judged"] and x["mae_ratio"] == 25.0  # reported, but too small to set the figure
+    assert fairness_figures({"color": [d, j, x]}, Regression.fairness_worst) == {"fairness_mae_ratio": 2.5}
+    assert Regression.better("fairness_mae_ratio") is False  # a gate rule asks for `max`
+
+
+def test_the_regression_assessment_has_intervals_and_fairness(diamonds_spec):
+    task = Regression(diamonds_spec)  # protected: [color]
+    rng = np.random.default_rng(10)
+    color = rng.choice(["D", "E", "J"], 600)
+    y = rng.uniform(500, 5000, 600)
+    pred = y + rng.normal(0, 100, 600) * np.where(color == "J", 3, 1)  # J's errors three times as large
+    assessed = task.assess(pl.DataFrame({"color": color}), y, pred, Interval())
+    m = assessed.metrics
+    for name in ("rmse", "mae", "r2"):
+        assert m[f"{name}_ci_low"] < task.metric_function(name)(y, pred) < m[f"{name}_ci_high"]
+    assert 2.4 < m["fairness_mae_ratio"] < 3.6 and assessed.reliability == []
+    assert [g["group"] for g in assessed.fairness["color"]] == ["D", "E", "J"]
+    assert assessed == task.assess(pl.DataFrame({"color": color}), y, pred, Interval())  # seeded

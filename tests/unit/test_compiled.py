@@ -1,5 +1,6 @@
-"""The compiled booster (tasks.core.compiled, real lleaves): the booster's probabilities, cached by
-the booster's hash, refused when its files differ, optional everywhere, and checked by the gate."""
+"""The compiled booster (tasks.core.compiled, real lleaves): the booster's outputs (probabilities, and
+regression values in the target's units), cached by the booster's hash, refused when its files
+differ, optional everywhere, and checked by the gate."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tasks.core.features import add_features, encode_target, feature_matrix
 from tasks.core.gate import COMPILED_RULE, GateRule, promotion
 from tasks.core.model import TabularModel
 from tasks.core.records import example_records, record_model, records_frame
+from tasks.core.task.kinds import task_of
 from tasks.evaluate import COMPILED_DIFF, Scores, gate_task
 from tasks.results import EvaluationResult
 from tasks.stores.bentos import COMPILED_OBJECT, STORED_BOOSTER, package_compiled
@@ -45,11 +47,23 @@ def random_matrix(rows: int, seed: int) -> np.ndarray:
     return x
 
 
+def _signal(x: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(x[:, 2]) - np.nan_to_num(x[:, 3]) + (x[:, 0] == 2) + np.isnan(x[:, 4])
+
+
 def train(seed: int, trees: int = 8) -> str:
     x = random_matrix(3000, seed)
-    logit = np.nan_to_num(x[:, 2]) - np.nan_to_num(x[:, 3]) + (x[:, 0] == 2) + np.isnan(x[:, 4])
-    y = (logit + np.random.default_rng(seed).normal(size=len(x)) > 0.5).astype(int)
+    y = (_signal(x) + np.random.default_rng(seed).normal(size=len(x)) > 0.5).astype(int)
     params = {"objective": "binary", "num_leaves": 8, "verbosity": -1, "num_threads": 1, "seed": seed}
+    data = lgb.Dataset(x, y, categorical_feature=CATEGORICAL, params={"verbosity": -1})
+    return lgb.train(params, data, num_boost_round=trees).model_to_string()
+
+
+def train_regression(objective: str, trees: int) -> str:
+    """Prices: skewed, in the thousands (where float sums of many trees drift furthest from each other)."""
+    x = random_matrix(3000, seed=3)
+    y = np.exp(8 + 0.8 * _signal(x) + np.random.default_rng(3).normal(scale=0.3, size=len(x)))
+    params = {"objective": objective, "num_leaves": 15, "verbosity": -1, "num_threads": 1, "seed": 3}
     data = lgb.Dataset(x, y, categorical_feature=CATEGORICAL, params={"verbosity": -1})
     return lgb.train(params, data, num_boost_round=trees).model_to_string()
 
@@ -83,6 +97,20 @@ def test_the_compiled_model_scores_as_the_booster_on_10k_rows_with_nans(compiled
     assert info["cpu"] == portable_cpu() and info["booster_sha256"] == hashlib.sha256(booster_text.encode()).hexdigest()
     assert info["sha256"] == sha256_of(object_file)
     assert compiled.description == f"compiled (lleaves {info['lleaves']}, {info['cpu']})"
+
+
+@pytest.mark.parametrize("objective", ["regression", "regression_l1", "huber"])
+def test_a_regression_booster_compiles_and_scores_as_the_booster_in_the_targets_units(objective, tmp_path):
+    """lleaves applies no link to a regression objective's sum, as LightGBM: values in the thousands
+    agree within the parity check's 1e-9 on 10k rows (threads) and on a few (one thread)."""
+    text = train_regression(objective, trees=40)
+    compiled, reason = compiled_for(text, tmp_path)
+    assert reason == "" and compiled is not None
+    booster = lgb.Booster(model_str=text)
+    x = random_matrix(10_000, seed=4)
+    assert np.median(booster.predict(x)) > 1000  # values in the target's units, no sigmoid
+    assert max_abs_difference(compiled, booster, x) <= 1e-9
+    assert max_abs_difference(compiled, booster, x[:100]) <= 1e-9
 
 
 def test_a_matrix_of_the_wrong_width_is_refused_before_the_machine_code_reads_it(compiled_files):
@@ -173,26 +201,53 @@ def orders_model(orders_spec):
         params={"verbosity": -1, "min_data_in_leaf": 5},
     )
     booster = lgb.train({"objective": "binary", "verbosity": -1, "min_data_in_leaf": 5}, data, num_boost_round=5)
-    return TabularModel(orders_spec, booster.model_to_string(), 0.5, {}), rows
+    decision = task_of(orders_spec).decision_from_json({"threshold": 0.5})
+    return TabularModel(orders_spec, booster.model_to_string(), decision, {}), rows
 
 
 def test_the_model_uses_the_compiled_form_when_set_and_the_booster_otherwise(orders_model, tmp_path, monkeypatch):
     model, rows = orders_model
     by_booster = model.booster.predict(model.matrix(rows), num_threads=1)
-    assert model.compiled is None and np.array_equal(model.predict_proba(rows), by_booster)
+    assert model.compiled is None and np.array_equal(model.predict_scores(rows), by_booster)
     model.compiled, reason = compiled_for(model.booster_text, tmp_path)
     try:
         assert reason == "" and model.compiled is not None
-        assert np.abs(model.predict_proba(rows) - by_booster).max() <= 1e-12
+        assert np.abs(model.predict_scores(rows) - by_booster).max() <= 1e-12
         varied = records_frame(example_records(model.spec, 200, seed=5), model.spec)
         served = model.predict_frame(varied)["probability"].to_numpy()
         assert np.abs(served - model.booster.predict(model.matrix(varied))).max() <= 1e-12
         monkeypatch.setenv(SWITCH, "off")
         model.compiled, reason = compiled_for(model.booster_text, tmp_path)
         assert model.compiled is None and "switched off" in reason
-        assert np.array_equal(model.predict_proba(rows), by_booster)  # the booster, exactly as before
+        assert np.array_equal(model.predict_scores(rows), by_booster)  # the booster, exactly as before
     finally:
         model.compiled = None
+
+
+def test_a_regression_model_answers_its_value_and_interval_alike_from_either_predictor(diamonds_spec, tmp_path):
+    """Diamonds prices: the compiled model's answer is the booster's (1e-9, in dollars), the interval is
+    the value ± the conformal half-width, and a row not scored (NaN) has no interval."""
+    raw = pl.read_csv(diamonds_spec.resolve(diamonds_spec.source.path), infer_schema=False, n_rows=3000)
+    frame = add_features(clean(raw, diamonds_spec), diamonds_spec)
+    task = task_of(diamonds_spec)
+    categorical = [diamonds_spec.feature_names.index(c) for c in diamonds_spec.categorical_features]
+    data = lgb.Dataset(feature_matrix(frame, diamonds_spec), task.encode(frame.get_column("price")),
+                       categorical_feature=categorical, params={"verbosity": -1})  # fmt: skip
+    booster = lgb.train(task.lgb_params() | {"verbosity": -1, "num_threads": 1}, data, num_boost_round=40)
+    decision = task.decision_from_json({"interval": {"halfwidth": 250.0, "coverage": 0.9}})
+    model = TabularModel(diamonds_spec, booster.model_to_string(), decision, {})
+    by_booster = model.predict_frame(frame)
+    model.compiled, reason = compiled_for(model.booster_text, tmp_path)
+    assert reason == "" and model.compiled is not None
+    by_compiled = model.predict_frame(frame)
+    assert by_compiled.columns == ["prediction", "interval_low", "interval_high"] == list(task.answer_schema(decision))
+    value = by_compiled.get_column("prediction").to_numpy()
+    assert np.abs(value - by_booster.get_column("prediction").to_numpy()).max() <= 1e-9
+    assert np.array_equal(by_compiled.get_column("interval_low").to_numpy(), value - 250.0)
+    assert np.array_equal(by_compiled.get_column("interval_high").to_numpy(), value + 250.0)
+    assert 300 < np.median(value) < 20_000  # dollars, as the target
+    unscored = model.answer_columns(np.array([1000.0, np.nan]))
+    assert unscored["interval_low"].to_list() == [750.0, None] and unscored["interval_high"].to_list() == [1250.0, None]
 
 
 def test_varied_example_records_are_valid_requests(orders_spec):

@@ -25,10 +25,10 @@ from tasks.core.prepare import (
     find_duplicates,
     frame_digest,
     split_quarantine,
-    target_classes,
+    target_counts,
 )
 from tasks.core.schema import find_failures
-from tasks.core.spec import QuarantineSpec
+from tasks.core.spec import DatasetSpec, QuarantineSpec
 from tasks.stores.snapshots import fingerprint_source, read_source, redact_uri
 
 
@@ -264,17 +264,17 @@ def test_a_one_class_or_one_row_source_fails_naming_the_file(telco_spec, telco_r
     typed = clean(telco_raw, telco_spec)
     one_class = typed.filter(pl.col("churn") == "No")
     with pytest.raises(DataError, match=r"data.csv: the kept rows have only one class of `churn` \('No': 5174 rows\)"):
-        check_trainable("data.csv", telco_spec, target_classes(one_class, telco_spec), True)
+        check_trainable("data.csv", telco_spec, target_counts(one_class, telco_spec), True)
     same = pl.concat([typed.head(1)] * 1000)
     with pytest.raises(DataError, match="only one class"):  # one row a million times: one class first
-        check_trainable("data.csv", telco_spec, target_classes(same, telco_spec), features_vary(same, telco_spec))
+        check_trainable("data.csv", telco_spec, target_counts(same, telco_spec), features_vary(same, telco_spec))
     both = pl.concat([same, same.with_columns(pl.lit("Yes").alias("churn"))])
     assert not features_vary(both, telco_spec)
     with pytest.raises(DataError, match="data.csv: all 2000 kept rows have the same feature values"):
-        check_trainable("data.csv", telco_spec, target_classes(both, telco_spec), features_vary(both, telco_spec))
+        check_trainable("data.csv", telco_spec, target_counts(both, telco_spec), features_vary(both, telco_spec))
     with pytest.raises(DataError, match="data.csv: no rows kept"):
-        check_trainable("data.csv", telco_spec, {}, False)
-    check_trainable("data.csv", telco_spec, target_classes(typed, telco_spec), features_vary(typed, telco_spec))
+        check_trainable("data.csv", telco_spec, target_counts(typed.head(0), telco_spec), False)
+    check_trainable("data.csv", telco_spec, target_counts(typed, telco_spec), features_vary(typed, telco_spec))
 
 
 # -- the one-pass verdict (schema_holds) and Pandera agree on every frame ---------------------
@@ -421,3 +421,193 @@ def test_a_nan_or_infinite_number_is_named_as_such_not_as_out_of_range(orders_sp
         record_model(orders_spec).model_validate_json(body)
     assert [(e["loc"], e["type"]) for e in refused.value.errors()] == [((column,), "finite_number")]
     assert "not NaN or infinity" in str(refused.value)
+
+
+# -- a regression target: its contract, its split, what a model needs of it ---------------------
+def _prices_spec(**over) -> DatasetSpec:
+    """A tiny regression table: `price` within [0, 1000], a size, a kind and when it was sold."""
+    body = {
+        "name": "prices",
+        "source": {"path": "prices.csv"},
+        "target": {"column": "price", "task": "regression", "min": 0, "max": 1000},
+        "event_time_column": "sold_at",
+        "columns": {"size": {"type": "float", "min": 0}, "kind": {"type": "category", "categories": ["a", "b"]}},
+        "quarantine": {"max_fraction": 1.0, "duplicates": "keep"},
+    }
+    return DatasetSpec.model_validate(body | over)
+
+
+def _prices(n: int, seed: int = 0) -> pl.DataFrame:
+    """`n` typed rows whose price grows with size (a skewed, continuous target)."""
+    rng = np.random.default_rng(seed)
+    size = rng.uniform(0, 10, n)
+    return pl.DataFrame(
+        {
+            "sold_at": pl.datetime_range(
+                pl.datetime(2025, 1, 1), pl.datetime(2025, 1, 1) + pl.duration(hours=n - 1), "1h", eager=True
+            ),
+            "size": size,
+            "kind": rng.choice(["a", "b"], n),
+            "price": np.round(np.minimum(size**2 * 9 + rng.exponential(20, n), 1000), 2),
+        }
+    )
+
+
+_PRICES_TEXT = {"sold_at": ["2025-01-01T00:00:00"] * 3, "size": ["1", "2", "3"], "kind": ["a", "b", "a"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "check"),
+    [
+        (None, "not_nullable"),  # missing
+        ("abc", "dtype(float)"),  # not a number
+        ("NaN", "finite_number"),
+        ("inf", "finite_number"),
+        ("-Infinity", "finite_number"),
+        ("-0.01", "in_range(0.0, 1000.0)"),  # below min
+        ("1000.5", "in_range(0.0, 1000.0)"),  # above max
+    ],
+)
+def test_each_bad_regression_target_is_quarantined_with_its_reason(value, check):
+    spec = _prices_spec()
+    text = {c: pl.String for c in spec.input_columns}
+    raw = pl.DataFrame(_PRICES_TEXT | {"price": ["0", value, " 1000 "]}, schema=text)
+    failures = find_failures(raw, spec)
+    assert failures.select("row", "column", "check").rows() == [(1, "price", check)]
+    kept, quarantined = split_quarantine(raw, failures)
+    assert (kept.height, quarantined.height) == (2, 1)  # rows in = kept + quarantined
+    assert quarantined.item(0, "reason") == f"price: {check} (value={'null' if value is None else value})"
+    assert clean(kept, spec).get_column("price").to_list() == [0.0, 1000.0]  # the bounds are inclusive
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_parquet_target_that_is_nan_or_infinite_is_quarantined_too(value):
+    from tasks.core.cast import cast_to_spec
+    from tasks.core.schema import schema_holds
+
+    spec = _prices_spec(target={"column": "price", "task": "regression"})  # no bounds: inf is still refused
+    raw = pl.DataFrame(_PRICES_TEXT | {"price": [1.0, value, 2.0]})  # real float values, as Parquet has them
+    assert find_failures(raw, spec).select("row", "column", "check").rows() == [(1, "price", "finite_number")]
+    assert not schema_holds(cast_to_spec(raw, spec)[0], spec)  # the one-pass verdict agrees
+    assert schema_holds(cast_to_spec(raw.filter(pl.col("price").is_finite()), spec)[0], spec)
+
+
+def test_a_binary_target_is_still_one_of_its_labels(telco_spec, telco_raw):
+    raw = telco_raw.head(3).with_columns(pl.Series("churn", ["Yes", "maybe", None]))
+    assert find_failures(raw, telco_spec).select("row", "column", "check").rows() == [
+        (1, "churn", "isin(['No', 'Yes'])"),
+        (2, "churn", "not_nullable"),
+    ]
+
+
+def test_a_stratified_regression_split_spans_the_targets_range_in_every_split():
+    spec, frame = _prices_spec(), _prices(3000)
+    split = assign_splits(frame, spec)
+    assert split.equals(assign_splits(frame, spec))  # seeded
+    reseeded = spec.model_copy(update={"split": spec.split.model_copy(update={"seed": 7})})
+    assert not split.equals(assign_splits(frame, reseeded))
+    edges = np.quantile(frame.get_column("price").to_numpy(), np.linspace(0, 1, 11))
+    decile = pl.col("price").cut(list(edges[1:-1]), left_closed=True).to_physical().alias("decile")
+    shares = split.group_by(decile).agg(
+        pl.len().alias("rows"), *((pl.col(SPLIT_COLUMN) == s).mean().alias(s) for s in SPLITS)
+    )
+    assert shares.height == 10
+    for row in shares.iter_rows(named=True):  # each tenth of the range is split 65/15/20, to a row or two
+        assert abs(row["test"] - spec.split.test) <= 2 / row["rows"], row
+        assert abs(row["validation"] - spec.split.validation) <= 2 / row["rows"], row
+    for name in SPLITS:  # so every split reaches both ends of the range
+        prices = split.filter(pl.col(SPLIT_COLUMN) == name).get_column("price")
+        assert prices.min() < edges[1] and prices.max() >= edges[-2]
+
+
+def test_a_random_split_is_seeded_and_keeps_the_shares(telco_spec, telco_raw):
+    spec, frame = _prices_spec(split={"strategy": "random", "seed": 3}), _prices(2000)
+    split = assign_splits(frame, spec)
+    assert split.equals(assign_splits(frame, spec))
+    assert not split.equals(assign_splits(frame, _prices_spec(split={"strategy": "random", "seed": 4})))
+    assert split.get_column(SPLIT_COLUMN).value_counts().sort(SPLIT_COLUMN).rows() == [
+        ("test", 400), ("train", 1300), ("validation", 300)
+    ]  # fmt: skip
+    binary = telco_spec.model_copy(update={"split": telco_spec.split.model_copy(update={"strategy": "random"})})
+    typed = clean(telco_raw, telco_spec)  # any kind: a random split asks nothing of the task
+    assert not assign_splits(typed, binary).equals(assign_splits(typed, telco_spec))
+
+
+@pytest.mark.parametrize("strategy", ["stratified", "random", "time"])
+def test_copies_of_a_row_stay_on_one_side_in_every_strategy(strategy):
+    frame, _ = with_copies(_prices(1000), share=0.2)
+    split = assign_splits(frame, _prices_spec(split={"strategy": strategy}))
+    assert split.height == frame.height and _straddling(split) == 0
+
+
+def test_a_regression_target_with_one_value_is_untrainable_naming_the_file():
+    spec, frame = _prices_spec(), _prices(50)
+    one_value = frame.with_columns(pl.lit(5.0).alias("price"))
+    single = r"^data.csv: the kept rows have a single value of `price` \(5 in all 50 rows\)"
+    with pytest.raises(DataError, match=single):
+        check_trainable("data.csv", spec, target_counts(one_value, spec), features_vary(one_value, spec))
+    with pytest.raises(DataError, match="data.csv: no rows kept"):
+        check_trainable("data.csv", spec, target_counts(frame.head(0), spec), False)
+    two_values = one_value.with_columns(pl.when(pl.col("size") > 5).then(6.0).otherwise(5.0).alias("price"))
+    check_trainable("data.csv", spec, target_counts(two_values, spec), features_vary(two_values, spec))
+
+
+def test_slices_target_counts_merge_as_the_whole_tables():
+    from tasks.core.prepare import merged_counts
+
+    spec = _prices_spec()
+    frame = _prices(200).with_columns((pl.col("price") // 100 * 100).alias("price"))  # a few values, in many slices
+    parts = [target_counts(frame.slice(offset, 30), spec) for offset in range(0, 200, 30)]
+    whole = target_counts(frame, spec).sort("price")
+    assert merged_counts(parts, spec).sort("price").equals(whole)
+    assert merged_counts([], spec).height == 0
+
+
+def test_the_profile_correlates_each_column_with_a_numeric_target():
+    from tasks.core.profile import profile_rows
+
+    spec = _prices_spec()
+    frame = pl.DataFrame(
+        {"size": [1.0, 2.0, 3.0, 4.0], "kind": ["a", "a", "b", "b"], "price": [10.0, 30.0, 20.0, 60.0]}
+    )
+    rows = {r["column"]: r for r in profile_rows(frame, spec)}
+    assert rows["size"]["association"] == pytest.approx(np.corrcoef([1, 2, 3, 4], [10, 30, 20, 60])[0, 1])
+    # η² = between-group / total sum of squares: groups a (mean 20) and b (mean 40), overall mean 30
+    assert rows["kind"]["association"] == pytest.approx(np.sqrt((2 * 10**2 + 2 * 10**2) / (20**2 + 0 + 10**2 + 30**2)))
+    target = rows["price"]
+    assert (target["type"], target["feature"], target["association"]) == ("float", False, None)
+    assert (target["min"], target["max"], target["mean"]) == (10.0, 60.0, 30.0)
+
+
+def test_the_correlation_ratio_of_a_binary_target_is_cramers_v(telco_spec, telco_raw):
+    from tasks.core.profile import profile_rows
+
+    typed = clean(telco_raw, telco_spec)
+    rows = {r["column"]: r for r in profile_rows(typed, telco_spec)}
+    table = typed.group_by("contract").agg(pl.len().alias("n"), (pl.col("churn") == "Yes").sum().alias("yes"))
+    n, yes = table["n"].sum(), table["yes"].sum()
+    chi2 = sum(
+        (observed - expected) ** 2 / expected
+        for rows_, pos in table.select("n", "yes").iter_rows()
+        for observed, expected in ((pos, rows_ * yes / n), (rows_ - pos, rows_ * (n - yes) / n))
+    )
+    assert rows["contract"]["association"] == pytest.approx(np.sqrt(chi2 / n), rel=1e-9)
+    assert rows["churn"]["type"] == "category" and rows["churn"]["association"] is None
+
+
+def test_the_manifest_records_the_task_and_reads_one_written_before_it(tmp_path, telco_spec):
+    from tasks.stores.snapshots import SnapshotManifest, SourceFingerprint, write_snapshot
+
+    spec, fingerprint = _prices_spec(), SourceFingerprint(location="prices.csv", sha256="0" * 64, size_bytes=1)
+    split = assign_splits(_prices(100), spec)
+    report = QuarantineReport(path="q.parquet", rows_in=100, rows_quarantined=0, max_fraction=0.1, top_checks=[])
+    manifest, path = write_snapshot(split, spec, fingerprint, report, tmp_path)
+    assert (manifest.target, manifest.task, manifest.target_values) == ("price", "regression", None)
+    assert manifest.data_version == frame_digest(split)[:16]  # the rows alone: no manifest field feeds it
+    binary = write_snapshot(split.with_columns(pl.lit("Yes").alias("churn")), telco_spec, fingerprint, report,
+                            tmp_path)[0]  # fmt: skip
+    assert (binary.task, binary.target_values) == ("binary", ["No", "Yes"])
+    old = json.loads(path.read_text())
+    del old["task"], old["target_values"]
+    old["positive_label"] = "Yes"  # a manifest from before task kinds
+    assert SnapshotManifest.model_validate(old).task == "binary"

@@ -86,6 +86,36 @@ def test_the_feedback_request_takes_what_a_label_file_takes(orders_spec):
             label(**bad)
 
 
+def test_numeric_labels_keep_the_targets_contract_on_both_paths_and_read_back_as_numbers(diamonds_spec, tmp_path):
+    """A regression target (price, min 0): a file's text that is not a finite number within the bounds
+    is quarantined with its reason; `/feedback`'s label model refuses the same values, naming `label`.
+    Kept labels are stored as their text and read back typed: rows in = kept + quarantined."""
+    texts = ["326", " 18823.5 ", "1e3", "abc", "NaN", "inf", "-1", "", "1,000"]
+    raw = pl.DataFrame({"prediction_id": [f"p{i}" for i in range(len(texts))], "price": texts})
+    kept, quarantined = validate_labels(raw, diamonds_spec, "labels.csv", NOW.timestamp())
+    assert kept.height + quarantined.height == raw.height
+    assert kept.get_column("label").to_list() == ["326", "18823.5", "1e3"]
+    assert quarantined.get_column("reason").to_list() == [
+        "price: not a number (value=abc)",
+        "price: not a finite number (NaN or infinity) (value=NaN)",
+        "price: not a finite number (NaN or infinity) (value=inf)",
+        "price: below the target's min 0 (value=-1)",
+        "price: missing",
+        "price: not a number (value=1,000)",
+    ]
+    label = label_model(diamonds_spec)
+    assert [label(prediction_id="a", label=v).label for v in (326, 18823.5)] == [326.0, 18823.5]
+    for bad, error in (("326", "float_type"), (float("nan"), "finite_number"), (float("inf"), "finite_number"),
+                       (-1, "greater_than_equal"), (True, "value_error"), (None, "float_type")):  # fmt: skip
+        with pytest.raises(ValueError) as refused:
+            label(prediction_id="a", label=bad)
+        assert [(e["loc"], e["type"]) for e in refused.value.errors()] == [(("label",), error)]
+    append_labels(tmp_path, kept)
+    served = pl.DataFrame({"prediction_id": ["p0", "p1", "p2", "p9"], "logged_at": [1.0] * 4})
+    joined = join_labels(served, read_labels(tmp_path), diamonds_spec)
+    assert joined.schema["price"] == pl.Float64 and joined.get_column("price").to_list() == [326, 18823.5, 1000, None]
+
+
 def test_the_latest_label_for_a_key_wins(orders_spec):
     raw = _labels(prediction_id=["a", "a", "b"], outcome=["kept", "returned", "kept"], observed_at=["10", "20", "5"])
     kept, _ = validate_labels(raw, orders_spec, "f.csv", 100.0)
@@ -170,10 +200,10 @@ def test_prediction_drift_fires_when_served_probabilities_move_and_stays_quiet_o
         like = check_prediction_drift(reference, pl.Series(np.random.default_rng(seed).beta(1.2, 3.0, 1000)), *args)
         assert not like.drifted and like.score < policy.prediction_threshold / 2, like
         assert decide(1000, 0.0, policy, prediction=like)[0] == "no_drift"
-    moved = check_prediction_drift(reference, pl.Series(rng.beta(2.5, 2.5, 1000)), *args)
+    moved = check_prediction_drift(reference, pl.Series("probability", rng.beta(2.5, 2.5, 1000)), *args)
     assert moved.drifted and moved.method.lower() == "psi" and moved.score > policy.prediction_threshold
     status, reasons = decide(1000, 0.0, policy, prediction=moved)
-    assert status == "drift" and "predicted probabilities moved" in reasons[0]
+    assert status == "drift" and "served probability moved" in reasons[0]
     assert (tmp_path / "report.html").stat().st_size > 10_000
 
 

@@ -8,9 +8,11 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import httpx
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,14 +20,22 @@ from pydantic import SecretStr, ValidationError
 from scipy.stats import ks_2samp
 
 from blocks import RolloutSettings
-from tasks.core.guardrails import Tally, VersionFigures, judge, ks_statistic
+from tasks.core.guardrails import Tally, VersionFigures, judge, ks_statistic, live_metric
 from tasks.core.spec import Guardrails, RolloutPlan
+from tasks.core.task.kinds import task_of
+from tasks.rollout import _paired
 from tasks.settings import merged_plan
 from tasks.stores.backends import free_port, memory_bytes, process_limits
 from tasks.stores.proxy import AccessLog, Lock, Route, nginx_binary, nginx_conf, point_proxy, stop_proxy, wait_drained
 
 RAILS = Guardrails(max_error_rate=0.05, max_p95_ms=100, max_prediction_shift=0.2, min_requests=20)
 samples = st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=200)
+
+
+@pytest.fixture
+def auc_worse(telco_spec):
+    """How much worse a binary challenger's live ROC AUC is than the champion's: the drop."""
+    return partial(task_of(telco_spec).shortfall, "roc_auc")
 
 
 @settings(max_examples=200, deadline=None)
@@ -56,38 +66,82 @@ def _figures(requests=100, errors=0, p95=50.0, rows=100, version="2") -> Version
     return VersionFigures(version=version, requests=requests, errors=errors, p95_ms=p95, rows_scored=rows)
 
 
-def test_healthy_figures_break_nothing():
-    assert judge(_figures(), _figures(version="1"), 0.05, RAILS, final=True, min_labels=100) == []
+def test_healthy_figures_break_nothing(auc_worse):
+    assert judge(_figures(), _figures(version="1"), 0.05, RAILS, final=True, min_labels=100, shortfall=auc_worse) == []
 
 
-def test_each_rail_names_what_it_saw():
+def test_each_rail_names_what_it_saw(auc_worse):
     old = _figures(version="1")
-    assert "error rate 0.100" in judge(_figures(errors=10), old, 0.0, RAILS, True, 100)[0]
-    assert "p95 150 ms" in judge(_figures(p95=150), old, 0.0, RAILS, True, 100)[0]
-    assert "prediction shift 0.300" in judge(_figures(), old, 0.3, RAILS, True, 100)[0]
+    assert "error rate 0.100" in judge(_figures(errors=10), old, 0.0, RAILS, True, 100, auc_worse)[0]
+    assert "p95 150 ms" in judge(_figures(p95=150), old, 0.0, RAILS, True, 100, auc_worse)[0]
+    assert "prediction shift 0.300" in judge(_figures(), old, 0.3, RAILS, True, 100, auc_worse)[0]
 
 
-def test_too_little_to_judge_fails_closed_only_at_the_end_of_a_step():
+def test_too_little_to_judge_fails_closed_only_at_the_end_of_a_step(auc_worse):
     few = _figures(requests=5, p95=None, rows=5)
-    assert judge(few, _figures(version="1"), None, RAILS, final=False, min_labels=100) == []
-    breaches = judge(few, _figures(version="1"), None, RAILS, final=True, min_labels=100)
+    assert judge(few, _figures(version="1"), None, RAILS, False, 100, auc_worse) == []
+    breaches = judge(few, _figures(version="1"), None, RAILS, True, 100, auc_worse)
     assert any("only 5 answers" in b for b in breaches) and any("not computable" in b for b in breaches)
 
 
-def test_errors_break_early_once_there_are_a_few():
-    assert judge(_figures(requests=6, errors=3), None, None, RAILS, final=False, min_labels=1)
-    assert judge(_figures(requests=4, errors=2), None, None, RAILS, final=False, min_labels=1) == []  # 2 may be luck
+def test_errors_break_early_once_there_are_a_few(auc_worse):
+    assert judge(_figures(requests=6, errors=3), None, None, RAILS, False, 1, auc_worse)
+    assert judge(_figures(requests=4, errors=2), None, None, RAILS, False, 1, auc_worse) == []  # 2 may be luck
 
 
-def test_the_live_metric_is_judged_when_asked_and_fails_closed_without_labels():
+def test_the_live_metric_is_judged_when_asked_and_fails_closed_without_labels(auc_worse):
     rails = RAILS.model_copy(update={"max_live_metric_drop": 0.02})
     new, old = _figures(), _figures(version="1")
     new.live_metric, old.live_metric = 0.80, 0.85
-    assert "live metric 0.8000 vs 0.8500" in judge(new, old, 0.0, rails, True, 100)[0]
+    assert "live metric 0.8000 vs 0.8500" in judge(new, old, 0.0, rails, True, 100, auc_worse)[0]
     new.live_metric = 0.84
-    assert judge(new, old, 0.0, rails, True, 100) == []
+    assert judge(new, old, 0.0, rails, True, 100, auc_worse) == []
     new.live_metric = None
-    assert "live metric not computable" in judge(new, old, 0.0, rails, True, 100)[0]
+    assert "live metric not computable" in judge(new, old, 0.0, rails, True, 100, auc_worse)[0]
+
+
+def test_an_error_metric_rolls_back_when_it_rises_by_more_than_the_fraction(diamonds_spec):
+    """rmse: higher is worse, and the limit is a fraction of the champion's (500 → 530 is 6% worse)."""
+    rails = RAILS.model_copy(update={"max_live_metric_drop": 0.05})
+    rmse_worse = partial(task_of(diamonds_spec).shortfall, "rmse")
+    new, old = _figures(), _figures(version="1")
+    new.live_metric, old.live_metric = 530.0, 500.0
+    assert judge(new, old, 0.0, rails, True, 100, rmse_worse) == [
+        "live metric 530.0000 vs 500.0000 of v1: worse by 0.06, over 0.05"
+    ]
+    new.live_metric = 520.0  # 4% worse: within
+    assert judge(new, old, 0.0, rails, True, 100, rmse_worse) == []
+    new.live_metric = 300.0  # far lower: better, whatever the gap
+    assert judge(new, old, 0.0, rails, True, 100, rmse_worse) == []
+
+
+def test_a_version_s_live_metric_is_measured_on_its_labelled_answers(telco_spec, diamonds_spec):
+    served = pl.DataFrame({
+        "probability": [0.9, 0.4, 0.6, 0.1, 0.8], "label": ["Yes", "No", "Yes", "No", "Yes"],
+        "churn": ["Yes", "Yes", "No", "No", None],  # the last one's label has not arrived
+    })  # fmt: skip
+    assert live_metric(served, telco_spec, "accuracy") == (0.5, 4)  # threshold metrics: the label answered
+    assert live_metric(served, telco_spec, "roc_auc") == (0.75, 4)  # ranking metrics: the probability
+    prices = pl.DataFrame({"prediction": [110.0, 190.0, 330.0, 400.0], "price": ["100", "200", "300", "400"]})
+    assert live_metric(prices, diamonds_spec, "rmse") == (pytest.approx((1100 / 4) ** 0.5), 4)
+    assert live_metric(prices, diamonds_spec, "mae") == (12.5, 4)
+    assert live_metric(prices.with_columns(pl.lit(None, pl.String).alias("price")), diamonds_spec, "rmse") == (None, 0)
+
+
+def test_shadow_agreement_pairs_the_same_requests_and_asks_the_task(telco_spec, diamonds_spec):
+    new = pl.DataFrame({"request_id": ["a", "a", "b", "c"], "probability": [0.9, 0.2, 0.6, 0.7],
+                        "label": ["Yes", "No", "Yes", "Yes"]})  # fmt: skip
+    old = pl.DataFrame({"request_id": ["b", "a", "a"], "probability": [0.4, 0.8, 0.3], "label": ["No", "Yes", "Yes"]})
+    paired_new, paired_old = _paired(new, old)  # c: only the new one answered it
+    pairs = zip(paired_new.get_column("probability"), paired_old.get_column("probability"), strict=True)
+    assert sorted(pairs) == [(0.2, 0.3), (0.6, 0.4), (0.9, 0.8)] and paired_old.columns == ["probability", "label"]
+    assert task_of(telco_spec).agreement(paired_new, paired_old) == pytest.approx(1 / 3)
+    values = pl.DataFrame({"prediction": [100.0, 180.0]})
+    interval = pl.DataFrame(
+        {"prediction": [105.0, 150.0], "interval_low": [90.0, 140.0], "interval_high": [120.0, 160.0]}
+    )
+    assert task_of(diamonds_spec).agreement(values, interval) == 0.5  # inside the old interval: 100 yes, 180 no
+    assert task_of(diamonds_spec).agreement(values, interval.select("prediction")) is None  # no interval: no measure
 
 
 @pytest.mark.parametrize("steps", [[10, 50], [50, 10, 100], [0, 100], [10, 10, 100], [10, 150]])

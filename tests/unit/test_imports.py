@@ -86,8 +86,10 @@ def _cycles(graph) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycle_among_our_modules(graph):
-    assert _cycles(graph) == []
+def test_no_import_cycle_among_our_modules():
+    """Among the imports that run: a type-only import (under TYPE_CHECKING) is not one — the task
+    kinds name the dataset spec in their signatures, while the spec asks the kinds for their facts."""
+    assert _cycles(grimp.build_graph(*OURS, include_external_packages=True, exclude_type_checking_imports=True)) == []
 
 
 def core_violations(graph) -> list[str]:
@@ -134,7 +136,8 @@ def test_imports_run_downhill(graph):
 
 def _local_imports(path: Path) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text())
-    top = {id(node) for node in tree.body}
+    type_only = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+    top = {id(node) for node in [*tree.body, *(n for block in type_only for n in block.body)]}
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in top:
@@ -167,7 +170,7 @@ def test_the_service_imports_only_the_core_of_ours():
 def test_a_broken_rule_is_caught():
     """The checks can fail: the core importing Prefect or a phase module, a store importing a
     phase module, a cycle."""
-    broken = grimp.build_graph(*OURS, include_external_packages=True)
+    broken = grimp.build_graph(*OURS, include_external_packages=True, exclude_type_checking_imports=True)
     broken.add_import(importer="tasks.core.spec", imported="prefect")
     broken.add_import(importer="tasks.core.model", imported="tasks.register")
     broken.add_import(importer="tasks.stores.mlflow_model", imported="tasks.train")

@@ -19,7 +19,7 @@ def _names() -> tuple[set[str], set[str]]:
     for path in CONFIGS.glob("*.yaml"):
         spec = load_spec(path)
         datasets.add(spec.name)
-        literals |= {spec.target.column, *spec.columns, *spec.target.labels}
+        literals |= {spec.target.column, *spec.columns, *getattr(spec.target, "labels", [])}
         for column in spec.columns.values():
             literals |= {str(c) for c in column.categories or [] if isinstance(c, str)}
     return datasets, {name for name in literals if len(name) > 3 and name not in COMMON_WORDS}

@@ -1,3 +1,4 @@
+import polars as pl
 import pytest
 import yaml
 
@@ -171,3 +172,59 @@ def test_feature_names_follow_the_config(orders_spec):
 def test_a_sensitive_column_is_declared_but_never_read(orders_spec):
     assert orders_spec.columns["note"].sensitive and "note" not in orders_spec.input_columns
     assert "note" not in build_schema(orders_spec).columns
+
+
+# -- the target's task kind ----------------------------------------------------------------------
+def _regression(**over):
+    return _minimal(target={"column": "y", "task": "regression", "min": 0}, **over)
+
+
+def test_a_regression_config_takes_its_tasks_defaults(tmp_path):
+    spec = load_spec(_write(tmp_path, _regression()))
+    assert (spec.target.task, spec.target.min, spec.target.max) == ("regression", 0.0, None)
+    assert [(r.metric, r.vs) for r in spec.gate] == [("rmse", "champion"), ("rmse", "linear")]
+    assert spec.monitoring.performance_metric == "rmse" and spec.split.strategy == "stratified"
+    assert build_schema(spec).columns["y"].dtype.type == pl.Float64  # the target's contract: a number
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_regression(gate=[{"metric": "roc_auc", "min": 0.8}]), "gate metric 'roc_auc' is not a metric of a regr"),
+        (_regression(gate=[{"metric": "rmse", "vs": "logistic_regression"}]), "vs 'logistic_regression'"),
+        (_regression(monitoring={"performance_metric": "f1"}), "performance_metric 'f1': a regression target has"),
+        (_regression(training={"calibration": "isotonic"}), "training.calibration does not apply to a regression"),
+        (_minimal(gate=[{"metric": "rmse", "vs": "champion"}]), "gate metric 'rmse' is not a metric of a binary"),
+        (_minimal(training={"objective": "l1"}), "training.objective does not apply to a binary target"),
+        (_minimal(monitoring={"performance_metric": "rmse"}), "performance_metric 'rmse': a binary target has"),
+        (_minimal(target={"column": "y", "task": "regression", "min": 5, "max": 1}), "target min 5.0 > max 1.0"),
+        (_minimal(target={"column": "y", "task": "ranking"}), "ranking"),  # an unknown kind is named
+        (_minimal(target={"column": "y", "task": "regression", "labels": ["n", "y"]}), "labels"),  # a binary field
+        (_minimal(split={"strategy": "shuffled"}), "shuffled"),
+    ],
+)
+def test_options_of_another_task_kind_are_refused_naming_them(tmp_path, body, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(_write(tmp_path, body))
+
+
+def test_telcos_hashes_do_not_move_with_the_task_options(telco_spec):
+    """Options only a regression target reads are left out of a binary config's hashes (and the
+    task field too): every snapshot and model of the binary configs keeps its cache key."""
+    assert (telco_spec.spec_hash, telco_spec.training_hash, telco_spec.cache_token()) == (
+        "8db7d880c157c136", "94d4d0c1ba2dc29f", "45c41019e4611a89"
+    )  # fmt: skip
+    assert "task" not in telco_spec.model_dump()["target"]
+    coverage = DatasetSpec.model_validate(
+        telco_spec.model_dump() | {"evaluation": telco_spec.evaluation.model_dump() | {"interval_coverage": 0.8}}
+    )
+    assert coverage.cache_token() == telco_spec.cache_token()  # a binary model carries no interval
+
+
+def test_the_regression_sample_config_shows_every_regression_option():
+    spec = load_spec(CONFIGS / "diamonds.yaml")
+    assert (spec.target.task, spec.target.min, spec.split.strategy) == ("regression", 0.0, "stratified")
+    assert (spec.training.objective, spec.evaluation.interval_coverage) == ("l2", 0.9)
+    assert spec.monitoring.performance_metric == "rmse" and spec.evaluation.slices and spec.evaluation.protected
+    assert {r.metric for r in spec.gate} >= {"rmse", "r2", "interval_coverage"}
+    assert {r.vs for r in spec.gate} >= {"champion", "mean", "linear"}
