@@ -119,7 +119,11 @@ def _target_kind(value: object) -> str:
 
 TargetSpec = Annotated[
     Annotated[BinaryTarget, Tag("binary")] | Annotated[RegressionTarget, Tag("regression")],
-    Discriminator(_target_kind),
+    Discriminator(
+        _target_kind,
+        custom_error_type="target_task",
+        custom_error_message="target.task must be binary (the default) or regression",
+    ),
 ]
 
 

@@ -95,6 +95,8 @@ def test_relative_source_starts_from_the_config_folder(tmp_path):
         ({"columns": {"x": {"type": "string"}}}, "cannot be a model feature"),
         ({"columns": {"x": {"type": "category", "categories": ["a"], "min": 1}}}, "min/max"),
         ({"target": {"column": "y", "labels": ["n", "y"], "positive": "maybe"}}, "positive label"),
+        ({"target": {"column": "y", "task": "multiclass", "labels": ["a", "b", "c"]}}, "binary .* or regression"),
+        ({"target": {"column": "y", "task": "regression", "min": 5, "max": 1}}, "min 5.0 > max 1.0"),
         ({"derived_features": [{"name": "d", "op": "ratio", "inputs": ["x", "z"]}]}, "unknown columns"),
         ({"derived_features": [{"name": "d", "op": "log1p", "inputs": ["x", "x"]}]}, "takes 1 input"),
         ({"split": {"strategy": "time"}}, "event_time_column"),
