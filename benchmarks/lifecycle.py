@@ -6,7 +6,7 @@ regression: RMSE), so the orchestration is seen to cost nothing in model quality
 
     python -m benchmarks.lifecycle --config configs/default.yaml --runs 3 --n-trials 50
     python -m benchmarks.lifecycle --config configs/default.yaml --rows 1000000 --n-trials 10
-    python -m benchmarks.lifecycle --config configs/<your regression config>.yaml --runs 1 --n-trials 20 --variants bare flow
+    python -m benchmarks.lifecycle --config configs/<regression>.yaml --runs 1 --n-trials 20 --variants bare flow
 
 Each run is a fresh process (imports and, for the flow, Prefect's ephemeral API included),
 in a fresh workdir and results folder (cold); "cached" re-runs the flow on the same workdir and results
