@@ -60,17 +60,17 @@ def _timed(fn, arg) -> float:
 def cross_validate(
     task: Task, x: np.ndarray, y: np.ndarray, params: dict, rounds: int, folds: int, categorical: list[int], seed: int
 ) -> Metrics:
-    """k-fold `task.cv_metric` of the chosen configuration on the training split (the task's folds:
+    """k-fold `task.validation_metric` of the chosen configuration on the training split (the task's folds:
     stratified for classes), as `cv_<metric>_mean` and `cv_<metric>_std`."""
     import lightgbm as lgb  # lazy: only training and evaluation call it
 
-    metric = task.metric_function(task.cv_metric)
+    metric = task.metric_function(task.validation_metric)
     scores = []
     for fit_idx, hold_idx in task.cv_folds(y, folds, seed):
         data = lgb.Dataset(x[fit_idx], y[fit_idx], categorical_feature=categorical, params={"verbosity": -1})
         booster = lgb.train(params, data, num_boost_round=rounds)
         scores.append(metric(y[hold_idx], booster.predict(x[hold_idx])))
-    name = f"cv_{task.cv_metric}"
+    name = f"cv_{task.validation_metric}"
     return {f"{name}_mean": float(np.mean(scores)), f"{name}_std": float(np.std(scores))}
 
 
@@ -166,7 +166,7 @@ def model_card(
         table += row(label, m)
     gate_rows = "".join(f"| {'✅' if c.passed else '❌'} | {c.rule} | {c.detail} |\n" for c in decision.checks)
     top = ", ".join(r["feature"] for r in importance[:5])
-    cv = f"cv_{task.cv_metric}"
+    cv = f"cv_{task.validation_metric}"
     spread = f"{candidate.get(f'{cv}_mean', float('nan')):.4f} ± {candidate.get(f'{cv}_std', float('nan')):.4f}"
     revision = code_revision()
     used = f"all {len(spec.feature_names)}"

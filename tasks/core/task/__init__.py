@@ -84,7 +84,7 @@ class Task(ABC):
         """LightGBM's objective and evaluation metric (and `num_class` where it applies)."""
 
     tuning_direction: ClassVar[str]  # Optuna's direction for `tuning_metric`
-    validation_metric: ClassVar[str]  # `tuning_metric` by our name: what the baselines are scored by on validation
+    validation_metric: ClassVar[str]  # `tuning_metric` by our name: baselines on validation, each CV fold (`cv_<m>_*`)
 
     @property
     @abstractmethod
@@ -164,7 +164,6 @@ class Task(ABC):
     def metric_function(self, name: str) -> Metric:
         """One metric as a function of (targets, scores): for intervals, cross-validation, live rows."""
 
-    cv_metric: ClassVar[str]  # measured on each cross-validation fold: `cv_<metric>_mean` and `_std`
     unjudged_slices: ClassVar[str]  # what a slice too small for per_slice gate rules lacks ("under 30 rows")
     card: ClassVar[CardLayout]  # what the model card and the evaluation's artifacts show
 

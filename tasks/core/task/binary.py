@@ -189,7 +189,6 @@ class Binary(Task):
     def metric_function(self, name: str) -> Metric:
         return {"roc_auc": roc_auc, "pr_auc": average_precision, "log_loss": log_loss, "brier": brier}[name]
 
-    cv_metric = "roc_auc"
     min_slice_class_rows = 30  # fewer positives or negatives: a slice's ROC AUC moves too much between fits
     unjudged_slices = f"under {min_slice_class_rows} positives or negatives"
     fairness_worst = {  # gateable: the worst judged group over every protected column

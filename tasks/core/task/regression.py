@@ -195,7 +195,6 @@ class Regression(Task):
     def metric_function(self, name: str) -> Metric:
         return {"rmse": rmse, "mae": mae, "r2": r2}[name]
 
-    cv_metric = "rmse"
     min_slice_rows = 30  # fewer rows: a slice's RMSE moves too much between fits to be judged
     unjudged_slices = f"under {min_slice_rows} rows"
     fairness_worst = {"fairness_mae_ratio": ("mae_ratio", max)}  # gateable: the worst judged group's MAE ratio
